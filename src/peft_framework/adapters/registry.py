@@ -1,0 +1,104 @@
+"""`adapter.type` -> AdapterMethod. Built-ins and plug-ins both come from the
+`peft_framework.adapters` entry-point group; nothing is imported until first asked for."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+from peft_framework.errors import ConfigError
+
+if TYPE_CHECKING:
+    from peft_framework.adapters.base import AdapterMethod
+
+ENTRY_POINT_GROUP = "peft_framework.adapters"
+
+# Built-ins are listed here too, so a source checkout that was not pip-installed still finds them.
+BUILTIN = {
+    "lora": "peft_framework.adapters.lora:LoraMethod",
+    "adalora": "peft_framework.adapters.adalora:AdaLoraMethod",
+    "ia3": "peft_framework.adapters.ia3:IA3Method",
+    "bottleneck": "peft_framework.adapters.bottleneck:BottleneckMethod",
+}
+
+
+@dataclass(frozen=True)
+class AdapterSource:
+    name: str
+    target: str  # "module:attr"
+    origin: str  # "built-in" or the distribution that provides it
+
+
+_sources: dict[str, AdapterSource] | None = None
+_loaded: dict[str, AdapterMethod] = {}
+
+
+def _discover() -> dict[str, AdapterSource]:
+    global _sources
+    if _sources is None:
+        found: dict[str, AdapterSource] = {}
+        for name, target in BUILTIN.items():
+            module = target.split(":")[0]
+            if importlib.util.find_spec(module) is not None:
+                found[name] = AdapterSource(name, target, "built-in")
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in found and found[ep.name].target == ep.value:
+                continue
+            dist = getattr(ep, "dist", None)
+            origin = f"{dist.name} {dist.version}" if dist is not None else "entry point"
+            found[ep.name] = AdapterSource(ep.name, ep.value, origin)
+        _sources = found
+    return _sources
+
+
+def register(name: str, target: str, origin: str = "registered at runtime") -> None:
+    """Register a type from code (notebooks, tests) without an installed entry point."""
+    _discover()[name] = AdapterSource(name, target, origin)
+    _loaded.pop(name, None)
+
+
+def available() -> dict[str, AdapterSource]:
+    return dict(sorted(_discover().items()))
+
+
+def _importable(name: str) -> bool:
+    try:
+        get(name)
+    except Exception:
+        return False
+    return True
+
+
+def get(name: str) -> AdapterMethod:
+    """The AdapterMethod for `adapter.type == name`; a ConfigError with did-you-mean if unknown."""
+    if name in _loaded:
+        return _loaded[name]
+    sources = _discover()
+    if name not in sources:
+        close = difflib.get_close_matches(name, list(sources), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            "invalid config",
+            [f"adapter.type: {name!r} is not a registered adapter type; allowed: {', '.join(sorted(sources))}.{hint}"],
+        )
+    module_name, _, attr = sources[name].target.partition(":")
+    obj = getattr(importlib.import_module(module_name), attr)
+    method = obj() if isinstance(obj, type) else obj
+    _loaded[name] = method
+    return method
+
+
+def all_methods() -> dict[str, AdapterMethod]:
+    """Every type that imports cleanly (a broken plug-in must not break configs of other types)."""
+    return {name: get(name) for name in available() if _importable(name)}
+
+
+def by_peft_type(peft_type: str) -> AdapterMethod | None:
+    for method in all_methods().values():
+        if method.peft_type == peft_type:
+            return method
+    return None

@@ -1,0 +1,76 @@
+"""The built-in demo model: a tiny Llama built deterministically, with a byte-level tokenizer.
+
+It exists so the default pipeline runs offline in minutes on 2 CPU cores. It is not a useful language
+model; point `model.name_or_path` at a real model (hub id or local directory) for real work.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+TINY_LLAMA_SEED = 1234
+
+# A minimal chat template (role-tagged turns); `{% generation %}` marks what the model should learn.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer: 3 special tokens + the 256 byte symbols, no merges. Any text round-trips."""
+    specials = ["<pad>", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[symbol] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", model_max_length=1024
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama_config(vocab_size: int = 259, **overrides) -> LlamaConfig:
+    params = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    params.update(overrides)
+    return LlamaConfig(**params)
+
+
+def tiny_llama(task: str = "causal_lm", num_labels: int = 2, seed: int = TINY_LLAMA_SEED, **overrides):
+    """Same seed -> same weights, on any machine (initialised on CPU in fp32)."""
+    config = tiny_llama_config(**overrides)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        if task == "sequence_classification":
+            config.num_labels = num_labels
+            model = LlamaForSequenceClassification(config)
+        else:
+            model = LlamaForCausalLM(config)
+    model.config.name_or_path = "builtin:tiny-llama"
+    return model.eval()
