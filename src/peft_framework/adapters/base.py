@@ -35,6 +35,8 @@ class AdapterMethod(ABC):
     mergeable: ClassVar[bool] = False
     #: one line for `peft-framework adapters`
     description: ClassVar[str] = ""
+    #: whether some saved tensors may legitimately have a zero-size dimension (AdaLoRA modules pruned to rank 0)
+    may_save_empty_tensors: ClassVar[bool] = False
 
     # --- building -------------------------------------------------------------------------------
     @abstractmethod
@@ -48,6 +50,9 @@ class AdapterMethod(ABC):
     @abstractmethod
     def adapter_state_dict(self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME) -> dict[str, torch.Tensor]:
         """The adapter's tensors under their on-disk names (peft's keys for peft types)."""
+
+    def validate_for_save(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Raise AdapterError when tensors cannot be a real adapter (e.g. LoRA A all zero after ZeRO-3)."""
 
     @abstractmethod
     def load_adapter_state_dict(
