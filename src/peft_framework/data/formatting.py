@@ -1,0 +1,268 @@
+"""Format rows as prompt + response text and tokenize them with the base model's tokenizer.
+
+Labels are -100 on prompt tokens when `data.train_on_responses_only` is set. The prompt/response boundary
+is found on the tokenized *full* sequence (never by tokenizing the two halves apart, which changes tokens
+at the seam for most BPE tokenizers): the tokenized prompt must be a prefix of it, or else character
+offsets decide. Chat data uses the tokenizer's own chat template: with `{% generation %}` markers the
+template says which tokens are the assistant's; without them, each assistant turn's character span is
+found by rendering the conversation up to that turn.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from peft_framework.config.schema import DataConfig
+from peft_framework.data.rows import Reason, RowProblem
+from peft_framework.errors import DataError
+
+IGNORE_INDEX = -100
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+_GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
+def resolve_template(cfg: DataConfig) -> str:
+    """The template actually used: chat data always uses the chat template; text data uses none."""
+    if cfg.kind == "chat":
+        return "chat_template"
+    if cfg.kind == "instruction":
+        return "alpaca" if cfg.template == "auto" else cfg.template
+    return "none"
+
+
+def format_instruction(instruction: str, input_text: str, template: str) -> str:
+    """Prompt text for an instruction row ('alpaca' or 'plain'); the response follows it directly."""
+    if template == "alpaca":
+        if input_text:
+            return ALPACA_PROMPT.format(instruction=instruction, input=input_text)
+        return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+    return f"{instruction}\n{input_text}\n" if input_text else f"{instruction}\n"
+
+
+def instruction_messages(instruction: str, input_text: str, output: str) -> list[dict[str, str]]:
+    user = f"{instruction}\n\n{input_text}" if input_text else instruction
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int] | int  # causal LM: per token, -100 where masked; classification: class id
+    n_tokens: int  # length before truncation
+    truncated: bool
+    text: dict[str, str]  # raw text columns: prompt/response or text/label_text
+    prompt_tokens: int = 0  # tokens before the first trained one (causal LM)
+
+
+class Formatter:
+    """Turns the canonical fields of a row into token ids and labels."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, label_names: Sequence[str] = ()):
+        self.cfg = cfg
+        self.tok = tokenizer
+        self.template = resolve_template(cfg)
+        self.label_ids = {name: i for i, name in enumerate(label_names)}
+        self.eos_id = tokenizer.eos_token_id
+        self.is_fast = bool(getattr(tokenizer, "is_fast", False))
+        if cfg.kind != "classification" and cfg.add_eos and self.eos_id is None:
+            raise DataError("data.add_eos: the tokenizer has no EOS token; set data.add_eos: false")
+        self.generation_marks = False
+        if self.template == "chat_template":
+            chat_template = getattr(tokenizer, "chat_template", None)
+            if not chat_template:
+                raise DataError(
+                    "data.template: the tokenizer has no chat template"
+                    + ("; use data.template: alpaca or plain" if cfg.kind == "instruction" else "")
+                    + " (chat data needs a tokenizer with a chat template)"
+                )
+            self.generation_marks = isinstance(chat_template, str) and bool(
+                _GENERATION_TAG.search(chat_template)
+            )
+
+    @property
+    def prompt_add_special_tokens(self) -> bool:
+        """Whether `prompt` texts are tokenized with special tokens (chat prompts already contain them)."""
+        return self.template != "chat_template"
+
+    # ------------------------------------------------------------------------------------------ batch
+    def encode_batch(self, rows: list[dict[str, Any]]) -> list[Encoded]:
+        if self.cfg.kind == "classification":
+            return self._encode_classification(rows)
+        if self.template == "chat_template":
+            return [self._encode_chat(row) for row in rows]
+        pairs = []
+        for row in rows:
+            if self.cfg.kind == "text":
+                pairs.append(("", row["text"]))
+            else:
+                prompt = format_instruction(row["instruction"], row["input"], self.template)
+                pairs.append((prompt, row["output"]))
+        return self._encode_prompt_response(pairs)
+
+    # ------------------------------------------------------------------------------ prompt + response
+    def _encode_prompt_response(self, pairs: list[tuple[str, str]]) -> list[Encoded]:
+        if not pairs:
+            return []
+        fulls = [p + r for p, r in pairs]
+        full_enc = self.tok(
+            fulls, add_special_tokens=True, return_offsets_mapping=self.is_fast, verbose=False
+        )
+        prompt_enc = self.tok([p for p, _ in pairs], add_special_tokens=True, verbose=False)
+        out: list[Encoded] = []
+        for i, (prompt, response) in enumerate(pairs):
+            ids = list(full_enc["input_ids"][i])
+            prompt_ids = prompt_enc["input_ids"][i]
+            if ids[: len(prompt_ids)] == prompt_ids:
+                boundary = len(prompt_ids)
+            elif self.is_fast:
+                boundary = _boundary_from_offsets(full_enc["offset_mapping"][i], len(prompt))
+            else:  # slow tokenizer and the prompt's tokens change at the seam: tokenize the halves apart
+                ids = list(prompt_ids) + self.tok(response, add_special_tokens=False)["input_ids"]
+                boundary = len(prompt_ids)
+            mask = [0] * boundary + [1] * (len(ids) - boundary)
+            out.append(self._finish(ids, mask, {"prompt": prompt, "response": response}))
+        return out
+
+    # ------------------------------------------------------------------------------------------- chat
+    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+        return self.tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _encode_chat(self, row: dict[str, Any]) -> Encoded:
+        if self.cfg.kind == "chat":
+            messages = row["messages"]
+        else:
+            messages = instruction_messages(row["instruction"], row["input"], row["output"])
+        prompt = self._render(messages[:-1], add_generation_prompt=True)
+        text = {"prompt": prompt, "response": messages[-1]["content"]}
+        if not self.cfg.train_on_responses_only:  # every token is trained: no need to find the turns
+            ids = list(self.tok(self._render(messages), add_special_tokens=False)["input_ids"])
+            return self._finish(ids, [1] * len(ids), text)
+        if self.generation_marks:
+            enc = self.tok.apply_chat_template(
+                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            )
+            ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+            if any(mask):
+                return self._finish(ids, mask, text)
+        ids, mask = self._chat_by_spans(messages)
+        return self._finish(ids, mask, text)
+
+    def _chat_by_spans(self, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+        """Assistant turns found by rendering the conversation up to each turn (templates without markers)."""
+        full = self._render(messages)
+        spans: list[tuple[int, int]] = []
+        for i, msg in enumerate(messages):
+            if msg["role"] != "assistant":
+                continue
+            before = self._render(messages[:i], add_generation_prompt=True)
+            upto = full if i == len(messages) - 1 else self._render(messages[: i + 1])
+            if full.startswith(before) and full.startswith(upto) and len(upto) > len(before):
+                spans.append((len(before), len(upto)))
+            elif i == len(messages) - 1:
+                raise DataError(
+                    "data.template: the tokenizer's chat template does not render the prompt as a prefix of "
+                    "the conversation, so the response tokens cannot be located; add {% generation %} "
+                    "markers to the template or set data.train_on_responses_only: false"
+                )
+        if self.is_fast:
+            enc = self.tok(full, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            ids = list(enc["input_ids"])
+            mask = [int(any(a <= start < b for a, b in spans)) for start, _ in enc["offset_mapping"]]
+            return ids, mask
+        ids, mask, pos = [], [], 0
+        for a, b in spans + [(len(full), len(full))]:
+            for piece, trained in ((full[pos:a], 0), (full[a:b], 1)):
+                if piece:
+                    piece_ids = self.tok(piece, add_special_tokens=False)["input_ids"]
+                    ids += piece_ids
+                    mask += [trained] * len(piece_ids)
+            pos = b
+        return ids, mask
+
+    # ------------------------------------------------------------------------------------------ common
+    def _finish(self, ids: list[int], mask: list[int], text: dict[str, str]) -> Encoded:
+        """Append EOS, truncate, and build labels from the response mask."""
+        if self.cfg.add_eos:
+            first_response = mask.index(1) if 1 in mask else len(ids)
+            if self.eos_id not in ids[first_response:]:
+                ids = ids + [self.eos_id]
+                mask = mask + [1]
+        n_tokens = len(ids)
+        max_len = self.cfg.max_seq_len
+        truncated = n_tokens > max_len
+        ids, mask = ids[:max_len], mask[:max_len]
+        prompt_tokens = mask.index(1) if 1 in mask else n_tokens
+        if self.cfg.train_on_responses_only:
+            labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
+        else:
+            labels = list(ids)
+        return Encoded(ids, labels, n_tokens, truncated, text, prompt_tokens)
+
+    def no_response_problem(self, enc: Encoded) -> RowProblem | None:
+        """A causal-LM row with no label left to train on (after truncation) is useless; say why."""
+        if self.cfg.kind == "classification" or any(label != IGNORE_INDEX for label in enc.labels):
+            return None
+        return RowProblem(
+            Reason.NO_RESPONSE_TOKENS,
+            f"no response token left to train on: the prompt takes {enc.prompt_tokens} tokens, "
+            f"data.max_seq_len is {self.cfg.max_seq_len}",
+        )
+
+    # -------------------------------------------------------------------------------- classification
+    def _encode_classification(self, rows: list[dict[str, Any]]) -> list[Encoded]:
+        if not rows:
+            return []
+        texts = [row["text"] for row in rows]
+        max_len = self.cfg.max_seq_len
+        full = self.tok(texts, add_special_tokens=True, verbose=False)["input_ids"]
+        long_rows = [i for i, ids in enumerate(full) if len(ids) > max_len]
+        cut = {}
+        if long_rows:
+            enc = self.tok([texts[i] for i in long_rows], truncation=True, max_length=max_len, verbose=False)
+            cut = dict(zip(long_rows, enc["input_ids"]))
+        out: list[Encoded] = []
+        for i, row in enumerate(rows):
+            ids = list(cut.get(i, full[i]))
+            out.append(
+                Encoded(
+                    input_ids=ids,
+                    labels=self.label_ids[row["label"]],
+                    n_tokens=len(full[i]),
+                    truncated=i in cut,
+                    text={"text": row["text"], "label_text": row["label"]},
+                )
+            )
+        return out
+
+
+def _boundary_from_offsets(offsets: Sequence[tuple[int, int]], prompt_chars: int) -> int:
+    """Number of leading tokens that lie wholly inside the prompt (leading special tokens count as prompt)."""
+    boundary = 0
+    seen_text = False
+    for start, end in offsets:
+        if start == end:  # a special token added by the tokenizer
+            if seen_text:
+                break
+        elif end <= prompt_chars:
+            seen_text = True
+        else:
+            break
+        boundary += 1
+    return boundary

@@ -1,0 +1,355 @@
+"""The prepare stage: raw data -> `data.output_dir` (a DatasetDict) + rejected rows + report.
+
+Outputs: `data.output_dir` holds the splits (saved with `save_to_disk`) and `manifest.json`, written to a
+temporary directory and renamed into place; `data.rejected_path` holds every rejected row with its
+reasons, source file and line; `data.report_path` counts rows read, kept and rejected per reason. When
+more rows are rejected than `data.validate.max_rejected_fraction` allows, the rejected file and the
+report (status "failed") are written, a previous prepared output is removed, and DataError is raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from peft_framework.config.schema import DATA_FIELDS, Config, DataConfig
+from peft_framework.data.pipeline import SPLITS, Result, process
+from peft_framework.data.rows import Rejected
+from peft_framework.data.sources import Source, read_source, resolve_sources
+from peft_framework.errors import ConfigError, DataError
+from peft_framework.io import atomic_dir, canonical_json_sha256, dir_sha256, file_sha256, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+CREATED_BY = "peft_framework.data.prepare"
+FORMAT_VERSION = 1
+
+
+def config_sha256(config: Config) -> str:
+    """Hash of what the prepared data depends on in the config: the data and model sections."""
+    dump = config.to_dict()
+    return canonical_json_sha256({"data": dump["data"], "model": dump["model"]})
+
+
+def code_sha256() -> str:
+    """Hash of this package's source, for cache keys. Not in the manifest: the prepared data must stay
+    byte-identical when only the code changes (then nothing downstream re-runs)."""
+    here = Path(__file__).parent
+    return canonical_json_sha256(
+        {p.name: file_sha256(p) for p in sorted(here.glob("*.py")) if p.name != "samples.py"}
+    )
+
+
+def _check_task(config: Config) -> None:
+    kind, task = config.data.kind, config.model.task
+    if (kind == "classification") != (task == "sequence_classification"):
+        want = "sequence_classification" if kind == "classification" else "causal_lm"
+        raise ConfigError(
+            f"data.kind {kind!r} does not fit model.task {task!r}",
+            [f"model.task: {task!r}; allowed with data.kind {kind!r}: {want!r}"],
+        )
+
+
+def _resolve(root: Path, path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else root / path
+
+
+# Characters that some readers (str.splitlines, JavaScript) take as line breaks: written escaped, so one
+# rejected row is always one line. They can only occur inside JSON strings, where the escape is equivalent.
+_LINE_BREAK_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
+
+
+def write_rejected(path: Path, rejected: list[Rejected]) -> None:
+    """rejected.jsonl via a temporary file renamed into place. Lone surrogates are written escaped."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for rej in rejected:
+                row = rej.to_json()
+                try:
+                    line = json.dumps(row, ensure_ascii=False).translate(_LINE_BREAK_ESCAPES)
+                    f.write((line + "\n").encode("utf-8"))
+                except UnicodeEncodeError:  # lone surrogates: only \u escapes can carry them
+                    f.write((json.dumps(row) + "\n").encode("ascii"))
+            f.flush()
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _remove_stale_output(out_dir: Path) -> bool:
+    """Remove a previous prepared output (only if this stage made it), so a failed run leaves none."""
+    manifest = out_dir / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        made_here = json.loads(manifest.read_text(encoding="utf-8")).get("created_by") == CREATED_BY
+    except (OSError, ValueError):
+        made_here = False
+    if not made_here:
+        return False
+    trash = out_dir.parent / f".{out_dir.name}.stale-{os.getpid()}"
+    os.replace(out_dir, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+def _build_dataset(result: Result, dc: DataConfig):
+    import datasets
+
+    causal = dc.kind != "classification"
+    token = datasets.Value("int32")
+    features = {
+        "input_ids": datasets.List(token),
+        "attention_mask": datasets.List(datasets.Value("int8")),
+        "labels": datasets.List(token) if causal else datasets.ClassLabel(names=result.label_names),
+    }
+    text_columns = ("prompt", "response") if causal else ("text", "label_text")
+    features.update({name: datasets.Value("string") for name in (*text_columns, "source")})
+    splits = {}
+    for split in SPLITS:
+        rows = [ex for ex in result.kept if ex.split == split]
+        columns: dict[str, list] = {name: [] for name in features}
+        for ex in rows:
+            enc = ex.encoded
+            columns["input_ids"].append(enc.input_ids)
+            columns["attention_mask"].append([1] * len(enc.input_ids))
+            columns["labels"].append(enc.labels)
+            for name in text_columns:
+                columns[name].append(enc.text[name])
+            columns["source"].append(ex.record.where)
+        splits[split] = datasets.Dataset.from_dict(columns, features=datasets.Features(features), split=split)
+    return datasets.DatasetDict(splits)
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """No progress bars while saving a few hundred rows (restored afterwards)."""
+    import datasets
+
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
+
+
+def _counts(result: Result) -> dict[str, int]:
+    split_counts = Counter(ex.split for ex in result.kept)
+    return {
+        "read": result.read,
+        "kept": len(result.kept),
+        "rejected": len(result.rejected),
+        **{split: split_counts.get(split, 0) for split in SPLITS},
+    }
+
+
+def _token_stats(result: Result) -> dict[str, float]:
+    lengths = [len(ex.encoded.input_ids) for ex in result.kept]
+    if not lengths:
+        return {}
+    total = sum(lengths)
+    return {"min": min(lengths), "max": max(lengths), "mean": round(total / len(lengths), 2), "total": total}
+
+
+def _missing_column_hints(result: Result, dc: DataConfig) -> list[str]:
+    """When a mapped column is in no row at all, say which columns the data does have."""
+    if not result.columns_seen:
+        return []
+    hints = []
+    for name in DATA_FIELDS[dc.kind]:
+        if name in ("role", "content", "input"):
+            continue
+        column = dc.columns.get(name, name)
+        if column not in result.columns_seen:
+            seen = ", ".join(sorted(result.columns_seen)[:20])
+            hints.append(
+                f"column {column!r} (field {name!r}) is in no row; columns seen: {seen}; "
+                "map it with data.columns"
+            )
+    return hints
+
+
+def _report(result: Result, dc: DataConfig, sources: list[Source], counts: dict[str, int]) -> dict[str, Any]:
+    """The stage report (`data.report_path`): counts per reason, cleaning, truncation, sources."""
+    report: dict[str, Any] = {
+        "status": "ok",
+        "kind": dc.kind,
+        "template": result.template,
+        "rows": {k: counts[k] for k in ("read", "kept", "rejected")},
+        "splits": {split: counts[split] for split in SPLITS},
+        "rejected_fraction": round(counts["rejected"] / counts["read"], 6) if counts["read"] else None,
+        "max_rejected_fraction": dc.validate_.max_rejected_fraction,
+        "rejected_by_reason": result.rejected_by_reason(),
+        "reason_counts": result.reason_counts(),
+        "truncated": result.truncated,
+        "cleaned": dict(sorted(result.cleaned.items())),
+        "tokens": _token_stats(result),
+        "sources": [
+            {
+                "path": s.display,
+                "format": s.format,
+                "rows": s.rows,
+                "blank_lines": s.blank_lines,
+                "sha256": s.sha256,
+            }
+            for s in sources
+        ],
+        "outputs": {
+            "output_dir": dc.output_dir,
+            "rejected_path": dc.rejected_path,
+            "report_path": dc.report_path,
+        },
+        "warnings": [],
+    }
+    if result.label_names is not None:
+        report["label_names"] = result.label_names
+        label_counts = Counter(ex.encoded.text["label_text"] for ex in result.kept)
+        report["label_counts"] = {name: label_counts.get(name, 0) for name in result.label_names}
+    for split, fraction in (("validation", dc.split.validation), ("test", dc.split.test)):
+        if fraction > 0 and counts[split] == 0:
+            report["warnings"].append(
+                f"split {split!r} is empty ({counts['kept']} rows kept, fraction {fraction})"
+            )
+    return report
+
+
+def _failure(result: Result, dc: DataConfig, counts: dict[str, int]) -> DataError | None:
+    """Why the prepared data must not be used, if it must not."""
+    if counts["read"] == 0:
+        return DataError(f"data.source: no rows read from {dc.source!r}")
+    fraction = counts["rejected"] / counts["read"]
+    if fraction > dc.validate_.max_rejected_fraction:
+        reasons = result.rejected_by_reason()
+        return DataError(
+            f"data: {counts['rejected']} of {counts['read']} rows rejected ({fraction:.1%}), more than "
+            f"data.validate.max_rejected_fraction = {dc.validate_.max_rejected_fraction:g} allows. "
+            f"Rejected rows per reason (each row with its file and line in {dc.rejected_path}):",
+            [f"{k}: {v}" for k, v in reasons.items()] + _missing_column_hints(result, dc),
+        )
+    if counts["train"] == 0:
+        return DataError(
+            f"data: no row in the train split ({counts['kept']} rows kept); add data or lower "
+            "data.split.validation / data.split.test"
+        )
+    return None
+
+
+def _manifest(
+    config: Config, result: Result, tokenizer, inputs: dict, counts: dict, columns: list[str]
+) -> dict:
+    """`manifest.json` of the prepared data: only what the data depends on, so re-runs are byte-identical."""
+    dc = config.data
+    return {
+        "created_by": CREATED_BY,
+        "format_version": FORMAT_VERSION,
+        "kind": dc.kind,
+        "task": config.model.task,
+        "label_names": result.label_names,
+        "columns": columns,
+        "inputs": inputs,
+        "config_sha256": config_sha256(config),
+        "rows": counts,
+        "truncated": result.truncated,
+        "format": {
+            "template": result.template,
+            "max_seq_len": dc.max_seq_len,
+            "add_eos": dc.add_eos,
+            "train_on_responses_only": dc.train_on_responses_only,
+            "prompt_add_special_tokens": result.prompt_add_special_tokens,
+        },
+        "tokenizer": {
+            "name_or_path": config.model.name_or_path,
+            "vocab_size": len(tokenizer),
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+    }
+
+
+def _source_hash(src: Source) -> str | None:
+    if src.path is None:
+        return src.extra.get("fingerprint")  # Hub dataset: the datasets fingerprint
+    return dir_sha256(src.path) if src.format == "saved" else file_sha256(src.path)
+
+
+def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
+    """Run the prepare stage; returns a JSON-able summary (paths, hashes, counts)."""
+    from peft_framework.models.loading import load_tokenizer
+
+    started = time.perf_counter()
+    root = Path(root)
+    dc = config.data
+    _check_task(config)
+    out_dir, rejected_path, report_path = (
+        _resolve(root, p) for p in (dc.output_dir, dc.rejected_path, dc.report_path)
+    )
+
+    sources = resolve_sources(dc.source, dc.format, root)
+    tokenizer = load_tokenizer(config.model)
+    records = (rec for src in sources for rec in read_source(src, dc.hf_split, dc.hf_config))
+    result = process(records, dc, tokenizer)
+    for src in sources:
+        src.sha256 = _source_hash(src)
+    inputs = {src.display: src.sha256 for src in sources}
+    counts = _counts(result)
+    assert counts["kept"] + counts["rejected"] == counts["read"], "row accounting is broken"
+    report = _report(result, dc, sources, counts)
+
+    write_rejected(rejected_path, result.rejected)
+    failure = _failure(result, dc, counts)
+    if failure is not None:
+        removed = _remove_stale_output(out_dir)
+        report.update(status="failed", error=str(failure), removed_stale_output=removed)
+        report["duration_s"] = round(time.perf_counter() - started, 3)
+        write_json_atomic(report_path, report)
+        raise failure
+
+    dataset = _build_dataset(result, dc)
+    manifest = _manifest(config, result, tokenizer, inputs, counts, dataset["train"].column_names)
+    with atomic_dir(out_dir) as tmp, _quiet_datasets():
+        dataset.save_to_disk(str(tmp))
+        write_json_atomic(tmp / MANIFEST, manifest)
+    report.update(dataset_sha256=dir_sha256(out_dir), code_sha256=code_sha256())
+    report["duration_s"] = round(time.perf_counter() - started, 3)
+    write_json_atomic(report_path, report)
+    log.info(
+        "prepared %d of %d rows into %s in %.1fs",
+        counts["kept"],
+        counts["read"],
+        out_dir,
+        report["duration_s"],
+    )
+    return {
+        "output_dir": str(out_dir),
+        "rejected_path": str(rejected_path),
+        "report_path": str(report_path),
+        "dataset_sha256": report["dataset_sha256"],
+        "config_sha256": manifest["config_sha256"],
+        "code_sha256": report["code_sha256"],
+        "inputs": inputs,
+        "rows": counts,
+        "truncated": result.truncated,
+        "rejected_by_reason": report["rejected_by_reason"],
+        "label_names": result.label_names,
+        "duration_s": report["duration_s"],
+    }
