@@ -163,9 +163,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 f"--adapter {text!r}: the name {name!r} is given twice; allowed: one directory per name"
             )
         adapters[name] = path
-    if args.use is not None and args.use not in adapters:
-        allowed = ", ".join(adapters) or "none given (add --adapter NAME=DIR)"
-        raise UserError(f"--use {args.use!r}: no adapter of that name; allowed: {allowed}")
+    # generate_cli validates --use (adapter names, or 'base' for the plain base model)
     from peft_framework.inference import generate_cli
 
     outputs = generate_cli(args.base, adapters, args.use, list(args.prompt), args.max_new_tokens)

@@ -1,0 +1,307 @@
+"""The evaluate stage: the base model and base + adapter scored on the test split by the same code.
+
+Outputs (all written atomically):
+- `eval.report_path` (reports/eval.json): flat keys `base.<metric>`, `adapter.<metric>`, `delta.<metric>`
+  (adapter minus base) plus `num_examples`, for `dvc metrics show` / `dvc exp show`.
+- `eval.predictions_path` (jsonl): one line per test example with both models' outputs.
+- `eval.plots_dir`: `eval_comparison.json`, rows {metric, model, value, series} for a DVC bar plot
+  (`template: bar_horizontal, x: value, y: series`); classification adds `confusion_base.json` and
+  `confusion_adapter.json`, rows {actual, predicted} for DVC's `confusion` template.
+
+Metrics: causal LM loss and perplexity over the labelled (response) tokens, token-weighted; for
+instruction/chat data with `eval.generate`, greedy generation from `prompt` scored against `response`
+with exact match and ROUGE-L; for classification accuracy and macro-F1 (and the mean cross-entropy).
+The base model of a classification run has an untrained head (initialised from `train.seed`): its
+numbers are the chance-level reference the adapter (which carries its trained head) is compared with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peft_framework.config.schema import Config
+from peft_framework.errors import ConfigError, DataError, StageFailed
+from peft_framework.evaluation import runner
+from peft_framework.evaluation.metric_modules import compute
+from peft_framework.io import atomic_dir, path_sha256, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+MODELS = ("base", "adapter")
+COMPARISON_PLOT = "eval_comparison.json"
+#: metrics left out of the comparison plot (their scale dwarfs the others'); still in the report
+NOT_PLOTTED = ("perplexity",)
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
+
+
+def resolve(root: str | os.PathLike[str], path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else Path(root) / p
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("invalid config", [f"eval.device: {name!r} but no CUDA device is available; allowed: auto, cpu"])
+    return torch.device(name)
+
+
+def has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_eval_tokenizer(config: Config, adapter_dir: Path):
+    """The tokenizer saved with the adapter (what training used) if there is one, else the base model's."""
+    if has_tokenizer(adapter_dir):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+    from peft_framework.models.loading import load_tokenizer
+
+    return load_tokenizer(config.model)
+
+
+def load_test_split(config: Config, root: str | os.PathLike[str]):
+    """The prepared test split (first `eval.max_samples` rows), the label names (if any) and the manifest."""
+    from datasets import load_from_disk
+
+    data_dir = resolve(root, config.data.output_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data.output_dir: {data_dir} does not exist; run the prepare stage first")
+    try:
+        dataset = load_from_disk(str(data_dir))
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataError(f"data.output_dir: {data_dir} is not a prepared dataset ({exc}); run prepare again") from exc
+    if "test" not in dataset:
+        raise DataError(f"data.output_dir: {data_dir} has no 'test' split (splits: {', '.join(dataset)})")
+    test = dataset["test"]
+    if len(test) == 0:
+        raise DataError(
+            f"data.split.test: the test split in {data_dir} is empty; allowed: a test fraction that leaves at least "
+            "one row (raise data.split.test or add data)"
+        )
+    if config.eval.max_samples is not None and len(test) > config.eval.max_samples:
+        test = test.select(range(config.eval.max_samples))
+    manifest_path = data_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    label_names = manifest.get("label_names")
+    if label_names is None and hasattr(test.features.get("labels"), "names"):
+        label_names = list(test.features["labels"].names)
+    return test, label_names, manifest
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def prompt_add_special_tokens(config: Config, manifest: dict[str, Any]) -> bool:
+    """Tokenize prompts as data preparation did: chat-template prompts already hold their special tokens."""
+    recorded = manifest.get("format", {}).get("prompt_add_special_tokens")
+    if recorded is not None:
+        return bool(recorded)
+    from peft_framework.data.formatting import resolve_template
+
+    return resolve_template(config.data) != "chat_template"
+
+
+def score_causal_lm(
+    model, tokenizer, test, config: Config, device, generate: bool, metrics_dir, add_special_tokens: bool = True
+) -> tuple[dict, list[dict]]:
+    cfg = config.eval
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    scores = runner.lm_nll(
+        model, test["input_ids"], test["labels"], pad_token_id=pad_id, batch_size=cfg.batch_size, device=device
+    )
+    if sum(s.num_tokens for s in scores) == 0:
+        raise DataError("data: the test split has no labelled tokens to score (every label is -100)")
+    ppl = compute("perplexity", metrics_dir, nll=[s.nll for s in scores], num_tokens=[s.num_tokens for s in scores])
+    metrics = {"loss": ppl["loss"], "perplexity": ppl["perplexity"]}
+    rows = [
+        {"num_tokens": s.num_tokens, "loss": (s.nll / s.num_tokens) if s.num_tokens else None} for s in scores
+    ]
+    if generate:
+        predictions = runner.generate(
+            model,
+            tokenizer,
+            test["prompt"],
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            add_special_tokens=add_special_tokens,
+            max_prompt_tokens=config.data.max_seq_len,
+            device=device,
+        )
+        references = [runner.clean_text(r, tokenizer.eos_token) for r in test["response"]]
+        metrics["exact_match"] = compute(
+            "exact_match", metrics_dir, predictions=predictions, references=references
+        )["exact_match"]
+        rouge = compute(
+            "rouge", metrics_dir, predictions=predictions, references=references, rouge_types=["rougeL"],
+            use_aggregator=False,
+        )["rougeL"]
+        metrics["rougeL"] = statistics.fmean(rouge)
+        for row, prediction, reference, r in zip(rows, predictions, references, rouge):
+            row.update(prediction=prediction, exact_match=float(prediction == reference), rougeL=r)
+    return metrics, rows
+
+
+def score_classification(
+    model, tokenizer, test, config: Config, device, label_names, metrics_dir
+) -> tuple[dict, list[dict]]:
+    cfg = config.eval
+    pad_id = model.config.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    results = runner.classify(
+        model, test["input_ids"], test["labels"], pad_token_id=pad_id, batch_size=cfg.batch_size, device=device
+    )
+    predicted = [r.predicted for r in results]
+    references = list(test["labels"])
+    metrics = {
+        "accuracy": compute("accuracy", metrics_dir, predictions=predicted, references=references)["accuracy"],
+        "f1_macro": compute("f1", metrics_dir, predictions=predicted, references=references, average="macro")["f1"],
+        "loss": statistics.fmean(r.loss for r in results),
+    }
+
+    def name(i: int) -> str | int:
+        return label_names[i] if label_names and 0 <= i < len(label_names) else i
+
+    rows = [{"prediction": name(r.predicted), "loss": r.loss} for r in results]
+    return metrics, rows
+
+
+def score(
+    model, tokenizer, test, config: Config, device, label_names, generate: bool, metrics_dir: Path | None = None,
+    add_special_tokens: bool = True,
+) -> tuple[dict, list[dict]]:
+    """The one scoring routine both models go through."""
+    model.eval()
+    if config.model.task == "sequence_classification":
+        return score_classification(model, tokenizer, test, config, device, label_names, metrics_dir)
+    return score_causal_lm(model, tokenizer, test, config, device, generate, metrics_dir, add_special_tokens)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def flat_report(results: dict[str, dict[str, float]], num_examples: int) -> dict[str, float | int]:
+    report: dict[str, float | int] = {"num_examples": num_examples}
+    for model in MODELS:
+        for key, value in results[model].items():
+            report[f"{model}.{key}"] = value
+    for key in results["adapter"]:
+        if key in results["base"]:
+            report[f"delta.{key}"] = results["adapter"][key] - results["base"][key]
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
+
+
+def comparison_rows(results: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    rows = []
+    for key in results["base"]:
+        if key in NOT_PLOTTED:
+            continue
+        for model in MODELS:
+            value = results[model].get(key)
+            if value is not None and math.isfinite(value):
+                rows.append({"metric": key, "model": model, "value": value, "series": f"{key} ({model})"})
+    return rows
+
+
+def prediction_rows(test, config: Config, per_model: dict[str, list[dict]], label_names) -> list[dict]:
+    classification = config.model.task == "sequence_classification"
+    lines = []
+    for i in range(len(test)):
+        row: dict[str, Any] = {"index": i}
+        if classification:
+            if "text" in test.column_names:
+                row["text"] = test[i]["text"]
+            label = int(test[i]["labels"])
+            row["label"] = label_names[label] if label_names else label
+        elif "prompt" in test.column_names:
+            row["prompt"] = test[i]["prompt"]
+            row["reference"] = test[i]["response"]
+        for model in MODELS:
+            for key, value in per_model[model][i].items():
+                if key == "num_tokens":
+                    row[key] = value
+                else:
+                    row[f"{model}_{key}"] = value
+        lines.append(row)
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------- stage
+def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
+    """Score the base model and base + the trained adapter on the test split; write the report,
+    per-example predictions and plot data. Returns a summary (paths, hashes, the flat metrics)."""
+    from peft_framework.adapters.checkpoint import CONFIG_NAME, load_adapter
+    from peft_framework.models.loading import load_base_model
+
+    cfg = config.eval
+    adapter_dir = resolve(root, config.train.output_dir)
+    if not (adapter_dir / CONFIG_NAME).is_file():
+        raise StageFailed(
+            f"train.output_dir: {adapter_dir} holds no trained adapter ({CONFIG_NAME} missing); run the train stage first"
+        )
+    test, label_names, manifest = load_test_split(config, root)
+    classification = config.model.task == "sequence_classification"
+    columns = set(test.column_names)
+    generate = (
+        cfg.generate
+        and not classification
+        and config.data.kind in ("instruction", "chat")
+        and {"prompt", "response"} <= columns
+    )
+    if cfg.generate and not classification and config.data.kind in ("instruction", "chat") and not generate:
+        log.warning("eval.generate: the test split has no prompt/response columns; generation metrics skipped")
+
+    device = pick_device(cfg.device)
+    metrics_dir = resolve(root, cfg.metrics_dir) if cfg.metrics_dir else None
+    tokenizer = load_eval_tokenizer(config, adapter_dir)
+    torch.manual_seed(config.train.seed)  # a new classification head is initialised from the global RNG
+    model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer).to(device)
+
+    results: dict[str, dict[str, float]] = {}
+    per_model: dict[str, list[dict]] = {}
+    log.info("evaluating the base model on %d test examples", len(test))
+    args = (tokenizer, test, config, device, label_names, generate, metrics_dir, prompt_add_special_tokens(config, manifest))
+    results["base"], per_model["base"] = score(model, *args)
+    load_adapter(model, adapter_dir)
+    model.to(device)
+    log.info("evaluating base + adapter (%s)", adapter_dir)
+    results["adapter"], per_model["adapter"] = score(model, *args)
+
+    report = flat_report(results, len(test))
+    predictions = prediction_rows(test, config, per_model, label_names)
+
+    plots_dir = resolve(root, cfg.plots_dir)
+    with atomic_dir(plots_dir) as tmp:
+        write_json_atomic(tmp / COMPARISON_PLOT, comparison_rows(results))
+        if classification:
+            for model_name in MODELS:
+                confusion = [
+                    {"actual": row["label"], "predicted": row[f"{model_name}_prediction"]} for row in predictions
+                ]
+                write_json_atomic(tmp / f"confusion_{model_name}.json", confusion)
+    predictions_path = resolve(root, cfg.predictions_path)
+    write_text_atomic(
+        predictions_path, "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in predictions)
+    )
+    report_path = write_json_atomic(resolve(root, cfg.report_path), report)
+    log.info("eval report: %s", ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)))
+    return {
+        "report_path": str(report_path),
+        "predictions_path": str(predictions_path),
+        "plots_dir": str(plots_dir),
+        "comparison_plot": str(plots_dir / COMPARISON_PLOT),
+        "adapter_sha256": path_sha256(adapter_dir),
+        "num_examples": len(test),
+        "generated": generate,
+        "metrics": report,
+    }

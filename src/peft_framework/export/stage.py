@@ -1,0 +1,385 @@
+"""The export stage: the trained adapter merged into the base weights, as a plain transformers model dir.
+
+`export.output_dir` gets safetensors shards (+ index), config.json (architecture, dtype, labels),
+the tokenizer with its chat template, and for causal LMs a generation_config.json with EOS and PAD, so
+`AutoModelForCausalLM.from_pretrained(dir)` (or ...ForSequenceClassification) loads it with no
+framework code. The merge streams the base checkpoint shard by shard (see `export.merge`); its time and
+peak memory growth go into `export.report_path`. A parity check compares the exported model, loaded
+back with plain transformers, with base + adapter on held-out examples: above `export.parity_atol` the
+stage fails and the output directory is not written.
+
+Adapter types that cannot be merged (bottleneck) or `export.merge: false`: the adapter directory is
+exported with `base_model.json` naming the base model, and the report and the log say so.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peft_framework.config.schema import Config
+from peft_framework.errors import StageFailed, UserError
+from peft_framework.export.memory import PeakRSS
+from peft_framework.export.merge import Adapter, open_checkpoint, stream_merge, warm_up
+from peft_framework.io import atomic_dir, path_sha256, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: default `export.parity_atol` per export dtype: (floor, fraction of the largest |reference logit|).
+#: Low-precision weights shift logits in proportion to their size (bf16 keeps 8 significant bits);
+#: measured on the tiny model: bf16 ~5%, fp16 ~1% of max |logit|.
+DEFAULT_ATOL = {"float32": (1e-3, 0.0), "float16": (1e-2, 0.03), "bfloat16": (5e-2, 0.10)}
+BASE_REFERENCE = "base_model.json"
+EXPORT_MANIFEST = "peft_framework_export.json"
+FALLBACK_TEXTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Summarize: parameter-efficient fine-tuning trains a few weights.",
+    "What is the capital of France?",
+    "1, 2, 3, 4, 5",
+)
+
+
+def resolve(root: str | os.PathLike[str], path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else Path(root) / p
+
+
+def parity_atol(config: Config, max_abs_logit: float) -> float:
+    """`export.parity_atol`, or the dtype's default: max(floor, fraction * the largest |reference logit|)."""
+    if config.export.parity_atol is not None:
+        return config.export.parity_atol
+    floor, fraction = DEFAULT_ATOL[config.export.dtype]
+    return max(floor, fraction * max_abs_logit)
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def prepared_data(config: Config, root: Path) -> tuple[Any, list[str] | None]:
+    """(held-out split or None, label names or None) from the prepared data, when it exists."""
+    data_dir = resolve(root, config.data.output_dir)
+    label_names = None
+    manifest = data_dir / "manifest.json"
+    if manifest.is_file():
+        label_names = json.loads(manifest.read_text(encoding="utf-8")).get("label_names")
+    if not data_dir.is_dir():
+        return None, label_names
+    from datasets import load_from_disk
+
+    try:
+        dataset = load_from_disk(str(data_dir))
+    except (FileNotFoundError, ValueError):
+        return None, label_names
+    for split in ("test", "validation"):
+        if split in dataset and len(dataset[split]) > 0:
+            return dataset[split], label_names
+    return None, label_names
+
+
+def parity_inputs(config: Config, held_out, tokenizer) -> list[list[int]]:
+    n = config.export.parity_samples
+    limit = min(config.data.max_seq_len, 256)
+    if held_out is not None and "input_ids" in held_out.column_names:
+        rows = held_out.select(range(min(n, len(held_out))))["input_ids"]
+        return [list(ids)[:limit] for ids in rows]
+    texts = [FALLBACK_TEXTS[i % len(FALLBACK_TEXTS)] for i in range(n)]
+    return [tokenizer(t)["input_ids"][:limit] for t in texts]
+
+
+def load_export_tokenizer(config: Config, adapter_dir: Path):
+    from peft_framework.evaluation.stage import load_eval_tokenizer
+
+    return load_eval_tokenizer(config, adapter_dir)
+
+
+def base_checkpoint_dir(config: Config, scratch: Path, label_names, tokenizer) -> Path:
+    """A local directory with the base model's safetensors checkpoint (built-in models are saved first)."""
+    from peft_framework.models.loading import is_builtin, load_base_model
+
+    name = config.model.name_or_path
+    if is_builtin(name):
+        torch.manual_seed(config.train.seed)  # same seed as training/evaluation for a new head
+        model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer)
+        model.save_pretrained(str(scratch), max_shard_size=config.export.max_shard_size)
+        del model
+        gc.collect()
+        return scratch
+    if Path(name).is_dir():
+        return Path(name)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(name, revision=config.model.revision, allow_patterns=["*.json", "*.safetensors"])
+        )
+    except Exception as exc:  # network errors, missing repo, offline without cache
+        raise UserError(f"model.name_or_path: cannot get the checkpoint of {name!r} to merge into ({exc})") from exc
+
+
+def export_hf_config(config: Config, base_dir: Path, label_names, tokenizer, dtype: torch.dtype):
+    """The base config.json, made to describe the exported model (task head, labels, dtype, pad id)."""
+    from transformers import AutoConfig
+
+    from peft_framework.models.loading import resolve_num_labels
+
+    hf_config = AutoConfig.from_pretrained(str(base_dir), trust_remote_code=config.model.trust_remote_code)
+    if config.model.task == "sequence_classification":
+        try:
+            hf_config.num_labels = resolve_num_labels(config.model, label_names=label_names)
+        except UserError:
+            pass  # no label info anywhere: keep the checkpoint's own num_labels
+        if label_names and len(label_names) == hf_config.num_labels:
+            hf_config.id2label = dict(enumerate(label_names))
+            hf_config.label2id = {label: i for i, label in enumerate(label_names)}
+    if getattr(hf_config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        hf_config.pad_token_id = tokenizer.pad_token_id
+    hf_config.dtype = dtype
+    return hf_config
+
+
+def auto_class(config: Config):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if config.model.task == "sequence_classification" else AutoModelForCausalLM
+
+
+def write_generation_config(base_dir: Path, hf_config, tokenizer, out_dir: Path) -> dict[str, Any]:
+    """generation_config.json with the tokenizer's EOS (added to the base's) and a PAD token."""
+    from transformers import GenerationConfig
+
+    try:
+        gen = GenerationConfig.from_pretrained(str(base_dir))
+    except OSError:
+        gen = GenerationConfig.from_model_config(hf_config)
+    eos = gen.eos_token_id
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
+        eos_ids.append(tokenizer.eos_token_id)
+    gen.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else (eos_ids or None)
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [None])[0]
+    if gen.bos_token_id is None and tokenizer.bos_token_id is not None:
+        gen.bos_token_id = tokenizer.bos_token_id
+    gen.save_pretrained(str(out_dir))
+    return {"eos_token_id": gen.eos_token_id, "pad_token_id": gen.pad_token_id, "bos_token_id": gen.bos_token_id}
+
+
+# ------------------------------------------------------------------------------------------------ parity
+@torch.no_grad()
+def _logits(model, inputs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from peft_framework.evaluation.runner import attention_mask, pad
+
+    ids = pad(inputs, pad_id)
+    mask = attention_mask(inputs)
+    return model(input_ids=ids, attention_mask=mask).logits.float(), mask.bool()
+
+
+def parity_check(config: Config, export_dir: Path, adapter_dir: Path, inputs, tokenizer, label_names) -> dict[str, Any]:
+    """Max |logits(exported model, plain transformers) - logits(base + adapter, this framework)|."""
+    from peft_framework.adapters.checkpoint import load_adapter
+    from peft_framework.models.loading import load_base_model
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    torch.manual_seed(config.train.seed)
+    reference_model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer)
+    load_adapter(reference_model, adapter_dir)
+    reference, mask = _logits(reference_model.eval(), inputs, pad_id)
+    del reference_model
+    gc.collect()
+    exported_model = auto_class(config).from_pretrained(str(export_dir)).eval()  # exactly what a user does
+    loaded_dtype = str(next(exported_model.parameters()).dtype).removeprefix("torch.")
+    exported, _ = _logits(exported_model, inputs, pad_id)
+    del exported_model
+    gc.collect()
+    if reference.dim() == 3:  # causal LM: every real (non-pad) position
+        reference, exported = reference[mask], exported[mask]
+    diff = (exported - reference).abs()
+    max_diff = float(diff.max()) if diff.numel() else 0.0
+    return {
+        "parity_max_abs_diff": max_diff if math.isfinite(max_diff) else None,
+        "parity_max_abs_logit": float(reference.abs().max()) if reference.numel() else 0.0,
+        "parity_mean_abs_diff": float(diff.mean()) if diff.numel() else 0.0,
+        "parity_top1_agreement": float((exported.argmax(-1) == reference.argmax(-1)).float().mean()),
+        "parity_samples": len(inputs),
+        "parity_positions": int(reference.shape[0]),
+        "parity_loaded_dtype": loaded_dtype,
+        "_finite": math.isfinite(max_diff),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- stage
+def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
+    """Merge the trained adapter into the base model and export it (or export the adapter when it cannot
+    be merged). Writes `export.output_dir` and `export.report_path`; returns a summary."""
+    from peft_framework.adapters.checkpoint import CONFIG_NAME
+
+    started = time.perf_counter()
+    root = Path(root)
+    cfg = config.export
+    adapter_dir = resolve(root, config.train.output_dir)
+    out_dir = resolve(root, cfg.output_dir)
+    report_path = resolve(root, cfg.report_path)
+    if not (adapter_dir / CONFIG_NAME).is_file():
+        raise StageFailed(
+            f"train.output_dir: {adapter_dir} holds no trained adapter ({CONFIG_NAME} missing); run the train stage first"
+        )
+    adapter = Adapter.read(adapter_dir)
+    method = adapter.method
+    tokenizer = load_export_tokenizer(config, adapter_dir)
+    held_out, label_names = prepared_data(config, root)
+
+    report: dict[str, Any] = {
+        "adapter_type": method.name,
+        "adapter_dir": str(config.train.output_dir),
+        "adapter_sha256": path_sha256(adapter_dir),
+        "adapter_bytes": adapter.bytes(),
+        "base_model": config.model.name_or_path,
+        "task": config.model.task,
+        "output_dir": str(cfg.output_dir),
+    }
+    if not (cfg.merge and method.mergeable):
+        reason = (
+            "export.merge is false"
+            if not cfg.merge
+            else f"adapter type {method.name!r} cannot be merged into the base weights"
+        )
+        report.update(export_unmerged(config, adapter_dir, out_dir, tokenizer, reason, method.name))
+    else:
+        report.update(export_merged(config, root, adapter, adapter_dir, out_dir, tokenizer, held_out, label_names))
+    report["output_sha256"] = path_sha256(out_dir)
+    report["total_seconds"] = round(time.perf_counter() - started, 3)
+    write_json_atomic(report_path, report)
+    return {"output_dir": str(out_dir), "report_path": str(report_path), **report}
+
+
+def export_merged(config, root, adapter, adapter_dir, out_dir, tokenizer, held_out, label_names) -> dict[str, Any]:
+    cfg = config.export
+    dtype = DTYPES[cfg.dtype]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.base-", dir=out_dir.parent) as scratch, atomic_dir(
+        out_dir
+    ) as tmp:
+        base_dir = base_checkpoint_dir(config, Path(scratch), label_names, tokenizer)
+        checkpoint = open_checkpoint(base_dir)
+        hf_config = export_hf_config(config, base_dir, label_names, tokenizer, dtype)
+        log.info(
+            "merging %s adapter into %s: %d shard(s), %.1f MB, export dtype %s",
+            adapter.method.name, config.model.name_or_path, len(checkpoint.shards), checkpoint.bytes() / 1e6, cfg.dtype,
+        )
+        base_bytes = checkpoint.bytes()
+        warm_up(auto_class(config), hf_config, adapter)  # one-time imports are not the merge's memory
+        with PeakRSS() as memory:
+            merged = stream_merge(checkpoint, auto_class(config), hf_config, adapter, tmp, dtype)
+        del checkpoint
+        hf_config.architectures = [_architecture(config, hf_config)]
+        hf_config.save_pretrained(str(tmp))
+        generation = None
+        if config.model.task == "causal_lm":
+            generation = write_generation_config(base_dir, hf_config, tokenizer, tmp)
+        tokenizer.save_pretrained(str(tmp))
+        parity = parity_check(config, tmp, adapter_dir, parity_inputs(config, held_out, tokenizer), tokenizer, label_names)
+        finite = parity.pop("_finite")
+        atol = parity_atol(config, parity["parity_max_abs_logit"])
+        summary = {
+            "merged": True,
+            "dtype": cfg.dtype,
+            "merge_compute_dtype": "float32",
+            "num_shards": len(merged.shards),
+            "model_bytes": merged.total_bytes,
+            "base_checkpoint_bytes": base_bytes,
+            "largest_shard_bytes": merged.largest_shard_bytes,
+            "merge_seconds": round(merged.seconds, 3),
+            "peak_rss_growth_bytes": memory.growth_bytes,
+            "peak_rss_method": memory.method,
+            "tensors_from_adapter": merged.from_adapter,
+            "tensors_left_out": merged.left_out,
+            "checkpoint_tensors_dropped": merged.unused_keys,
+            "generation_config": generation,
+            "parity_atol": atol,
+            **parity,
+        }
+        passed = finite and parity["parity_max_abs_diff"] <= atol
+        summary["parity_passed"] = passed
+        if not passed:
+            raise StageFailed(
+                f"export: the merged model differs from base + adapter: max |logit difference| "
+                f"{parity['parity_max_abs_diff']} > export.parity_atol {atol:g} (export.dtype {cfg.dtype}, top-1 "
+                f"agreement {parity['parity_top1_agreement']:.3f}); nothing was written to {out_dir}. Raise "
+                f"export.parity_atol if the difference is expected for this dtype, or export in float32."
+            )
+        manifest = {
+            "created_by": "peft-framework export",
+            "base_model": config.model.name_or_path,
+            "revision": config.model.revision,
+            "adapter_type": adapter.method.name,
+            "adapter_sha256": path_sha256(adapter_dir),
+            "dtype": cfg.dtype,
+            "parity_max_abs_diff": parity["parity_max_abs_diff"],
+        }
+        write_json_atomic(tmp / EXPORT_MANIFEST, manifest)
+    log.info(
+        "exported merged model to %s: %d shard(s), merge %.2fs, peak RSS growth %.1f MB (model %.1f MB), "
+        "parity max |diff| %.3g <= %g",
+        out_dir, summary["num_shards"], summary["merge_seconds"], summary["peak_rss_growth_bytes"] / 1e6,
+        summary["model_bytes"] / 1e6, summary["parity_max_abs_diff"], atol,
+    )
+    return summary
+
+
+def _architecture(config: Config, hf_config) -> str:
+    from peft_framework.export.merge import build_skeleton
+
+    return type(build_skeleton(auto_class(config), hf_config)).__name__
+
+
+def export_unmerged(
+    config: Config, adapter_dir: Path, out_dir: Path, tokenizer, reason: str, method_name: str
+) -> dict[str, Any]:
+    """The adapter directory as is, plus a reference to the base model it needs."""
+    from peft_framework.adapters.checkpoint import read_adapter_config
+    from peft_framework.evaluation.stage import has_tokenizer
+
+    peft_loadable = "peft_type" in read_adapter_config(adapter_dir)
+    ours = f"peft_framework.inference.MultiAdapterModel.from_export({str(out_dir)!r})"
+    how = (
+        f"peft.PeftModel.from_pretrained(<the base model, loaded with transformers>, {str(out_dir)!r}) or {ours}"
+        if peft_loadable
+        else f"{ours} (adapter type {method_name!r} needs peft-framework at inference)"
+    )
+    with atomic_dir(out_dir) as tmp:
+        for item in adapter_dir.iterdir():
+            if item.name.startswith("."):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+        if not has_tokenizer(tmp):
+            tokenizer.save_pretrained(str(tmp))
+        write_json_atomic(
+            tmp / BASE_REFERENCE,
+            {
+                "base_model_name_or_path": config.model.name_or_path,
+                "revision": config.model.revision,
+                "task": config.model.task,
+                "dtype": config.model.dtype,
+                "adapter_type": method_name,
+                "merged": False,
+                "reason": reason,
+                "load_with": how,
+            },
+        )
+    log.warning(
+        "export: NOT merged (%s): exported the adapter to %s with %s naming the base model %s; load it with %s",
+        reason, out_dir, BASE_REFERENCE, config.model.name_or_path, how,
+    )
+    return {"merged": False, "reason": reason, "load_with": how, "base_reference": BASE_REFERENCE}
