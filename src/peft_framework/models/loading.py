@@ -1,26 +1,151 @@
-"""Load the base model and its tokenizer: hub id, local directory, or the built-in tiny demo."""
+"""Load the base model and its tokenizer: hub id, local directory, or the built-in tiny demo.
+
+    tokenizer = load_tokenizer(config.model)
+    model = load_base_model(config.model, label_names=["negative", "positive"])
+
+Hub ids and local directories go through transformers' Auto classes (`AutoModelForCausalLM`,
+`AutoModelForSequenceClassification`); `trust_remote_code` is off unless the config turns it on.
+"""
 
 from __future__ import annotations
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from peft_framework.config.schema import BUILTIN_TINY_LLAMA, ModelConfig
+from peft_framework.errors import ConfigError
+
+BUILTIN_MODELS = (BUILTIN_TINY_LLAMA,)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def is_builtin(name_or_path: str) -> bool:
     return name_or_path.startswith("builtin:")
 
 
+def _check_builtin(name_or_path: str) -> None:
+    if name_or_path not in BUILTIN_MODELS:
+        raise ConfigError(
+            "invalid config",
+            [
+                f"model.name_or_path: {name_or_path!r} is not a built-in model; allowed: "
+                f"{', '.join(BUILTIN_MODELS)}, "
+                "a HuggingFace hub id or a local model directory"
+            ],
+        )
+
+
+def torch_dtype(model_config: ModelConfig) -> torch.dtype | str:
+    """`model.dtype` as transformers wants it ('auto' passes through)."""
+    return "auto" if model_config.dtype == "auto" else _DTYPES[model_config.dtype]
+
+
 def load_tokenizer(model_config: ModelConfig) -> PreTrainedTokenizerBase:
-    if model_config.name_or_path == BUILTIN_TINY_LLAMA:
+    if is_builtin(model_config.name_or_path):
+        _check_builtin(model_config.name_or_path)
         from peft_framework.models.tiny import tiny_tokenizer
 
         return tiny_tokenizer()
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_config.name_or_path,
-        revision=model_config.revision,
-        trust_remote_code=model_config.trust_remote_code,
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_config.name_or_path,
+            revision=model_config.revision,
+            trust_remote_code=model_config.trust_remote_code,
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            "invalid config",
+            [f"model.name_or_path: cannot load a tokenizer from {model_config.name_or_path!r}: {exc}"],
+        ) from exc
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def resolve_num_labels(
+    model_config: ModelConfig, num_labels: int | None = None, label_names: Sequence[str] | None = None
+) -> int | None:
+    """The number of classes: explicit argument, else `model.num_labels`, else the data's label names.
+
+    A `model.num_labels` that disagrees with the data's labels is a ConfigError.
+    """
+    if model_config.task != "sequence_classification":
+        return None
+    from_data = len(label_names) if label_names else None
+    if model_config.num_labels is not None and from_data is not None and model_config.num_labels != from_data:
+        raise ConfigError(
+            "invalid config",
+            [
+                f"model.num_labels: {model_config.num_labels} but the prepared data has {from_data} labels "
+                f"({', '.join(label_names or [])}); allowed: null (take them from the data) or {from_data}"
+            ],
+        )
+    resolved = num_labels or model_config.num_labels or from_data
+    if resolved is None:
+        raise ConfigError(
+            "invalid config",
+            [
+                "model.num_labels: null and no label names are known "
+                "(prepare the data first, or set model.num_labels)"
+            ],
+        )
+    return resolved
+
+
+def load_base_model(
+    model_config: ModelConfig,
+    num_labels: int | None = None,
+    *,
+    label_names: Sequence[str] | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> PreTrainedModel:
+    """The base model for `model.task`, in `model.dtype` (returned in eval mode).
+
+    For sequence classification the head has `num_labels` classes (from the argument, `model.num_labels`
+    or `label_names`, in that order); `label_names` also become `config.id2label`. Models without a pad
+    token id (Llama, Qwen, ...) get the tokenizer's, since classification heads pool the last non-pad token.
+    Newly initialised weights (the classification head) come from torch's global RNG: seed before calling.
+    """
+    task = model_config.task
+    n_labels = resolve_num_labels(model_config, num_labels, label_names)
+    name = model_config.name_or_path
+    if is_builtin(name):
+        _check_builtin(name)
+        from peft_framework.models.tiny import tiny_llama
+
+        model = tiny_llama(task=task, num_labels=n_labels or 2)
+        if model_config.dtype not in ("float32", "auto"):
+            model = model.to(_DTYPES[model_config.dtype])
+    else:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        kwargs: dict = dict(
+            revision=model_config.revision,
+            trust_remote_code=model_config.trust_remote_code,
+            dtype=torch_dtype(model_config),
+        )
+        if task == "sequence_classification":
+            auto = AutoModelForSequenceClassification
+            kwargs["num_labels"] = n_labels
+            if label_names and len(label_names) == n_labels:
+                kwargs["id2label"] = dict(enumerate(label_names))
+                kwargs["label2id"] = {label: i for i, label in enumerate(label_names)}
+        else:
+            auto = AutoModelForCausalLM
+        try:
+            model = auto.from_pretrained(name, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                "invalid config",
+                [f"model.name_or_path: cannot load {name!r} as a {task} model: {exc}"],
+            ) from exc
+    if task == "sequence_classification":
+        if label_names and len(label_names) == n_labels:
+            model.config.id2label = dict(enumerate(label_names))
+            model.config.label2id = {label: i for i, label in enumerate(label_names)}
+        if getattr(model.config, "pad_token_id", None) is None:
+            tokenizer = tokenizer or load_tokenizer(model_config)
+            model.config.pad_token_id = tokenizer.pad_token_id
+    return model

@@ -11,6 +11,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
 TINY_LLAMA_SEED = 1234
+# Weight init std. transformers' 0.02 leaves a random 64-wide model's logits so small (|logit| < ~1.5 after
+# the final RMSNorm) that no adapter on the frozen blocks can make it confident: held-out loss stalls near
+# ln(vocab). At 0.2 the same LoRA brings the demo's held-out loss from ~6.6 to ~1.3 in 48 steps.
+TINY_INIT_STD = 0.2
 
 # A minimal chat template (role-tagged turns); `{% generation %}` marks what the model should learn.
 CHAT_TEMPLATE = (
@@ -56,6 +60,7 @@ def tiny_llama_config(vocab_size: int = 259, **overrides) -> LlamaConfig:
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
+        initializer_range=TINY_INIT_STD,
     )
     params.update(overrides)
     return LlamaConfig(**params)

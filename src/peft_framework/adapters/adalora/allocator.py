@@ -155,3 +155,34 @@ class AdaLoraCallback(TrainerCallback):
         if logs is not None and self.allocator.record.budget is not None and "loss" in logs:
             logs["adalora_rank_budget"] = self.allocator.record.budget
         return control
+
+    # --- step checkpoints: AdapterTrainer saves these tensors with every checkpoint and restores them on
+    # resume. Without them a resumed run re-ranks from empty statistics and, past the final step, masks
+    # every rank.
+    _STATS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        alloc, rec = self.allocator, self.allocator.record
+        state: dict[str, torch.Tensor] = {}
+        for stat in self._STATS:
+            for (path, kind), tensor in getattr(alloc, stat).items():
+                state[f"{stat}|{path}|{kind}"] = tensor
+        for path, keep in (rec.rank_pattern or {}).items():
+            state[f"rank_pattern|{path}"] = torch.tensor(keep, dtype=torch.bool)
+        if rec.budget is not None:
+            state["budget"] = torch.tensor(rec.budget)
+        return state
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        alloc, rec = self.allocator, self.allocator.record
+        alloc.reset_ipt()
+        pattern: dict[str, list[bool]] = {}
+        for key, tensor in state.items():
+            group, _, rest = key.partition("|")
+            if group in self._STATS:
+                path, _, kind = rest.rpartition("|")
+                getattr(alloc, group)[(path, kind)] = tensor.clone()
+            elif group == "rank_pattern":
+                pattern[rest] = tensor.tolist()
+        rec.rank_pattern = pattern or None
+        rec.budget = int(state["budget"]) if "budget" in state else None

@@ -1,0 +1,157 @@
+"""`AdapterTrainer`: transformers' Trainer with the three things an injected adapter needs.
+
+1. Checkpoints hold the trainable tensors only (the adapter and its module copies), not the whole model,
+   and resume / best-model loading copy them back exactly (Trainer only knows how to do this for
+   HuggingFace peft's PeftModel). Callbacks can checkpoint tensors of their own (see CALLBACK_STATE_DIR).
+2. The adapter type's `extra_loss` (e.g. AdaLoRA's orthogonal regulariser) is added to the training loss.
+3. A NaN/inf loss stops the run with `StageFailed` naming the step, before the optimizer step and before
+   any checkpoint of that step, so the last checkpoint on disk is a good one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Trainer
+
+from peft_framework.adapters.base import AdapterMethod
+from peft_framework.errors import AdapterError, StageFailed
+from peft_framework.training.checkpoints import CALLBACK_STATE_DIR, TRAINABLE_WEIGHTS
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(StageFailed):
+    """The training loss became NaN or inf."""
+
+    def __init__(self, message: str, step: int, value: float) -> None:
+        super().__init__(message)
+        self.step = step
+        self.value = value
+
+
+class AdapterTrainer(Trainer):
+    def __init__(self, *args: Any, adapter_method: AdapterMethod, **kwargs: Any) -> None:
+        self.adapter_method = adapter_method
+        super().__init__(*args, **kwargs)
+
+    # --- loss ------------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if not model.training:
+            return result
+        extra = self.adapter_method.extra_loss(self.accelerator.unwrap_model(model))
+        if extra is None:
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # the task loss is already normalised over the whole accumulated batch, so Trainer will not
+            # divide by the accumulation steps: the regulariser must be, to count once per optimizer step
+            extra = extra / self.current_gradient_accumulation_steps
+        loss = loss + extra.to(loss.device, loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        bad = (~torch.isfinite(loss)).any().to(torch.int32)
+        if (
+            self.args.world_size > 1
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+        ):
+            bad = bad.to(self.args.device)  # every process stops together, whichever one saw it
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bool(bad):
+            step = self.state.global_step + 1
+            value = float(loss.float().mean()) if loss.numel() else float("nan")
+            seen = f"{value}" if not math.isfinite(value) else "nan/inf in another process"
+            raise NonFiniteLoss(
+                f"train: the loss became {seen} at step {step} (epoch {self.state.epoch or 0:.2f}); "
+                "training stopped before that step's update. Lower train.learning_rate "
+                f"(now {self.args.learning_rate:g}), "
+                f"use train.precision fp32 or bf16, or check the data.",
+                step=step,
+                value=value,
+            )
+        return loss
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    def _trainable(self, model: nn.Module | None = None) -> dict[str, nn.Parameter]:
+        model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """A step checkpoint's weights: the trainable tensors under their in-memory names (safetensors).
+
+        Not the peft-format adapter: some types save a transformed adapter (AdaLoRA cuts its matrices to the
+        ranks kept so far) that cannot be trained on from; this is the exact training state, for any type.
+        Callbacks with `checkpoint_state()` have their tensors saved beside it. Only the main process writes.
+        """
+        output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
+        if not self.args.should_save:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tensors = {name: p.detach().to("cpu").contiguous().clone() for name, p in self._trainable().items()}
+        save_file(tensors, str(output_dir / TRAINABLE_WEIGHTS), metadata={"format": "pt"})
+        for callback in self.callback_handler.callbacks:
+            get_state = getattr(callback, "checkpoint_state", None)
+            if callable(get_state):
+                state = {k: v.detach().to("cpu").contiguous() for k, v in get_state().items()}
+                (output_dir / CALLBACK_STATE_DIR).mkdir(exist_ok=True)
+                save_file(
+                    state, str(output_dir / CALLBACK_STATE_DIR / f"{type(callback).__name__}.safetensors")
+                )
+
+    @torch.no_grad()
+    def _load_trainable(self, checkpoint: str | os.PathLike[str], model: nn.Module | None = None) -> None:
+        path = Path(checkpoint) / TRAINABLE_WEIGHTS
+        if not path.is_file():
+            raise AdapterError(f"{checkpoint}: no {TRAINABLE_WEIGHTS}; not a checkpoint of this framework")
+        state = load_file(str(path), device="cpu")
+        params = self._trainable(model)
+        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise AdapterError(
+                f"{path} does not fit the model's trainable parameters (another adapter config?)",
+                [f"missing: {k}" for k in missing[:10]] + [f"unexpected: {k}" for k in unexpected[:10]],
+            )
+        for name, param in params.items():
+            if state[name].shape != param.shape:
+                raise AdapterError(
+                    f"{path}: {name} has shape {tuple(state[name].shape)}, the model {tuple(param.shape)}"
+                )
+            param.copy_(state[name])
+
+    def _load_callback_states(self, checkpoint: str | os.PathLike[str]) -> None:
+        for callback in self.callback_handler.callbacks:
+            load_state = getattr(callback, "load_checkpoint_state", None)
+            file = Path(checkpoint) / CALLBACK_STATE_DIR / f"{type(callback).__name__}.safetensors"
+            if callable(load_state) and file.is_file():
+                load_state(load_file(str(file), device="cpu"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        log.info("loading the trainable weights from %s", resume_from_checkpoint)
+        self._load_trainable(resume_from_checkpoint, model)
+        self._load_callback_states(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        log.info("loading the best weights from %s (eval_loss %s)", best, self.state.best_metric)
+        self._load_trainable(best)
