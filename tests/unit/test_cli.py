@@ -76,7 +76,7 @@ def test_invalid_config_exits_2_with_one_line_per_problem(capsys, tmp_path: Path
             ["generate", "--base", "builtin:tiny-llama", "--adapter", "nodir", "--prompt", "hi"],
             "expected NAME=DIR",
         ),
-        (["generate", "--base", "x", "--adapter", "a=d", "--use", "b", "--prompt", "hi"], "--use 'b'"),
+        (["generate", "--base", "x", "--adapter", "a=d", "--use", "b", "--prompt", "hi"], "--use: 'b'"),
         (
             ["generate", "--base", "x", "--adapter", "a=d", "--adapter", "a=e", "--prompt", "hi"],
             "given twice",
