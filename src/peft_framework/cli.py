@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -134,7 +135,10 @@ def _stage(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 
         config = _load(args)
         stage = getattr(importlib.import_module(module), function)
-        _print_json(stage(config, root=args.root))
+        summary = stage(config, root=args.root)
+        # under torchrun every process runs the stage; only the main one reports
+        if os.environ.get("RANK", "0") == "0":
+            _print_json(summary)
         return 0
 
     return run
