@@ -1,0 +1,85 @@
+"""What the pipeline's caches cost: a no-op `dvc repro` and an all-cache-hit flow run, against full runs.
+
+    python bench/pipeline_cache.py [--tiny] [--keep DIR]
+
+In a temporary git repo copied from the project (params.yaml as committed; `--tiny` uses the e2e
+tests' few-step settings), times as wall-clock seconds of the commands a user types:
+  1. dvc repro                      full: every stage runs (one Prefect flow run per stage)
+  2. dvc repro                      no-op: DVC finds nothing changed
+  3. python -m flows.pipeline       all cache hits (the stage flows of step 1 filled the result cache)
+  4. python -m flows.pipeline       full, after deleting every output and the result cache
+  5. python -m flows.pipeline       all cache hits again
+Prints JSON: the times, the ratios no-op repro / full repro and all-hit flow / full flow, and the
+in-flow seconds per stage of the flow runs (without process start and Prefect's API start-up). Runs on
+the ephemeral API unless PREFECT_API_URL is set. Reports; never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
+from pipeline_project import TINY_PARAMS, Project, make_project  # noqa: E402
+
+
+def timed(project: Project, *args: str) -> float:
+    started = time.perf_counter()
+    project.run(*args, timeout=7200)
+    return round(time.perf_counter() - started, 2)
+
+
+def flow(project: Project, summary: Path) -> tuple[float, dict[str, dict[str, object]]]:
+    seconds = timed(project, "python", "-m", "flows.pipeline", "--summary-json", str(summary))
+    stages = json.loads(summary.read_text())["stages"]
+    return seconds, {name: {"state": s["state"], "seconds": s["seconds"]} for name, s in stages.items()}
+
+
+def clean(project: Project) -> None:
+    """Delete every stage output and the Prefect result cache (not the Prefect database)."""
+    for rel in ("data/raw", "data/prepared", "data/rejected.jsonl", "models", "reports", ".prefect/storage"):
+        path = project.root / rel
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="few-step training settings (as the e2e tests)")
+    parser.add_argument("--keep", type=Path, help="build the project copy here and keep it")
+    args = parser.parse_args()
+
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="pipeline-cache-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        project = make_project(workdir, TINY_PARAMS if args.tiny else {})
+        out: dict[str, object] = {"params": "tiny" if args.tiny else "params.yaml"}
+        out["repro_full_s"] = timed(project, "dvc", "repro")
+        out["repro_noop_s"] = timed(project, "dvc", "repro")
+        out["flow_after_repro_s"], out["flow_after_repro"] = flow(project, workdir / "flow1.json")
+        clean(project)
+        out["flow_full_s"], out["flow_full"] = flow(project, workdir / "flow2.json")
+        out["flow_hits_s"], out["flow_hits"] = flow(project, workdir / "flow3.json")
+        out["ratio_repro_noop_to_full"] = round(out["repro_noop_s"] / out["repro_full_s"], 4)
+        out["ratio_flow_hits_to_full"] = round(out["flow_hits_s"] / out["flow_full_s"], 4)
+        in_flow_full = sum(s["seconds"] for s in out["flow_full"].values())
+        in_flow_hits = sum(s["seconds"] for s in out["flow_hits"].values())
+        out["ratio_flow_hits_to_full_in_flow"] = round(in_flow_hits / in_flow_full, 4)
+        print(json.dumps(out, indent=2))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
