@@ -10,6 +10,10 @@ peft's checkpoints once the adapter name is removed.
 
 Several adapters live side by side in the ModuleDicts; at most one is active. A merged adapter is folded
 into the base weight and contributes nothing more through its branch.
+
+The forward runs the fused path of `fast.py` (one autograd node, no full-size temporaries) whenever it
+computes the same thing: plain Linear/Conv1D base, one dtype throughout, no autocast, no hooks on the
+modules it would bypass. Everything else runs `_forward_reference`, peft's formula with modules.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from peft_framework.adapters.lora import fast
 from peft_framework.errors import AdapterError
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -29,6 +34,10 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
     return alpha / math.sqrt(r) if use_rslora else alpha / r
+
+
+def _has_hooks(*modules: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules)
 
 
 class LoraLinear(nn.Module):
@@ -106,10 +115,31 @@ class LoraLinear(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
         name = self.active_adapter
         if name is None or name in self.merged_adapters:
-            return result
+            return self.base_layer(x, *args, **kwargs)
+        base = self.base_layer
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        dropout = self.lora_dropout[name]
+        if (
+            not args
+            and not kwargs
+            and fast.fast_path_applies(base, x, a, b)
+            and type(dropout) in (nn.Dropout, nn.Identity)
+            and not _has_hooks(self.lora_A[name], self.lora_B[name], dropout)
+        ):
+            scaling, fan = self.scaling[name], self.fan_in_fan_out
+            dropout_active = isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0
+            if torch.is_grad_enabled():
+                x_branch = dropout(x) if dropout_active else None
+                return fast.LoraLinearFunction.apply(x, x_branch, base.weight, base.bias, a, b, scaling, fan)
+            if not dropout_active:
+                return fast.lora_linear_inference(x, base.weight, base.bias, a, b, scaling, fan)
+        return self._forward_reference(x, name, *args, **kwargs)
+
+    def _forward_reference(self, x: torch.Tensor, name: str, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """peft's formula with modules: y = base(x) + B(A(dropout(x))) * s."""
+        result = self.base_layer(x, *args, **kwargs)
         lora_a, lora_b = self.lora_A[name], self.lora_B[name]
         x = x.to(lora_a.weight.dtype)
         update = lora_b(lora_a(self.lora_dropout[name](x))) * self.scaling[name]

@@ -1,0 +1,229 @@
+"""Fused LoRA linear: base projection and low-rank branch in one autograd node.
+
+    y = x Wᵀ + b + s · (x' Aᵀ) Bᵀ        x' = x, or dropout(x) when dropout is active
+
+The reference path (`LoraLinear._forward_reference`, peft's formula written with modules) builds five
+autograd nodes per layer and allocates three full-size temporaries per forward (the branch output, its
+scaled copy, the sum) and two per backward (the scaled gradient, the branch's input gradient before it
+is added to the base's); on CPU each fresh large tensor also costs page faults. Here, per layer, one
+node, and (T tokens, r the rank):
+
+- forward: `h = x' Aᵀ` (T × r), `y = b + s · h Bᵀ` written straight into the output, then the base GEMM
+  accumulates onto it in place (`y.addmm_(x, Wᵀ)`, beta = 1, or beta = s without a bias): the scaling
+  rides in a GEMM's alpha/beta, no full-size temporary, and the branch costs no extra pass over y;
+- backward: `dh = s · g B` and `dB = s · gᵀ h` (small), `dA = dhᵀ x'`, `dx = dh A` then the base GEMM
+  accumulates `g W` onto it in place; no gradient is ever formed for the frozen W;
+- saved for backward: x' and h only (W, A, B are parameters, saved by reference);
+- without autograd (inference) and many tokens ("merged_forward": T·(in+out) ≥ 2·in·out, fp32/fp64
+  only), `y = x (W + s·BA)ᵀ + b` with the merged weight formed on the fly: an r-rank update of the
+  in × out weight instead of two skinny GEMMs over the T tokens. W itself is never modified. It rounds
+  differently from the reference (~1e-7 relative, far inside peft parity); in bf16/fp16 folding s·BA
+  into the weight would lose the update's low bits, so it is not used there.
+
+Measured and dropped (bench/README.md): the merged weight in the training forward (h is needed for dB
+anyway) and for the input gradient (dx = g (W + s·BA)): both slower than the in-place updates here.
+
+`OPTIONS` switches each optimisation off for comparisons: env `PEFT_FRAMEWORK_LORA_FAST=0` (the whole
+fused path: every layer then runs the reference path), `PEFT_FRAMEWORK_LORA_MERGED_FORWARD=0`, or
+`configure(...)` at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules import module as _module_mod
+from transformers.pytorch_utils import Conv1D
+
+
+def _env_flag(name: str, default: bool = True) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() not in {"0", "false", "no", "off", ""}
+
+
+#: The switches, read once from the environment; change them with `configure` (the benchmark does, to
+#: measure each optimisation against the path without it).
+OPTIONS: dict[str, bool] = {
+    "fused": _env_flag("PEFT_FRAMEWORK_LORA_FAST"),
+    "merged_forward": _env_flag("PEFT_FRAMEWORK_LORA_MERGED_FORWARD"),
+}
+_MERGE_DTYPES = (torch.float32, torch.float64)
+_FAST_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_FAST_BASE_TYPES = (nn.Linear, Conv1D)
+
+
+def configure(**switches: bool) -> dict[str, bool]:
+    """Set some of OPTIONS (e.g. `configure(fused=False)`); returns the previous values of all."""
+    unknown = sorted(set(switches) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown fast-path switches {unknown}; allowed: {sorted(OPTIONS)}")
+    previous = dict(OPTIONS)
+    OPTIONS.update({k: bool(v) for k, v in switches.items()})
+    return previous
+
+
+def fast_path_enabled() -> bool:
+    return OPTIONS["fused"]
+
+
+def set_fast_path(enabled: bool) -> bool:
+    """Turn the fused path on or off for every LoraLinear; returns the previous setting."""
+    return configure(fused=enabled)["fused"]
+
+
+def fast_path_applies(base: nn.Module, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> bool:
+    """The fused path computes the reference formula only when the base layer is a plain Linear/Conv1D
+    run without hooks, and input, base weight and adapter share one dtype and device (mixed precision
+    and autocast keep peft's cast-and-round order on the reference path)."""
+    weight = base.weight
+    return (
+        OPTIONS["fused"]
+        and type(base) in _FAST_BASE_TYPES
+        and x.dtype in _FAST_DTYPES
+        and x.dtype == weight.dtype == lora_a.dtype == lora_b.dtype
+        and (base.bias is None or base.bias.dtype == x.dtype)
+        and x.device == weight.device == lora_a.device
+        and x.dim() >= 1
+        and not (base._forward_hooks or base._forward_pre_hooks)
+        and not (base._backward_hooks or base._backward_pre_hooks)
+        and not (_module_mod._global_forward_hooks or _module_mod._global_forward_pre_hooks)
+        and not torch.is_autocast_enabled(x.device.type)
+    )
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def merged_weight(
+    weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, s: float, fan_in_fan_out: bool
+) -> torch.Tensor:
+    """W + s·BA laid out like W ((in, out) for Conv1D), as a new tensor; W itself is untouched."""
+    if fan_in_fan_out:
+        return torch.addmm(weight, lora_a.t(), lora_b.t(), alpha=s)
+    return torch.addmm(weight, lora_b, lora_a, alpha=s)
+
+
+def project(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fan_in_fan_out: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x through a Linear-layout (out, in) or Conv1D-layout (in, out) weight: returns y shaped like x with
+    the last dimension `out`, and 2-D views (tokens, in) of x and (tokens, out) of y. y is a fresh tensor,
+    not a view, so callers (and the model code after them) may modify it in place."""
+    w = weight if fan_in_fan_out else weight.t()
+    x2 = x.reshape(-1, x.shape[-1])
+    y = torch.empty((*x.shape[:-1], w.shape[1]), dtype=x.dtype, device=x.device)
+    y2 = y.view(-1, w.shape[1])
+    if bias is None:
+        torch.mm(x2, w, out=y2)
+    else:
+        torch.addmm(bias, x2, w, out=y2)
+    return y, x2, y2
+
+
+def _merge_for_forward(x: torch.Tensor, tokens: int, n_in: int, n_out: int) -> bool:
+    # r·in·out (plus a copy of W) against r·T·(in+out): measured break-even near T·(in+out) = 2·in·out
+    return (
+        OPTIONS["merged_forward"] and x.dtype in _MERGE_DTYPES and tokens * (n_in + n_out) >= 2 * n_in * n_out
+    )
+
+
+def _forward(
+    x: torch.Tensor,
+    x_branch: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    s: float,
+    fan_in_fan_out: bool,
+    keep_h: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(y, x' as 2-D, h or None). h is computed when kept or needed for y."""
+    n_in = x.shape[-1]
+    tokens = x.numel() // n_in if n_in else 0
+    n_out = lora_b.shape[0]
+    if not keep_h and x_branch is None and _merge_for_forward(x, tokens, n_in, n_out):
+        y, x2, _ = project(x, merged_weight(weight, lora_a, lora_b, s, fan_in_fan_out), bias, fan_in_fan_out)
+        return y, x2, None
+    # the small product first, then the base GEMM accumulates onto it in place (beta): one pass over y
+    # fewer than adding the branch afterwards
+    x2 = x.reshape(-1, n_in)
+    xb2 = x2 if x_branch is None else x_branch.reshape(-1, n_in)
+    h = torch.mm(xb2, lora_a.t())
+    y = torch.empty((*x.shape[:-1], n_out), dtype=x.dtype, device=x.device)
+    y2 = y.view(-1, n_out)
+    w = weight if fan_in_fan_out else weight.t()
+    if bias is None:
+        torch.mm(h, lora_b.t(), out=y2)
+        y2.addmm_(x2, w, beta=s)
+    else:
+        torch.addmm(bias, h, lora_b.t(), alpha=s, out=y2)
+        y2.addmm_(x2, w)
+    return y, xb2, h
+
+
+# ------------------------------------------------------------------------------------------ autograd
+class LoraLinearFunction(torch.autograd.Function):
+    """Inputs: x, x' (None: the branch reads x itself), W, b, A, B, s, fan_in_fan_out. Output: y."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        x_branch: torch.Tensor | None,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+        fan_in_fan_out: bool,
+    ) -> torch.Tensor:
+        needs = ctx.needs_input_grad
+        y, xb2, h = _forward(
+            x, x_branch, weight, bias, lora_a, lora_b, scaling, fan_in_fan_out, keep_h=needs[5]
+        )
+        ctx.save_for_backward(xb2 if needs[4] else None, h if needs[5] else None, weight, lora_a, lora_b)
+        ctx.scaling, ctx.fan_in_fan_out, ctx.in_shape = scaling, fan_in_fan_out, x.shape
+        ctx.has_branch_input = x_branch is not None
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        xb2, h, weight, lora_a, lora_b = ctx.saved_tensors
+        need_x, need_xb, _, need_bias, need_a, need_b = ctx.needs_input_grad[:6]
+        s, shape, fan = ctx.scaling, ctx.in_shape, ctx.fan_in_fan_out
+        g2 = grad.reshape(-1, grad.shape[-1])
+        dx = dxb = dbias = da = db = dh = None
+        if need_a or need_x or need_xb:
+            dh = torch.mm(g2, lora_b).mul_(s)  # (T, r): small
+        if need_b:
+            db = torch.mm(g2.t(), h).mul_(s)  # (out, r)
+        if need_a:
+            da = torch.mm(dh.t(), xb2)  # (r, in)
+        if need_x:
+            w = weight.t() if fan else weight
+            if ctx.has_branch_input:
+                dx = torch.mm(g2, w)
+            else:  # the branch's share first, the base GEMM accumulates onto it in place
+                dx = torch.mm(dh, lora_a).addmm_(g2, w)
+            dx = dx.view(shape)
+        if ctx.has_branch_input and need_xb:
+            dxb = torch.mm(dh, lora_a).view(shape)
+        if need_bias:
+            dbias = g2.sum(0)
+        return dx, dxb, None, dbias, da, db, None, None
+
+
+@torch.no_grad()
+def lora_linear_inference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+    fan_in_fan_out: bool,
+) -> torch.Tensor:
+    """The same forward without autograd (no-grad mode, dropout inactive): nothing kept."""
+    return _forward(x, None, weight, bias, lora_a, lora_b, scaling, fan_in_fan_out, keep_h=False)[0]
