@@ -15,6 +15,9 @@ from torch import nn
 from peft_framework.adapters.adalora.config import AdaLoraConfig
 from peft_framework.adapters.adalora.layer import SVDLinear
 from peft_framework.adapters.lora.layer import ModulesToSave
+from peft_framework.adapters.model_state import adapter_state, find_record, wrapper_paths
+from peft_framework.adapters.model_state import base_module_paths as shared_base_module_paths
+from peft_framework.adapters.model_state import inside as _inside
 from peft_framework.adapters.lora.model import effective_modules_to_save, resolve_modules_to_save
 from peft_framework.adapters.targeting import (
     LINEAR_TYPES,
@@ -73,11 +76,7 @@ class AdaLoraRecord:
 
 
 def _state(model: nn.Module) -> dict:
-    state = model.__dict__.get(STATE_ATTR)
-    if state is None:
-        state = {"adapters": {}, "active": None}
-        model.__dict__[STATE_ATTR] = state
-    return state
+    return adapter_state(model, STATE_ATTR)
 
 
 def records(model: nn.Module) -> dict[str, AdaLoraRecord]:
@@ -85,29 +84,22 @@ def records(model: nn.Module) -> dict[str, AdaLoraRecord]:
 
 
 def record(model: nn.Module, adapter_name: str) -> AdaLoraRecord:
-    adapters = records(model)
-    if adapter_name not in adapters:
-        raise AdapterError(
-            f"no AdaLoRA adapter named {adapter_name!r} on this model; allowed: {sorted(adapters)}"
-        )
-    return adapters[adapter_name]
+    return find_record(records(model), adapter_name, "AdaLoRA")
 
 
 def active_adapter(model: nn.Module) -> str | None:
     return _state(model)["active"]
 
 
-def _inside(path: str, parents: list[str]) -> bool:
-    return any(path.startswith(parent + ".") for parent in parents)
+_WRAPPERS = (SVDLinear, ModulesToSave)
 
 
 def _wrapper_paths(model: nn.Module) -> list[str]:
-    return [p for p, m in model.named_modules() if isinstance(m, (SVDLinear, ModulesToSave))]
+    return wrapper_paths(model, _WRAPPERS)
 
 
 def base_module_paths(model: nn.Module) -> list[str]:
-    wrappers = _wrapper_paths(model)
-    return [p for p, _ in model.named_modules() if p and not _inside(p, wrappers)]
+    return shared_base_module_paths(model, _WRAPPERS)
 
 
 # --------------------------------------------------------------------------------------------- targets

@@ -23,6 +23,7 @@ from torch import nn
 from peft_framework.adapters.bottleneck.config import BottleneckConfig
 from peft_framework.adapters.bottleneck.layer import BottleneckSublayer, Kind
 from peft_framework.adapters.lora.layer import ModulesToSave
+from peft_framework.adapters.model_state import adapter_state, find_record
 from peft_framework.adapters.lora.model import effective_modules_to_save, resolve_modules_to_save
 from peft_framework.adapters.targeting import replace_module
 from peft_framework.errors import AdapterError
@@ -54,11 +55,7 @@ class BottleneckRecord:
 
 
 def _state(model: nn.Module) -> dict:
-    state = model.__dict__.get(STATE_ATTR)
-    if state is None:
-        state = {"adapters": {}, "active": None}
-        model.__dict__[STATE_ATTR] = state
-    return state
+    return adapter_state(model, STATE_ATTR)
 
 
 def records(model: nn.Module) -> dict[str, BottleneckRecord]:
@@ -66,12 +63,7 @@ def records(model: nn.Module) -> dict[str, BottleneckRecord]:
 
 
 def record(model: nn.Module, adapter_name: str) -> BottleneckRecord:
-    adapters = records(model)
-    if adapter_name not in adapters:
-        raise AdapterError(
-            f"no bottleneck adapter named {adapter_name!r} on this model; allowed: {sorted(adapters)}"
-        )
-    return adapters[adapter_name]
+    return find_record(records(model), adapter_name, "bottleneck")
 
 
 def active_adapter(model: nn.Module) -> str | None:

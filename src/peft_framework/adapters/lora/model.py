@@ -14,6 +14,9 @@ from torch import nn
 
 from peft_framework.adapters.lora.config import LoraConfig
 from peft_framework.adapters.lora.layer import LoraLinear, ModulesToSave
+from peft_framework.adapters.model_state import adapter_state, wrapper_paths
+from peft_framework.adapters.model_state import base_module_paths as shared_base_module_paths
+from peft_framework.adapters.model_state import inside as _inside
 from peft_framework.adapters.targeting import (
     ALL_LINEAR,
     LINEAR_TYPES,
@@ -39,32 +42,25 @@ class LoraRecord:
     merged: bool = False
 
 
+_WRAPPERS = (LoraLinear, ModulesToSave)
+
+
 def records(model: nn.Module) -> dict[str, LoraRecord]:
     """The LoRA adapters on `model`, by name (empty dict if none)."""
-    state = model.__dict__.get(STATE_ATTR)
-    if state is None:
-        state = {"adapters": {}, "active": None}
-        model.__dict__[STATE_ATTR] = state
-    return state["adapters"]
+    return adapter_state(model, STATE_ATTR)["adapters"]
 
 
 def active_adapter(model: nn.Module) -> str | None:
-    records(model)
-    return model.__dict__[STATE_ATTR]["active"]
+    return adapter_state(model, STATE_ATTR)["active"]
 
 
 def _wrapper_paths(model: nn.Module) -> list[str]:
-    return [p for p, m in model.named_modules() if isinstance(m, (LoraLinear, ModulesToSave))]
-
-
-def _inside(path: str, parents: list[str]) -> bool:
-    return any(path.startswith(parent + ".") for parent in parents)
+    return wrapper_paths(model, _WRAPPERS)
 
 
 def base_module_paths(model: nn.Module) -> list[str]:
     """Module paths as the base model had them: wrappers stand for the module they wrap."""
-    wrappers = _wrapper_paths(model)
-    return [p for p, _ in model.named_modules() if p and not _inside(p, wrappers)]
+    return shared_base_module_paths(model, _WRAPPERS)
 
 
 # --------------------------------------------------------------------------------------------- targets
@@ -176,7 +172,7 @@ def set_active(model: nn.Module, adapter_name: str | None) -> None:
     for module in model.modules():
         if isinstance(module, (LoraLinear, ModulesToSave)):
             module.set_adapter(adapter_name)
-    model.__dict__[STATE_ATTR]["active"] = adapter_name
+    adapter_state(model, STATE_ATTR)["active"] = adapter_name
 
 
 def _check_nothing_merged(model: nn.Module, except_name: str | None, action: str) -> None:
