@@ -171,6 +171,24 @@ def test_appending_rows_keeps_every_old_row_in_its_split(project):
     assert {key: after[key] for key in before} == before
 
 
+def test_an_empty_split_is_left_out_and_the_data_still_loads(tmp_path):
+    """datasets cannot load an empty split back from disk; a small dataset with split.test 0 must still
+    train, and evaluate must name the key to change instead of an IndexError from datasets."""
+    from peft_framework.evaluation.stage import load_test_split
+
+    (tmp_path / "data").mkdir()
+    rows = [{"instruction": f"Repeat {i}.", "output": str(i)} for i in range(24)]
+    (tmp_path / "data" / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = Config(data=DataConfig(source="data/tiny.jsonl", split={"validation": 0.2, "test": 0.0}))
+    summary = prepare(config, tmp_path)
+    assert summary["rows"]["kept"] == 24
+    dataset = datasets.load_from_disk(str(tmp_path / "data" / "prepared"))
+    assert "test" not in dataset and len(dataset["train"]) + len(dataset["validation"]) == 24
+    assert json.loads((tmp_path / "data/prepared/manifest.json").read_text())["rows"]["test"] == 0
+    with pytest.raises(DataError, match=r"data.split.test: the test split .* is empty"):
+        load_test_split(config, tmp_path)
+
+
 def test_data_kind_and_model_task_must_agree(tmp_path):
     with pytest.raises(ConfigError, match="model.task"):
         prepare(Config(data=DataConfig(kind="classification")), tmp_path)

@@ -1,6 +1,7 @@
 """The prepare stage: raw data -> `data.output_dir` (a DatasetDict) + rejected rows + report.
 
-Outputs: `data.output_dir` holds the splits (saved with `save_to_disk`) and `manifest.json`, written to a
+Outputs: `data.output_dir` holds the splits (saved with `save_to_disk`; an empty validation or test split
+is left out, since `load_from_disk` cannot read one back) and `manifest.json`, written to a
 temporary directory and renamed into place; `data.rejected_path` holds every rejected row with its
 reasons, source file and line; `data.report_path` counts rows read, kept and rejected per reason. When
 more rows are rejected than `data.validate.max_rejected_fraction` allows, the rejected file and the
@@ -134,6 +135,10 @@ def _build_dataset(result: Result, dc: DataConfig):
             for name in text_columns:
                 columns[name].append(enc.text[name])
             columns["source"].append(ex.record.where)
+        if not rows and split != "train":
+            # datasets cannot load an empty split back from disk (IndexError in load_from_disk): leave it
+            # out; the manifest's counts still say it is empty and the stages that need it say so
+            continue
         splits[split] = datasets.Dataset.from_dict(columns, features=datasets.Features(features), split=split)
     return datasets.DatasetDict(splits)
 

@@ -84,14 +84,12 @@ def load_test_split(config: Config, root: str | os.PathLike[str]):
         dataset = load_from_disk(str(data_dir))
     except (FileNotFoundError, ValueError) as exc:
         raise DataError(f"data.output_dir: {data_dir} is not a prepared dataset ({exc}); run prepare again") from exc
-    if "test" not in dataset:
-        raise DataError(f"data.output_dir: {data_dir} has no 'test' split (splits: {', '.join(dataset)})")
-    test = dataset["test"]
-    if len(test) == 0:
+    if "test" not in dataset or len(dataset["test"]) == 0:
         raise DataError(
             f"data.split.test: the test split in {data_dir} is empty; allowed: a test fraction that leaves at least "
             "one row (raise data.split.test or add data)"
         )
+    test = dataset["test"]
     if config.eval.max_samples is not None and len(test) > config.eval.max_samples:
         test = test.select(range(config.eval.max_samples))
     manifest_path = data_dir / "manifest.json"
