@@ -245,6 +245,13 @@ class TrainConfig(Section):
         "the GPU has it, else fp16 on GPU, fp32 on CPU.",
     )
     gradient_checkpointing: bool = False
+    compile: bool = Field(
+        False,
+        description="torch.compile the model for training (Trainer's torch_compile, inductor backend): fuses the "
+        "elementwise work around the matmuls (norms, rotary embedding, activations, the LoRA branch). "
+        "bench/train_throughput.py: about 6-10 % shorter steps on CPU; costs a compile at the start (35-55 s "
+        "for a 6-layer model on 2 CPU cores) and once more when batch shapes first change.",
+    )
     logging_steps: int = Field(5, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="null: evaluate once per epoch")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps into checkpoint_dir.")

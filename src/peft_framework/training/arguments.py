@@ -126,6 +126,7 @@ def build_training_arguments(
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
         **_checkpointing_kwargs(train.gradient_checkpointing),
+        torch_compile=train.compile,
         logging_strategy="steps",
         logging_steps=train.logging_steps,
         logging_first_step=True,
