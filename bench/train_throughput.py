@@ -1,14 +1,18 @@
 """LoRA training throughput and memory: this project vs HuggingFace peft vs the frozen-model floor.
 
-    python bench/train_throughput.py [--steps 12] [--warmup 3] [--threads 2] [--ablations] [--json out.json]
+    python bench/train_throughput.py [--steps 12] [--warmup 3] [--threads 2] [--ablations] [--compile]
+                                     [--json out.json]
 
 Model: tiny Llama built from config (6 layers, hidden 512, intermediate 1376, 8 heads, vocab 8000),
-batch 8 x 128 tokens, LoRA r=16 (alpha 32, dropout 0) on every linear layer of the blocks, AdamW.
+batch 8 x 128 tokens, LoRA r=16 (alpha 32, dropout 0) on every linear layer of the blocks, AdamW
+(fused=True: the `adamw_torch_fused` that transformers' Trainer, and so the train stage, uses by default).
 Variants:
   ours   - peft_framework's native LoRA, every fast-path optimisation on
   peft   - HuggingFace peft, same LoRA config
   floor  - same model, every weight frozen, no adapter (forward + backward through activations)
   with --ablations, also ours with the fast path switched off (`ABLATIONS`), to show what it buys;
+  with --compile, also each of ours/peft/floor under torch.compile (inductor; `train.compile: true`),
+  compile time reported separately;
   bench/lora_layers.py measures the layers alone, where the differences are less drowned in noise.
 Timing alternates the variants step by step in one process after warm-up (machine noise hits all alike;
 the order rotates every step) and reports medians. Peak RSS is measured per variant in a fresh
@@ -105,15 +109,26 @@ def make_batch(seed: int = 1) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": ids.clone()}
 
 
+COMPILED = "+compile"
+
+
 class Stepper:
     def __init__(self, variant: str) -> None:
         self.variant = variant
+        compiled = variant.endswith(COMPILED)
+        variant = variant.removesuffix(COMPILED)
         self.model = build(variant)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable = sum(p.numel() for p in params)
-        self.optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True) if params else None
         self.batch = make_batch()
         self.switches = switches(variant) if variant.startswith("ours") else None
+        self.compile_s: float | None = None
+        if compiled:
+            start = time.perf_counter()
+            self.model = torch.compile(self.model)
+            self.step()  # the forward and backward graphs are compiled on the first call
+            self.compile_s = time.perf_counter() - start
 
     def step(self) -> float:
         if self.switches is not None:
@@ -251,6 +266,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ablations", action="store_true", help="also time ours with each optimisation off")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time ours, peft and floor under torch.compile (inductor)"
+    )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
@@ -264,6 +282,8 @@ def main() -> None:
     import peft
 
     variants = ["ours", "peft", "floor"] + (list(ABLATIONS) if args.ablations else [])
+    if args.compile:
+        variants += [v + COMPILED for v in ("ours", "peft", "floor")]
     report: dict[str, Any] = {
         "torch": torch.__version__,
         "peft": peft.__version__,
@@ -274,6 +294,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, peft {peft.__version__}, {args.threads} threads, {report['machine']}")
     print(f"batch {BATCH}x{SEQ}, LoRA r={R} alpha={ALPHA} on {TARGETS}; load average {report['load_before']}")
     steppers = {v: Stepper(v) for v in variants}
+    for v, stepper in steppers.items():
+        if stepper.compile_s is not None:
+            print(f"compile {v}: {stepper.compile_s:.1f} s (first step included)")
+    report["compile_s"] = {v: st.compile_s for v, st in steppers.items() if st.compile_s is not None}
     for _ in range(args.warmup):
         for v in variants:
             steppers[v].step()
@@ -316,6 +340,17 @@ def main() -> None:
     print(f"step time  peft/floor = {r['step_peft_over_floor']:.3f} | {p['step_peft_over_floor']:.3f}")
     for v in variants[3:]:
         print(f"step time  {v}/floor = {med[v] / med['floor']:.3f} | {p[f'step_{v}_over_floor']:.3f}")
+    if args.compile:
+        oc, pc, fc = (v + COMPILED for v in ("ours", "peft", "floor"))
+        compiled = {
+            "throughput_ours+compile_over_peft": (med["peft"] / med[oc], paired("peft", oc)),
+            "throughput_ours+compile_over_peft+compile": (med[pc] / med[oc], paired(pc, oc)),
+            "step_ours+compile_over_floor+compile": (med[oc] / med[fc], paired(oc, fc)),
+            "step_peft+compile_over_floor+compile": (med[pc] / med[fc], paired(pc, fc)),
+        }
+        report["compiled_ratios"] = {k: {"of_medians": a, "paired": b} for k, (a, b) in compiled.items()}
+        for name, (a, b) in compiled.items():
+            print(f"{name:42} = {a:.3f} | {b:.3f}")
     print(f"load average after timing: {report['load_after_training']}")
     del steppers
     if not args.skip_memory:
