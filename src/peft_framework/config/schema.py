@@ -249,8 +249,9 @@ class TrainConfig(Section):
         False,
         description="torch.compile the model for training (Trainer's torch_compile, inductor backend): fuses the "
         "elementwise work around the matmuls (norms, rotary embedding, activations, the LoRA branch). "
-        "bench/train_throughput.py: about 6-10 % shorter steps on CPU; costs a compile at the start (35-55 s "
-        "for a 6-layer model on 2 CPU cores) and once more when batch shapes first change.",
+        "bench/train_throughput.py --compile: 2-7 % shorter steps on CPU; costs a compile at the start (21-26 s "
+        "for its 6-layer model on 2 CPU cores with inductor's cache warm, longer cold) and once more when batch "
+        "shapes first change.",
     )
     logging_steps: int = Field(5, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="null: evaluate once per epoch")

@@ -65,13 +65,11 @@ def configure(**switches: bool) -> dict[str, bool]:
     return previous
 
 
-def fast_path_enabled() -> bool:
-    return OPTIONS["fused"]
-
-
-def set_fast_path(enabled: bool) -> bool:
-    """Turn the fused path on or off for every LoraLinear; returns the previous setting."""
-    return configure(fused=enabled)["fused"]
+def has_hooks(*modules: nn.Module) -> bool:
+    """Any forward/backward hook on these modules: the fused path would bypass them."""
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules
+    )
 
 
 def fast_path_applies(base: nn.Module, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> bool:
@@ -87,8 +85,7 @@ def fast_path_applies(base: nn.Module, x: torch.Tensor, lora_a: torch.Tensor, lo
         and (base.bias is None or base.bias.dtype == x.dtype)
         and x.device == weight.device == lora_a.device
         and x.dim() >= 1
-        and not (base._forward_hooks or base._forward_pre_hooks)
-        and not (base._backward_hooks or base._backward_pre_hooks)
+        and not has_hooks(base)
         and not (_module_mod._global_forward_hooks or _module_mod._global_forward_pre_hooks)
         and not torch.is_autocast_enabled(x.device.type)
     )

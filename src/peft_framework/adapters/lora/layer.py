@@ -36,10 +36,6 @@ def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
 
-def _has_hooks(*modules: nn.Module) -> bool:
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules)
-
-
 class LoraLinear(nn.Module):
     """`base_layer(x)` plus the active adapter's `B(A(dropout(x))) * scaling`."""
 
@@ -126,7 +122,7 @@ class LoraLinear(nn.Module):
             and not kwargs
             and fast.fast_path_applies(base, x, a, b)
             and type(dropout) in (nn.Dropout, nn.Identity)
-            and not _has_hooks(self.lora_A[name], self.lora_B[name], dropout)
+            and not fast.has_hooks(self.lora_A[name], self.lora_B[name], dropout)
         ):
             scaling, fan = self.scaling[name], self.fan_in_fan_out
             dropout_active = isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0
