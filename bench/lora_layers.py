@@ -22,8 +22,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-SHAPES = {"q": (512, 512), "k": (512, 512), "v": (512, 512), "o": (512, 512),
-          "gate": (512, 1376), "up": (512, 1376), "down": (1376, 512)}
+SHAPES = {
+    "q": (512, 512),
+    "k": (512, 512),
+    "v": (512, 512),
+    "o": (512, 512),
+    "gate": (512, 1376),
+    "up": (512, 1376),
+    "down": (1376, 512),
+}
 R, ALPHA = 16, 32
 
 
@@ -40,7 +47,9 @@ def build(variant: str) -> nn.Module:
     if variant == "peft":
         import peft
 
-        block = peft.get_peft_model(block, peft.LoraConfig(r=R, lora_alpha=ALPHA, target_modules=list(SHAPES)))
+        block = peft.get_peft_model(
+            block, peft.LoraConfig(r=R, lora_alpha=ALPHA, target_modules=list(SHAPES))
+        )
     elif variant != "base":
         from peft_framework.adapters import get_adapter
         from peft_framework.adapters.lora.config import LoraConfig
@@ -61,7 +70,9 @@ def layers(block: nn.Module) -> dict[str, nn.Module]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--tokens", type=int, default=1024)
@@ -91,7 +102,10 @@ def main() -> None:
         for name, layer in blocks[v].items():
             layer(inputs[SHAPES[name][0]])
 
-    for label, fn in (("training (forward + backward)", training), ("inference (no_grad forward)", inference)):
+    for label, fn in (
+        ("training (forward + backward)", training),
+        ("inference (no_grad forward)", inference),
+    ):
         times = measure(fn, variants, args.rounds)
         print(f"{label}, {args.tokens} tokens, {args.threads} threads:")
         for v in variants:

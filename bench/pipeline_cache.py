@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-from pipeline_project import TINY_PARAMS, Project, make_project  # noqa: E402
+from pipeline_project import TINY_PARAMS, Project, make_project
 
 
 def timed(project: Project, *args: str) -> float:

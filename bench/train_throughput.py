@@ -73,7 +73,9 @@ def inject_ours(model: torch.nn.Module) -> Any:
 def inject_peft(model: torch.nn.Module) -> torch.nn.Module:
     import peft
 
-    return peft.get_peft_model(model, peft.LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=TARGETS))
+    return peft.get_peft_model(
+        model, peft.LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=TARGETS)
+    )
 
 
 def build(variant: str) -> torch.nn.Module:
@@ -237,9 +239,12 @@ def inference_and_merge(steps: int) -> dict[str, float]:
     peft_merge = time.perf_counter() - start
     assert isinstance(theirs, peft.PeftModel)
     result = {f"{k}_ms": statistics.median(v) * 1e3 for k, v in times.items()}
-    result.update({
-        f"{k}_over_base_paired": statistics.median(a / b for a, b in zip(v, times["base"])) for k, v in times.items()
-    })
+    result.update(
+        {
+            f"{k}_over_base_paired": statistics.median(a / b for a, b in zip(v, times["base"]))
+            for k, v in times.items()
+        }
+    )
     result.update(
         ours_merge_ms=ours_merge * 1e3,
         peft_merge_ms=peft_merge * 1e3,
@@ -261,7 +266,9 @@ def machine() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=12, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -309,7 +316,9 @@ def main() -> None:
     report["load_after_training"] = os.getloadavg()
     med = {v: statistics.median(times[v]) for v in variants}
     tokens = BATCH * SEQ
-    print(f"{'variant':18} {'trainable':>10} {'ms/step':>8} {'min':>8} {'max':>8} {'tokens/s':>9} {'/floor':>7}")
+    print(
+        f"{'variant':18} {'trainable':>10} {'ms/step':>8} {'min':>8} {'max':>8} {'tokens/s':>9} {'/floor':>7}"
+    )
     for v in variants:
         print(
             f"{v:18} {steppers[v].trainable:>10,} {med[v] * 1e3:>8.1f} {min(times[v]) * 1e3:>8.1f} "
@@ -319,6 +328,7 @@ def main() -> None:
         v: {"median_ms": med[v] * 1e3, "all_ms": [t * 1e3 for t in times[v]], "tokens_per_s": tokens / med[v]}
         for v in variants
     }
+
     def paired(a: str, b: str) -> float:
         """Median over rounds of t_a / t_b: each round runs every variant back to back, so slow drifts
         of the machine's speed (other tenants) cancel in the ratio."""
@@ -335,8 +345,12 @@ def main() -> None:
     }
     r, p = report["ratios"], report["paired_ratios"]
     print("ratios: of medians | median of per-round ratios")
-    print(f"throughput ours/peft  = {r['throughput_ours_over_peft']:.3f} | {p['throughput_ours_over_peft']:.3f}  (goal >= 1.25)")
-    print(f"step time  ours/floor = {r['step_ours_over_floor']:.3f} | {p['step_ours_over_floor']:.3f}  (goal <= 1.15)")
+    print(
+        f"throughput ours/peft  = {r['throughput_ours_over_peft']:.3f} | {p['throughput_ours_over_peft']:.3f}  (goal >= 1.25)"
+    )
+    print(
+        f"step time  ours/floor = {r['step_ours_over_floor']:.3f} | {p['step_ours_over_floor']:.3f}  (goal <= 1.15)"
+    )
     print(f"step time  peft/floor = {r['step_peft_over_floor']:.3f} | {p['step_peft_over_floor']:.3f}")
     for v in variants[3:]:
         print(f"step time  {v}/floor = {med[v] / med['floor']:.3f} | {p[f'step_{v}_over_floor']:.3f}")
@@ -383,7 +397,10 @@ def main() -> None:
         )
         print(
             "inference / base, median of per-round ratios: "
-            + ", ".join(f"{k} {inf[f'{k}_over_base_paired']:.3f}" for k in ("ours", "ours-no-merged-fwd", "ours-reference", "peft"))
+            + ", ".join(
+                f"{k} {inf[f'{k}_over_base_paired']:.3f}"
+                for k in ("ours", "ours-no-merged-fwd", "ours-reference", "peft")
+            )
         )
         print(
             f"merge: ours {inf['ours_merge_ms']:.1f} ms, peft {inf['peft_merge_ms']:.1f} ms; logits ours vs peft max "

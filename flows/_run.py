@@ -12,14 +12,13 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.states import Failed, State
+from tasks.fingerprint import resolve
+from tasks.run import STAGE_TASKS
 
+from flows.artifacts import publish
 from peft_framework.config import load_config_with_warnings
 from peft_framework.config.schema import Config
 from peft_framework.errors import UserError
-
-from flows.artifacts import publish
-from tasks.fingerprint import resolve
-from tasks.run import STAGE_TASKS
 
 
 def load(config_path: str, overrides: Sequence[str] | None, root: str) -> tuple[Config, Path, list[str]]:
@@ -77,7 +76,9 @@ def cli(
     """Shared command line: CONFIG and KEY=VALUE overrides, a clean exit 2 for user mistakes."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. adapter.r=32")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. adapter.r=32"
+    )
     parser.add_argument("--config", default="params.yaml", help="experiment config (default: params.yaml)")
     parser.add_argument("--root", default=".", help="project root; relative config paths resolve here")
     parser.add_argument("--summary-json", type=Path, help="also write the run summary (JSON) to this file")

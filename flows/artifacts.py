@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from tasks.fingerprint import resolve
 
 from peft_framework.config.schema import Config
-
-from tasks.fingerprint import resolve
 
 
 def flatten(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -47,9 +46,13 @@ def comparison_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     for key, value in flatten(report):
         side, _, metric = key.partition(".")
         if side in ("base", "adapter", "delta") and metric:
-            rows.setdefault(metric, {"metric": metric, "base": "", "adapter": "", "delta": ""})[side] = _fmt(value)
+            rows.setdefault(metric, {"metric": metric, "base": "", "adapter": "", "delta": ""})[side] = _fmt(
+                value
+            )
         else:
-            rows.setdefault(key, {"metric": key, "base": "", "adapter": "", "delta": ""})["adapter"] = _fmt(value)
+            rows.setdefault(key, {"metric": key, "base": "", "adapter": "", "delta": ""})["adapter"] = _fmt(
+                value
+            )
     return list(rows.values())
 
 
@@ -64,7 +67,9 @@ def data_headline(report: dict[str, Any]) -> str:
     rows = report.get("rows")
     if not isinstance(rows, dict):
         return ""
-    return f"**{rows.get('read')}** rows read, **{rows.get('kept')}** kept, **{rows.get('rejected')}** rejected."
+    return (
+        f"**{rows.get('read')}** rows read, **{rows.get('kept')}** kept, **{rows.get('rejected')}** rejected."
+    )
 
 
 def parity_headline(report: dict[str, Any]) -> str:

@@ -17,9 +17,9 @@ from typing import Any
 import flows  # noqa: F401  # isort: skip -- applies the project's Prefect settings before Prefect is imported
 from prefect import flow
 from prefect.states import State
+from tasks.stages import ORDER
 
 from flows._run import cli, load_in_flow, run_stages
-from tasks.stages import ORDER
 
 
 @flow(name="peft-pipeline", description="prepare -> train -> evaluate -> export, cached by content")
@@ -41,7 +41,9 @@ def pipeline(
 def main(argv: list[str] | None = None) -> int:
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
-            "--no-sample-data", action="store_true", help="skip generating the sample raw data (bring your own)"
+            "--no-sample-data",
+            action="store_true",
+            help="skip generating the sample raw data (bring your own)",
         )
 
     def run(args: argparse.Namespace) -> State[Any]:
@@ -53,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             return_state=True,
         )
 
-    return cli("python -m flows.pipeline", "Run the whole pipeline as a Prefect flow.", add_arguments, run, argv)
+    return cli(
+        "python -m flows.pipeline", "Run the whole pipeline as a Prefect flow.", add_arguments, run, argv
+    )
 
 
 if __name__ == "__main__":

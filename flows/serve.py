@@ -18,9 +18,9 @@ import yaml
 
 import flows  # noqa: F401  # isort: skip -- applies the project's Prefect settings before Prefect is imported
 from prefect.schedules import Cron
+from tasks.settings import ROOT
 
 from flows.pipeline import pipeline
-from tasks.settings import ROOT
 
 PREFECT_YAML = ROOT / "prefect.yaml"
 

@@ -15,9 +15,9 @@ from typing import Any
 import flows  # noqa: F401  # isort: skip -- applies the project's Prefect settings before Prefect is imported
 from prefect import flow
 from prefect.states import State
+from tasks.stages import ORDER
 
 from flows._run import cli, load_in_flow, run_stages
-from tasks.stages import ORDER
 
 
 @flow(name="peft-stage", flow_run_name="{stage}", description="One pipeline stage (a dvc.yaml command)")
@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(args: argparse.Namespace) -> State[Any]:
         return stage_flow(
-            stage=args.stage, config_path=args.config, overrides=args.overrides, root=args.root, return_state=True
+            stage=args.stage,
+            config_path=args.config,
+            overrides=args.overrides,
+            root=args.root,
+            return_state=True,
         )
 
     return cli("python -m flows.stage", "Run one pipeline stage as a Prefect flow.", add_arguments, run, argv)

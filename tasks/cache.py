@@ -29,7 +29,6 @@ import peft_framework
 from peft_framework.config import section_hash
 from peft_framework.config.schema import Config
 from peft_framework.io import canonical_json_sha256
-
 from tasks.fingerprint import content_hashes, resolve, source_sha256, stale_outputs, stat_signature
 from tasks.stages import Stage
 

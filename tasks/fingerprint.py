@@ -88,7 +88,11 @@ def source_sha256(base: Path, rels: Iterable[str]) -> str:
     h = hashlib.sha256()
     for rel in rels:
         top = base / rel
-        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file() and not _is_bytecode(p))
+        files = (
+            [top]
+            if top.is_file()
+            else sorted(p for p in top.rglob("*") if p.is_file() and not _is_bytecode(p))
+        )
         if not files:
             raise FileNotFoundError(f"no code at {top}")
         for file in files:

@@ -17,7 +17,6 @@ from prefect.states import Failed, State
 
 from peft_framework.config.schema import Config
 from peft_framework.errors import UserError
-
 from tasks.cache import ValidatedOutputs
 from tasks.fingerprint import record_outputs
 from tasks.stages import ORDER, STAGES
@@ -67,7 +66,11 @@ def _make_task(name: str) -> Task[..., dict[str, Any]]:
         except UserError as exc:
             # A user mistake: fail with its message, no traceback in the run log (and no retry).
             return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
-        return {"stage": name, "summary": summary, "outputs": record_outputs(root_path, stage.outputs(config))}
+        return {
+            "stage": name,
+            "summary": summary,
+            "outputs": record_outputs(root_path, stage.outputs(config)),
+        }
 
     run_stage.__qualname__ = run_stage.__name__ = f"{name}_stage"
     return task(

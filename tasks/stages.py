@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from peft_framework.config.schema import Config
-
 from tasks.fingerprint import expand
 
 SAMPLES_DIR = "data/raw"
@@ -118,4 +117,3 @@ STAGES: dict[str, Stage] = {
 }
 
 ORDER: tuple[str, ...] = tuple(STAGES)
-

@@ -72,7 +72,11 @@ class MultiAdapterModel:
 
     @classmethod
     def from_export(
-        cls, export_dir: str | os.PathLike[str], *, name: str = "default", device: str | torch.device | None = None
+        cls,
+        export_dir: str | os.PathLike[str],
+        *,
+        name: str = "default",
+        device: str | torch.device | None = None,
     ) -> MultiAdapterModel:
         """An unmerged export (`base_model.json` + the adapter): the named base model with the adapter
         loaded as `name` and active."""
@@ -155,10 +159,19 @@ class MultiAdapterModel:
         from peft_framework.adapters.checkpoint import save_adapter
 
         method = self._method(name)
-        task = "sequence_classification" if "ForSequenceClassification" in type(self.model).__name__ else "causal_lm"
+        task = (
+            "sequence_classification"
+            if "ForSequenceClassification" in type(self.model).__name__
+            else "causal_lm"
+        )
         return save_adapter(
-            self.model, method, self._configs[name], out_dir, base_model_name_or_path=base_model_name_or_path,
-            task_type=task, adapter_name=name,
+            self.model,
+            method,
+            self._configs[name],
+            out_dir,
+            base_model_name_or_path=base_model_name_or_path,
+            task_type=task,
+            adapter_name=name,
         )
 
     def set_adapter(self, name: str | None) -> None:
@@ -167,7 +180,9 @@ class MultiAdapterModel:
 
     # ------------------------------------------------------------------------------------------- calls
     @torch.no_grad()
-    def logits(self, input_ids: torch.Tensor, *, adapter: str | None = None, attention_mask=None) -> torch.Tensor:
+    def logits(
+        self, input_ids: torch.Tensor, *, adapter: str | None = None, attention_mask=None
+    ) -> torch.Tensor:
         self._activate(adapter)
         return self.model(
             input_ids=input_ids.to(self.device),
@@ -224,7 +239,9 @@ class MultiAdapterModel:
 
     def _method(self, name: str):
         if name not in self._methods:
-            raise UserError(f"no adapter named {name!r}; loaded: {', '.join(self.adapters) or 'none'} (or 'base')")
+            raise UserError(
+                f"no adapter named {name!r}; loaded: {', '.join(self.adapters) or 'none'} (or 'base')"
+            )
         return self._methods[name]
 
     def _activate(self, name: str | None) -> None:

@@ -52,7 +52,9 @@ class Project:
             timeout=timeout,
         )
         if check:
-            assert proc.returncode == 0, f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            assert proc.returncode == 0, (
+                f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
 
@@ -104,7 +106,9 @@ def make_project(dest: Path, params: Mapping = TINY_PARAMS) -> Project:
         shutil.copy2(ROOT / rel, target)
     if params:
         path = dest / "params.yaml"
-        path.write_text(yaml.safe_dump(deep_update(yaml.safe_load(path.read_text()), params), sort_keys=False))
+        path.write_text(
+            yaml.safe_dump(deep_update(yaml.safe_load(path.read_text()), params), sort_keys=False)
+        )
     project = Project(dest, base_env(dest))
     project.run("git", "init", "-q", "-b", "main")
     project.run("git", "add", "-A")
@@ -158,7 +162,9 @@ def start_server(home: Path, env: Mapping[str, str], timeout: float = 180) -> Se
             pass
         time.sleep(0.5)
     stop_server(server)
-    raise RuntimeError(f"prefect server did not become healthy in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(
+        f"prefect server did not become healthy in {timeout:.0f} s:\n{log.read_text()[-3000:]}"
+    )
 
 
 def stop_server(server: Server) -> None:
@@ -178,4 +184,3 @@ def stop_server(server: Server) -> None:
 def stages_run(output: str) -> list[str]:
     """Stage names DVC reports as run ("Running stage 'train':"), in order."""
     return re.findall(r"Running stage '([^']+)'", output)
-

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import yaml
 from pipeline_project import Project, Server, stages_run
-
 from tasks.stages import ORDER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -41,7 +40,9 @@ def reproduced(project: Project, server: Server) -> dict[str, Any]:
     return {"output": proc.stdout + proc.stderr, "stage_runs": {r.name: r.state for r in runs}}
 
 
-def test_dvc_repro_runs_every_stage_then_nothing(project: Project, server: Server, reproduced: dict[str, Any]):
+def test_dvc_repro_runs_every_stage_then_nothing(
+    project: Project, server: Server, reproduced: dict[str, Any]
+):
     assert stages_run(reproduced["output"]) == list(ORDER), reproduced["output"]
     lock = yaml.safe_load((project.root / "dvc.lock").read_text())
     assert list(lock["stages"]) == list(ORDER)
@@ -116,7 +117,9 @@ def test_scheduled_deployment_runs_on_a_server(project: Project, server: Server,
     assert "rows.read" in by_key["data-report"].data
 
 
-def test_bad_data_fails_the_stage_with_one_message(project: Project, server: Server, reproduced: dict[str, Any]):
+def test_bad_data_fails_the_stage_with_one_message(
+    project: Project, server: Server, reproduced: dict[str, Any]
+):
     # Every row rejected is too many: the stage fails with the data error's message, exit code 2 and no
     # traceback. Outputs go elsewhere, so the project's prepared data stays as it is.
     proc = project.run(
@@ -144,7 +147,9 @@ def _experiments(rows: Any) -> Iterator[dict[str, Any]]:
             yield from _experiments(value)
 
 
-def test_experiment_reruns_only_what_the_param_feeds(project: Project, server: Server, reproduced: dict[str, Any]):
+def test_experiment_reruns_only_what_the_param_feeds(
+    project: Project, server: Server, reproduced: dict[str, Any]
+):
     proc = project.run("dvc", "exp", "run", "-S", "adapter.r=32", env=api(server), timeout=900)
     assert stages_run(proc.stdout + proc.stderr) == ["train", "evaluate", "export"]
 
@@ -153,7 +158,8 @@ def test_experiment_reruns_only_what_the_param_feeds(project: Project, server: S
     [exp] = [
         e
         for e in _experiments(shown)
-        if e.get("rev") != "workspace" and e["data"]["params"]["params.yaml"]["data"]["adapter"].get("r") == 32
+        if e.get("rev") != "workspace"
+        and e["data"]["params"]["params.yaml"]["data"]["adapter"].get("r") == 32
     ]
     metrics = exp["data"]["metrics"][eval_report]["data"]
     assert metrics and all(isinstance(v, (int, float, dict)) for v in metrics.values())

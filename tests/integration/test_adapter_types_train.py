@@ -13,13 +13,13 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from peft_framework.adapters.adalora import AdaLoraConfig  # noqa: E402
-from peft_framework.adapters.bottleneck import BottleneckConfig  # noqa: E402
-from peft_framework.adapters.ia3 import IA3Config  # noqa: E402
-from peft_framework.config.schema import AdapterConfigBase, Config, DataConfig, TrainConfig  # noqa: E402
+from peft_framework.adapters.adalora import AdaLoraConfig
+from peft_framework.adapters.bottleneck import BottleneckConfig
+from peft_framework.adapters.ia3 import IA3Config
+from peft_framework.config.schema import AdapterConfigBase, Config, DataConfig, TrainConfig
 
 pytestmark = pytest.mark.slow
 

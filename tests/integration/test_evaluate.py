@@ -10,20 +10,40 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from sklearn.metrics import f1_score  # noqa: E402
+import pytest
+import torch
+from sklearn.metrics import f1_score
 
-from peft_framework.adapters import get_adapter, save_adapter  # noqa: E402
-from peft_framework.adapters.lora import LoraConfig  # noqa: E402
-from peft_framework.config.schema import Config, DataConfig, EvalConfig, ModelConfig  # noqa: E402
-from peft_framework.data import prepare  # noqa: E402
-from peft_framework.errors import StageFailed  # noqa: E402
-from peft_framework.evaluation import evaluate  # noqa: E402
-from peft_framework.evaluation.runner import clean_text  # noqa: E402
-from peft_framework.models.loading import load_base_model, load_tokenizer  # noqa: E402
+from peft_framework.adapters import get_adapter, save_adapter
+from peft_framework.adapters.lora import LoraConfig
+from peft_framework.config.schema import Config, DataConfig, EvalConfig, ModelConfig
+from peft_framework.data import prepare
+from peft_framework.errors import StageFailed
+from peft_framework.evaluation import evaluate
+from peft_framework.evaluation.runner import clean_text
+from peft_framework.models.loading import load_base_model, load_tokenizer
 
-WORDS = "red blue green cat dog bird tree house river stone cloud rain sun moon star road book lamp door".split()
+WORDS = [
+    "red",
+    "blue",
+    "green",
+    "cat",
+    "dog",
+    "bird",
+    "tree",
+    "house",
+    "river",
+    "stone",
+    "cloud",
+    "rain",
+    "sun",
+    "moon",
+    "star",
+    "road",
+    "book",
+    "lamp",
+    "door",
+]
 
 
 def write_raw(path: Path, kind: str) -> None:
@@ -32,9 +52,17 @@ def write_raw(path: Path, kind: str) -> None:
             word = WORDS[i % len(WORDS)]
             if kind == "classification":
                 label = "positive" if i % 2 else "negative"
-                f.write(json.dumps({"text": f"{word} review number {i}: {'great' if i % 2 else 'awful'}", "label": label}))
+                f.write(
+                    json.dumps(
+                        {"text": f"{word} review number {i}: {'great' if i % 2 else 'awful'}", "label": label}
+                    )
+                )
             else:
-                f.write(json.dumps({"instruction": f"Repeat the word {i}.", "input": word, "output": f"{word} {word}"}))
+                f.write(
+                    json.dumps(
+                        {"instruction": f"Repeat the word {i}.", "input": word, "output": f"{word} {word}"}
+                    )
+                )
             f.write("\n")
 
 
@@ -45,7 +73,9 @@ def make_project(root: Path, kind: str, **eval_kw) -> Config:
     task = "sequence_classification" if kind == "classification" else "causal_lm"
     config = Config(
         model=ModelConfig(task=task),
-        data=DataConfig(source="raw.jsonl", kind=kind, max_seq_len=320, split={"validation": 0.1, "test": 0.25}),
+        data=DataConfig(
+            source="raw.jsonl", kind=kind, max_seq_len=320, split={"validation": 0.1, "test": 0.25}
+        ),
         adapter=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
         eval=EvalConfig(max_new_tokens=6, batch_size=4, **eval_kw),
     )
@@ -61,7 +91,9 @@ def make_project(root: Path, kind: str, **eval_kw) -> Config:
             if param.requires_grad:
                 param.add_(torch.randn(param.shape, generator=gen) * (0.3 if "lora_B" in name else 0.05))
     out = root / config.train.output_dir
-    save_adapter(model, method, config.adapter, out, base_model_name_or_path=config.model.name_or_path, task_type=task)
+    save_adapter(
+        model, method, config.adapter, out, base_model_name_or_path=config.model.name_or_path, task_type=task
+    )
     tokenizer.save_pretrained(out)
     return config
 
@@ -92,7 +124,9 @@ def test_report_is_flat_with_base_adapter_and_delta(instruction_run):
     assert report == summary["metrics"]
     for metric in ("loss", "perplexity", "exact_match", "rougeL"):
         assert isinstance(report[f"base.{metric}"], float)
-        assert report[f"delta.{metric}"] == pytest.approx(report[f"adapter.{metric}"] - report[f"base.{metric}"])
+        assert report[f"delta.{metric}"] == pytest.approx(
+            report[f"adapter.{metric}"] - report[f"base.{metric}"]
+        )
     for model in ("base", "adapter"):
         assert report[f"{model}.perplexity"] == pytest.approx(math.exp(report[f"{model}.loss"]))
         assert 0.0 <= report[f"{model}.exact_match"] <= 1.0
@@ -119,7 +153,9 @@ def test_losses_match_peft_and_transformers_token_weighted(instruction_run):
     with torch.no_grad():
         for name, model in (("base", base), ("adapter", None)):
             if model is None:
-                model = peft.PeftModel.from_pretrained(tiny_llama(), str(root / config.train.output_dir)).eval()
+                model = peft.PeftModel.from_pretrained(
+                    tiny_llama(), str(root / config.train.output_dir)
+                ).eval()
             nll, tokens = 0.0, 0
             for ids, labels in zip(test["input_ids"], test["labels"]):
                 n = sum(1 for t in labels[1:] if t != -100)
@@ -141,11 +177,15 @@ def test_predictions_file_agrees_with_the_report(instruction_run):
         assert report[f"{model}.exact_match"] == pytest.approx(sum(matches) / len(matches))
         assert [r[f"{model}_exact_match"] for r in rows] == matches
         assert report[f"{model}.rougeL"] == pytest.approx(sum(r[f"{model}_rougeL"] for r in rows) / len(rows))
-        weighted = sum(r[f"{model}_loss"] * r["num_tokens"] for r in rows) / sum(r["num_tokens"] for r in rows)
+        weighted = sum(r[f"{model}_loss"] * r["num_tokens"] for r in rows) / sum(
+            r["num_tokens"] for r in rows
+        )
         assert report[f"{model}.loss"] == pytest.approx(weighted)
     first = rows[0]
     assert first["prompt"].endswith("### Response:\n") and first["reference"]
-    assert all(len(r["adapter_prediction"]) <= 6 * 4 for r in rows)  # max_new_tokens bytes, UTF-8 at most 4 each
+    assert all(
+        len(r["adapter_prediction"]) <= 6 * 4 for r in rows
+    )  # max_new_tokens bytes, UTF-8 at most 4 each
 
 
 def test_generation_uses_the_training_prompt_and_greedy_decoding(instruction_run):
@@ -183,7 +223,7 @@ def test_classification_accuracy_and_macro_f1(classification_run):
         assert report[f"{model}.accuracy"] == pytest.approx(sum(correct) / len(correct))
         f1 = f1_score([r["label"] for r in rows], [r[f"{model}_prediction"] for r in rows], average="macro")
         assert report[f"{model}.f1_macro"] == pytest.approx(f1)
-        assert report[f"delta.accuracy"] == pytest.approx(report["adapter.accuracy"] - report["base.accuracy"])
+        assert report["delta.accuracy"] == pytest.approx(report["adapter.accuracy"] - report["base.accuracy"])
         confusion = json.loads((root / config.eval.plots_dir / f"confusion_{model}.json").read_text())
         assert confusion == [{"actual": r["label"], "predicted": r[f"{model}_prediction"]} for r in rows]
     assert {r["label"] for r in rows} <= {"negative", "positive"}
@@ -195,8 +235,13 @@ def test_max_samples_and_missing_adapter(tmp_path, instruction_run):
     limited = config.model_copy(
         update={
             "eval": config.eval.model_copy(
-                update={"max_samples": 2, "generate": False, "report_path": "reports/eval_small.json",
-                        "predictions_path": "reports/p_small.jsonl", "plots_dir": "reports/plots_small"}
+                update={
+                    "max_samples": 2,
+                    "generate": False,
+                    "report_path": "reports/eval_small.json",
+                    "predictions_path": "reports/p_small.jsonl",
+                    "plots_dir": "reports/plots_small",
+                }
             )
         }
     )
@@ -205,6 +250,8 @@ def test_max_samples_and_missing_adapter(tmp_path, instruction_run):
     assert "base.exact_match" not in summary["metrics"]
     assert len(read_jsonl(root / "reports/p_small.jsonl")) == 2
 
-    missing = config.model_copy(update={"train": config.train.model_copy(update={"output_dir": str(tmp_path / "none")})})
+    missing = config.model_copy(
+        update={"train": config.train.model_copy(update={"output_dir": str(tmp_path / "none")})}
+    )
     with pytest.raises(StageFailed, match="train.output_dir"):
         evaluate(missing, root)

@@ -13,16 +13,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+import pytest
+import torch
+from safetensors.torch import load_file
 
-from peft_framework.adapters import get_adapter, load_adapter, save_adapter  # noqa: E402
-from peft_framework.adapters.lora import LoraConfig  # noqa: E402
-from peft_framework.config.schema import Config, DataConfig, ExportConfig, ModelConfig  # noqa: E402
-from peft_framework.errors import StageFailed  # noqa: E402
-from peft_framework.export import export  # noqa: E402
-from peft_framework.models.loading import load_base_model, load_tokenizer  # noqa: E402
+from peft_framework.adapters import get_adapter, load_adapter, save_adapter
+from peft_framework.adapters.lora import LoraConfig
+from peft_framework.config.schema import Config, DataConfig, ExportConfig, ModelConfig
+from peft_framework.errors import StageFailed
+from peft_framework.export import export
+from peft_framework.models.loading import load_base_model, load_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,11 @@ def make_adapter(root: Path, config: Config, label_names=None) -> None:
                 param.add_(torch.randn(param.shape, generator=gen) * (0.3 if "lora_B" in name else 0.05))
     out = root / config.train.output_dir
     save_adapter(
-        model, method, config.adapter, out, base_model_name_or_path=config.model.name_or_path,
+        model,
+        method,
+        config.adapter,
+        out,
+        base_model_name_or_path=config.model.name_or_path,
         task_type=config.model.task,
     )
     tokenizer.save_pretrained(out)
@@ -110,7 +114,9 @@ save_file({{"logits": logits.contiguous()}}, {str(out)!r})
     merged = load_file(str(out))["logits"]
     expected = base_plus_adapter_logits(config, root, IDS)
     torch.testing.assert_close(merged, expected, atol=1e-4, rtol=0)
-    assert not torch.allclose(expected, _logits(load_base_model(config.model).eval(), IDS), atol=1e-3)  # adapter matters
+    assert not torch.allclose(
+        expected, _logits(load_base_model(config.model).eval(), IDS), atol=1e-3
+    )  # adapter matters
 
 
 def test_merged_model_matches_huggingface_peft(causal_export):
@@ -148,14 +154,22 @@ def test_sequence_classification_export(tmp_path):
         reference = load_base_model(config.model)
         load_adapter(reference, tmp_path / config.train.output_dir)
         expected = torch.cat([reference.eval()(input_ids=torch.tensor([r])).logits for r in IDS])
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # the trained head (modules_to_save) came along
+    torch.testing.assert_close(
+        got, expected, atol=1e-4, rtol=0
+    )  # the trained head (modules_to_save) came along
 
 
 def test_parity_failure_fails_the_stage_and_writes_nothing(tmp_path, causal_export):
     root, config, _ = causal_export
     strict = config.model_copy(
-        update={"export": ExportConfig(output_dir=str(tmp_path / "merged"), report_path=str(tmp_path / "export.json"),
-                                       dtype="bfloat16", parity_atol=1e-9)}
+        update={
+            "export": ExportConfig(
+                output_dir=str(tmp_path / "merged"),
+                report_path=str(tmp_path / "export.json"),
+                dtype="bfloat16",
+                parity_atol=1e-9,
+            )
+        }
     )
     with pytest.raises(StageFailed, match=r"export.parity_atol 1e-09.*bfloat16"):
         export(strict, root)
@@ -163,7 +177,9 @@ def test_parity_failure_fails_the_stage_and_writes_nothing(tmp_path, causal_expo
     assert [p.name for p in tmp_path.iterdir()] == []  # no temp dirs left behind either
 
     # an earlier good export at the same place is left as it was
-    ok = strict.model_copy(update={"export": strict.export.model_copy(update={"dtype": "float32", "parity_atol": None})})
+    ok = strict.model_copy(
+        update={"export": strict.export.model_copy(update={"dtype": "float32", "parity_atol": None})}
+    )
     export(ok, root)
     before = {p.name: p.read_bytes() for p in (tmp_path / "merged").iterdir()}
     with pytest.raises(StageFailed):
@@ -174,7 +190,11 @@ def test_parity_failure_fails_the_stage_and_writes_nothing(tmp_path, causal_expo
 def test_bfloat16_export_dtype_is_recorded_and_loaded(tmp_path, causal_export):
     root, config, _ = causal_export
     cfg = config.model_copy(
-        update={"export": ExportConfig(output_dir=str(tmp_path / "m"), report_path=str(tmp_path / "r.json"), dtype="bfloat16")}
+        update={
+            "export": ExportConfig(
+                output_dir=str(tmp_path / "m"), report_path=str(tmp_path / "r.json"), dtype="bfloat16"
+            )
+        }
     )
     summary = export(cfg, root)
     assert summary["dtype"] == "bfloat16" and summary["parity_loaded_dtype"] == "bfloat16"
@@ -182,7 +202,9 @@ def test_bfloat16_export_dtype_is_recorded_and_loaded(tmp_path, causal_export):
     assert summary["parity_max_abs_diff"] <= summary["parity_atol"]
     assert summary["parity_top1_agreement"] > 0.8
     assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"
-    assert {t.dtype for t in load_file(str(tmp_path / "m" / "model.safetensors")).values()} == {torch.bfloat16}
+    assert {t.dtype for t in load_file(str(tmp_path / "m" / "model.safetensors")).values()} == {
+        torch.bfloat16
+    }
 
 
 def test_non_mergeable_adapter_exports_the_adapter_and_says_so(tmp_path, caplog):
@@ -215,14 +237,20 @@ def test_merge_false_exports_a_peft_loadable_lora_adapter(tmp_path, causal_expor
 
     root, config, _ = causal_export
     cfg = config.model_copy(
-        update={"export": ExportConfig(output_dir=str(tmp_path / "a"), report_path=str(tmp_path / "r.json"), merge=False)}
+        update={
+            "export": ExportConfig(
+                output_dir=str(tmp_path / "a"), report_path=str(tmp_path / "r.json"), merge=False
+            )
+        }
     )
     summary = export(cfg, root)
     assert summary["merged"] is False and summary["reason"] == "export.merge is false"
     assert "peft.PeftModel.from_pretrained" in summary["load_with"]
     oracle = peft.PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "a")).eval()
     with torch.no_grad():
-        torch.testing.assert_close(_logits(oracle, IDS), base_plus_adapter_logits(config, root, IDS), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            _logits(oracle, IDS), base_plus_adapter_logits(config, root, IDS), atol=1e-5, rtol=0
+        )
 
 
 def test_classifier_on_a_causal_lm_checkpoint_gets_its_head_from_the_adapter(tmp_path):

@@ -8,14 +8,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from peft_framework.adapters import get_adapter, load_adapter, save_adapter  # noqa: E402
-from peft_framework.adapters.lora import LoraConfig, LoraLinear  # noqa: E402
-from peft_framework.errors import AdapterError, UserError  # noqa: E402
-from peft_framework.inference import MultiAdapterModel, generate_cli  # noqa: E402
-from peft_framework.models.tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+from peft_framework.adapters import get_adapter, load_adapter, save_adapter
+from peft_framework.adapters.lora import LoraConfig, LoraLinear
+from peft_framework.errors import AdapterError, UserError
+from peft_framework.inference import MultiAdapterModel, generate_cli
+from peft_framework.models.tiny import tiny_llama, tiny_tokenizer
 
 X = torch.tensor([[1, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100]])
 
@@ -30,7 +30,9 @@ def _save(root: Path, name: str, config, seed: int) -> Path:
             if param.requires_grad:
                 param.add_(torch.randn(param.shape, generator=gen) * (0.5 if "lora_B" in pname else 0.2))
     out = root / name
-    save_adapter(model, method, config, out, base_model_name_or_path="builtin:tiny-llama", task_type="causal_lm")
+    save_adapter(
+        model, method, config, out, base_model_name_or_path="builtin:tiny-llama", task_type="causal_lm"
+    )
     return out
 
 
@@ -43,7 +45,12 @@ def adapter_dirs(tmp_path_factory):
         "a": _save(root, "a", LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]), seed=1),
         "b": _save(root, "b", LoraConfig(r=2, alpha=4, target_modules=["q_proj", "o_proj"]), seed=2),
         # IA3 on modules no LoRA adapter wraps (one module cannot carry adapters of two types)
-        "c": _save(root, "c", IA3Config(target_modules=["k_proj", "up_proj"], feedforward_modules=["up_proj"]), seed=3),
+        "c": _save(
+            root,
+            "c",
+            IA3Config(target_modules=["k_proj", "up_proj"], feedforward_modules=["up_proj"]),
+            seed=3,
+        ),
     }
 
 
@@ -88,7 +95,9 @@ def test_generate_per_call_adapter(multi):
     assert multi.generate(["Hello"], adapter="a", max_new_tokens=5) == [a]
     ids = tokenizer("Hello", return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=2, pad_token_id=0)[0, ids.shape[1]:]
+        out = model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=2, pad_token_id=0)[
+            0, ids.shape[1] :
+        ]
     expected = out.tolist()[: out.tolist().index(2)] if 2 in out.tolist() else out.tolist()
     assert base == tokenizer.decode(expected, skip_special_tokens=True).strip()
     assert multi.generate("Hello", adapter="base", max_new_tokens=5) == base
@@ -111,7 +120,9 @@ def test_weighted_lora_combination(adapter_dirs, tmp_path):
         multi.load_adapter(name, adapter_dirs[name])
     multi.combine({"a": 0.25, "b": 0.75}, "mix")
     multi.combine({"a": 1.0}, "only_a")
-    torch.testing.assert_close(multi.logits(X, adapter="only_a"), multi.logits(X, adapter="a"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        multi.logits(X, adapter="only_a"), multi.logits(X, adapter="a"), atol=1e-5, rtol=0
+    )
     # the combined update of every layer is exactly the weighted sum of the two updates
     for module in multi.model.modules():
         if isinstance(module, LoraLinear) and "mix" in module.lora_A:
@@ -123,7 +134,9 @@ def test_weighted_lora_combination(adapter_dirs, tmp_path):
         multi.combine({"a": 0.5, "c": 0.5}, "bad")
     # a combination saves as an ordinary adapter and loads back with the same outputs
     saved = multi.save_adapter("mix", tmp_path / "combined")
-    torch.testing.assert_close(single_adapter_logits(saved), multi.logits(X, adapter="mix"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        single_adapter_logits(saved), multi.logits(X, adapter="mix"), atol=1e-5, rtol=0
+    )
 
 
 def test_generate_cli(adapter_dirs):
@@ -132,8 +145,12 @@ def test_generate_cli(adapter_dirs):
     multi = MultiAdapterModel.from_base("builtin:tiny-llama")
     multi.load_adapter("a", adapter_dirs["a"])
     assert with_a == multi.generate(["Hello", "x"], adapter="a", max_new_tokens=4)
-    assert generate_cli("builtin:tiny-llama", {"a": dirs["a"]}, None, ["Hello"], 4) == with_a[:1]  # the only one
-    assert generate_cli("builtin:tiny-llama", {}, None, ["Hello"], 4) == [multi.generate("Hello", max_new_tokens=4)]
+    assert (
+        generate_cli("builtin:tiny-llama", {"a": dirs["a"]}, None, ["Hello"], 4) == with_a[:1]
+    )  # the only one
+    assert generate_cli("builtin:tiny-llama", {}, None, ["Hello"], 4) == [
+        multi.generate("Hello", max_new_tokens=4)
+    ]
     with pytest.raises(UserError, match="choose one with --use"):
         generate_cli("builtin:tiny-llama", dirs, None, ["Hello"], 4)
     with pytest.raises(UserError, match="allowed: a, b, base"):

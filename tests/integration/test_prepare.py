@@ -163,8 +163,7 @@ def test_appending_rows_keeps_every_old_row_in_its_split(project):
 
     before = split_of_prompts()
     with open(root / "data" / "raw" / "instructions.jsonl", "a") as f:
-        for i in range(60):
-            f.write(json.dumps({"instruction": f"Repeat {i}.", "output": str(i)}) + "\n")
+        f.writelines(json.dumps({"instruction": f"Repeat {i}.", "output": str(i)}) + "\n" for i in range(60))
     prepare(config, root)
     after = split_of_prompts()
     assert len(after) == len(before) + 60

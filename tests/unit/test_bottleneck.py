@@ -10,10 +10,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import (  # noqa: E402
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
     BertConfig,
     BertForSequenceClassification,
     GPT2Config,
@@ -22,9 +22,9 @@ from transformers import (  # noqa: E402
     LlamaForCausalLM,
 )
 
-from peft_framework.adapters import get_adapter, load_adapter, registry, save_adapter  # noqa: E402
-from peft_framework.adapters.bottleneck import BottleneckConfig, BottleneckMethod, BottleneckSublayer  # noqa: E402
-from peft_framework.errors import AdapterError  # noqa: E402
+from peft_framework.adapters import get_adapter, load_adapter, registry, save_adapter
+from peft_framework.adapters.bottleneck import BottleneckConfig, BottleneckMethod, BottleneckSublayer
+from peft_framework.errors import AdapterError
 
 HIDDEN = 32
 

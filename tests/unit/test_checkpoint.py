@@ -12,12 +12,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import peft  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-from transformers import (  # noqa: E402
+import peft
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -25,9 +25,9 @@ from transformers import (  # noqa: E402
     LlamaForSequenceClassification,
 )
 
-from peft_framework.adapters import get_adapter, load_adapter, save_adapter  # noqa: E402
-from peft_framework.adapters.lora import LoraConfig, LoraLinear  # noqa: E402
-from peft_framework.errors import AdapterError  # noqa: E402
+from peft_framework.adapters import get_adapter, load_adapter, save_adapter
+from peft_framework.adapters.lora import LoraConfig, LoraLinear
+from peft_framework.errors import AdapterError
 
 TOL = 1e-5
 
@@ -39,21 +39,31 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
 LLAMA_NAME = "tiny-llama-from-config"
 
 
 def _tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
     )
     return LlamaForCausalLM(cfg).eval()
 
 
 def _tiny_gpt2() -> GPT2LMHeadModel:
     torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2)
+    cfg = GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
@@ -87,7 +97,12 @@ def trained(kind: str, cfg: LoraConfig, name: str = "default") -> torch.nn.Modul
 
 def save(model, cfg, out, *, name="default", task_type="causal_lm") -> Path:
     return save_adapter(
-        model, get_adapter("lora"), cfg, out, base_model_name_or_path=LLAMA_NAME, task_type=task_type,
+        model,
+        get_adapter("lora"),
+        cfg,
+        out,
+        base_model_name_or_path=LLAMA_NAME,
+        task_type=task_type,
         adapter_name=name,
     )
 
@@ -101,8 +116,15 @@ CASES = {
     "regex-overbroad": ("llama", LoraConfig(r=2, alpha=4, target_modules=r"model\.layers\.0\..*")),
     "exclude-bias-all-head": (
         "llama",
-        LoraConfig(r=4, alpha=8, target_modules="all-linear", exclude_modules=["o_proj"], bias="all",
-                   modules_to_save=["lm_head"], init="gaussian"),
+        LoraConfig(
+            r=4,
+            alpha=8,
+            target_modules="all-linear",
+            exclude_modules=["o_proj"],
+            bias="all",
+            modules_to_save=["lm_head"],
+            init="gaussian",
+        ),
     ),
     "gpt2-all-linear-lora_only": ("gpt2", LoraConfig(r=4, alpha=8, bias="lora_only")),
 }
@@ -125,15 +147,23 @@ def test_our_adapter_loads_in_peft_with_equal_logits(case: str, tmp_path: Path) 
     assert not any(p.requires_grad for p in fresh.parameters())  # loaded for inference by default
 
 
-@pytest.mark.parametrize("case", ["list", "all-linear-rslora", "exclude-bias-all-head", "gpt2-all-linear-lora_only"])
+@pytest.mark.parametrize(
+    "case", ["list", "all-linear-rslora", "exclude-bias-all-head", "gpt2-all-linear-lora_only"]
+)
 def test_peft_saved_adapter_loads_here_with_equal_logits(case: str, tmp_path: Path) -> None:
     kind, cfg = CASES[case]
     theirs = peft.get_peft_model(
         base(kind),
         peft.LoraConfig(
-            r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_rslora=cfg.use_rslora, bias=cfg.bias,
-            target_modules=cfg.target_modules or "all-linear", exclude_modules=cfg.exclude_modules,
-            modules_to_save=cfg.modules_to_save, task_type="CAUSAL_LM",
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            use_rslora=cfg.use_rslora,
+            bias=cfg.bias,
+            target_modules=cfg.target_modules or "all-linear",
+            exclude_modules=cfg.exclude_modules,
+            modules_to_save=cfg.modules_to_save,
+            task_type="CAUSAL_LM",
         ),
     )
     randomize_trainables(theirs)
@@ -153,10 +183,20 @@ def test_adapter_config_json_is_peft_s(tmp_path: Path) -> None:
     assert text == json.dumps(saved, indent=2, sort_keys=True) + "\n"
     peft_keys = {f.name for f in dataclasses.fields(peft.LoraConfig)}
     assert set(saved) <= peft_keys, sorted(set(saved) - peft_keys)
-    assert saved["peft_type"] == "LORA" and saved["task_type"] == "CAUSAL_LM" and saved["inference_mode"] is True
+    assert (
+        saved["peft_type"] == "LORA" and saved["task_type"] == "CAUSAL_LM" and saved["inference_mode"] is True
+    )
     assert saved["base_model_name_or_path"] == LLAMA_NAME
     assert (saved["r"], saved["lora_alpha"], saved["lora_dropout"]) == (4, 8, 0.0)
-    assert saved["target_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert saved["target_modules"] == [
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
     assert saved["modules_to_save"] == ["lm_head"] and saved["init_lora_weights"] is True
     assert saved["bias"] == "none" and saved["use_rslora"] is False and saved["fan_in_fan_out"] is False
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
@@ -175,8 +215,15 @@ def test_saved_target_modules_select_exactly_the_adapted_layers(tmp_path: Path) 
         "full-path-list": ["model.layers.0.self_attn.q_proj"],  # 'q_proj' alone would select layer 1 too
         "regex-overbroad": [
             f"model.layers.0.{m}"
-            for m in ("mlp.down_proj", "mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj", "self_attn.o_proj",
-                      "self_attn.q_proj", "self_attn.v_proj")
+            for m in (
+                "mlp.down_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "self_attn.k_proj",
+                "self_attn.o_proj",
+                "self_attn.q_proj",
+                "self_attn.v_proj",
+            )
         ],
     }
     for case, target_modules in expect.items():
@@ -295,26 +342,40 @@ def test_resave_keeps_other_files_and_never_pickles(tmp_path: Path, monkeypatch:
     get_adapter("lora").inject(second, cfg)
     randomize_trainables(second, seed=5)
     save(second, cfg, out_dir)  # overwrite in place
-    assert sorted(p.name for p in out_dir.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "manifest.json",
+    ]
     fresh = base()
     load_adapter(fresh, out_dir)
     assert torch.equal(logits(fresh), logits(second))
-    pickles = [p for p in tmp_path.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}]
+    pickles = [
+        p for p in tmp_path.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+    ]
     assert pickles == []
 
 
 def test_sequence_classification_head_is_trained_and_saved_like_peft(tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg_hf = LlamaConfig(
-        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, num_labels=3, pad_token_id=0,
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=3,
+        pad_token_id=0,
     )
     classifier = LlamaForSequenceClassification(cfg_hf).eval()
     model = copy.deepcopy(classifier)
     cfg = LoraConfig(r=4, target_modules="all-linear")
     get_adapter("lora").inject(model, cfg)
     assert model.score.modules_to_save["default"].weight.requires_grad  # the new head trains, as in peft
-    assert not any(".score." in n and "modules_to_save" not in n for n, p in model.named_parameters() if p.requires_grad)
+    assert not any(
+        ".score." in n and "modules_to_save" not in n for n, p in model.named_parameters() if p.requires_grad
+    )
     randomize_trainables(model)
     out = save(model, cfg, tmp_path / "cls", task_type="sequence_classification")
     saved = json.loads((out / "adapter_config.json").read_text())

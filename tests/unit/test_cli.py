@@ -161,7 +161,7 @@ def test_adapters_table_and_json(capsys) -> None:
 def test_stage_command_passes_config_and_root_and_prints_the_summary(
     capsys, monkeypatch, tmp_path: Path
 ) -> None:
-    import peft_framework.evaluation as evaluation
+    from peft_framework import evaluation
 
     seen: dict[str, Any] = {}
 
@@ -177,7 +177,7 @@ def test_stage_command_passes_config_and_root_and_prints_the_summary(
 
 
 def test_stage_user_error_exits_2(capsys, monkeypatch) -> None:
-    import peft_framework.export as export
+    from peft_framework import export
 
     def fail(config, root="."):
         raise DataError("data.output_dir: 'data/prepared' does not exist; run the prepare stage first")

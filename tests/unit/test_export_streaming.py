@@ -9,27 +9,37 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from peft_framework.adapters import get_adapter, load_adapter, save_adapter  # noqa: E402
-from peft_framework.adapters.lora import LoraConfig  # noqa: E402
-from peft_framework.config.schema import Config, ModelConfig  # noqa: E402
-from peft_framework.errors import UserError  # noqa: E402
-from peft_framework.export import export  # noqa: E402
-from peft_framework.export.memory import PeakRSS  # noqa: E402
-from peft_framework.export.merge import map_keys, open_checkpoint, place_adapter_tensors  # noqa: E402
-from peft_framework.models.tiny import tiny_tokenizer  # noqa: E402
+from peft_framework.adapters import get_adapter, load_adapter, save_adapter
+from peft_framework.adapters.lora import LoraConfig
+from peft_framework.config.schema import Config, ModelConfig
+from peft_framework.errors import UserError
+from peft_framework.export import export
+from peft_framework.export.memory import PeakRSS
+from peft_framework.export.merge import map_keys, open_checkpoint, place_adapter_tensors
+from peft_framework.models.tiny import tiny_tokenizer
 
 
-def _llama(hidden: int, layers: int, intermediate: int, vocab: int = 1024, bias: bool = False) -> LlamaForCausalLM:
+def _llama(
+    hidden: int, layers: int, intermediate: int, vocab: int = 1024, bias: bool = False
+) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=8, num_key_value_heads=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        tie_word_embeddings=False, attention_bias=bias,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        attention_bias=bias,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -43,11 +53,17 @@ def _save_base_and_adapter(root: Path, model: nn.Module, shard: str, adapter) ->
     method.inject(model, adapter)
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.add_(torch.randn(param.shape, generator=gen) * 0.02)
-    save_adapter(model, method, adapter, root / config.train.output_dir, base_model_name_or_path=str(base),
-                 task_type="causal_lm")
+    save_adapter(
+        model,
+        method,
+        adapter,
+        root / config.train.output_dir,
+        base_model_name_or_path=str(base),
+        task_type="causal_lm",
+    )
     return config
 
 
@@ -81,7 +97,9 @@ def test_multi_shard_merge_peak_memory_below_model_size(tmp_path):
     load_adapter(reference, tmp_path / config.train.output_dir)
     ids = torch.tensor([[1, 5, 80, 300, 1999, 7, 42]])
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            merged(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-4, rtol=0
+        )
 
 
 @pytest.mark.parametrize("adapter_type", ["ia3", "adalora"])

@@ -12,12 +12,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import peft  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from peft.utils import get_peft_model_state_dict  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import (  # noqa: E402
+import peft
+import pytest
+import torch
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import (
     BertConfig,
     BertForSequenceClassification,
     GPT2Config,
@@ -26,9 +26,9 @@ from transformers import (  # noqa: E402
     LlamaForCausalLM,
 )
 
-from peft_framework.adapters import get_adapter, load_adapter, registry, save_adapter  # noqa: E402
-from peft_framework.adapters.ia3 import IA3Config, IA3Linear, IA3Method  # noqa: E402
-from peft_framework.errors import AdapterError  # noqa: E402
+from peft_framework.adapters import get_adapter, load_adapter, registry, save_adapter
+from peft_framework.adapters.ia3 import IA3Config, IA3Linear, IA3Method
+from peft_framework.errors import AdapterError
 
 TOL = 1e-5
 

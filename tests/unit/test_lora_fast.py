@@ -10,15 +10,15 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import peft  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from peft.utils import get_peft_model_state_dict  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
-from transformers.pytorch_utils import Conv1D  # noqa: E402
+import peft
+import pytest
+import torch
+from peft.utils import get_peft_model_state_dict
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers.pytorch_utils import Conv1D
 
-from peft_framework.adapters.lora import LoraConfig, LoraLinear, LoraMethod, fast  # noqa: E402
+from peft_framework.adapters.lora import LoraConfig, LoraLinear, LoraMethod, fast
 
 TOL = 1e-5
 IN, OUT = 12, 10
@@ -54,7 +54,9 @@ def make_layer(kind: str, bias: bool, dropout: float = 0.0, seed: int = 0) -> Lo
     return layer
 
 
-def run(layer: LoraLinear, x: torch.Tensor, fused: bool, seed: int = 123) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def run(
+    layer: LoraLinear, x: torch.Tensor, fused: bool, seed: int = 123
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Output and gradients (input and every trainable tensor) of sum(y * w) for a fixed random w."""
     fast.configure(fused=fused)
     layer.zero_grad(set_to_none=True)
@@ -80,7 +82,14 @@ def assert_same(ref: tuple, got: tuple) -> None:
 
 @pytest.mark.parametrize("tokens", [1, 40])  # 2 x 40 tokens: the merged weight applies where h is not kept
 @pytest.mark.parametrize(
-    "kind,bias", [("linear", "none"), ("linear", "frozen"), ("linear", "trained"), ("conv1d", "frozen"), ("conv1d", "trained")]
+    "kind,bias",
+    [
+        ("linear", "none"),
+        ("linear", "frozen"),
+        ("linear", "trained"),
+        ("conv1d", "frozen"),
+        ("conv1d", "trained"),
+    ],
 )
 def test_gradients_equal_the_reference_path(kind: str, bias: str, tokens: int) -> None:
     layer = make_layer(kind, bias != "none")
@@ -155,7 +164,9 @@ def test_inference_path_equals_the_reference(kind: str, tokens: int) -> None:
 
 
 @pytest.mark.parametrize("tokens,expected_calls", [(1, 0), (3, 0), (40, 1)])
-def test_merged_weight_is_used_only_where_it_is_cheaper(monkeypatch, tokens: int, expected_calls: int) -> None:
+def test_merged_weight_is_used_only_where_it_is_cheaper(
+    monkeypatch, tokens: int, expected_calls: int
+) -> None:
     """W + s·BA is formed for a forward without autograd over many tokens (T·(in+out) >= 2·in·out), never
     for few tokens, never when training (h = xAᵀ is needed for dB anyway), never when switched off."""
     calls = []
@@ -244,8 +255,14 @@ def test_configure_rejects_unknown_switches() -> None:
 def tiny_llama() -> nn.Module:
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
     )
     return LlamaForCausalLM(cfg)
 
@@ -253,8 +270,16 @@ def tiny_llama() -> nn.Module:
 def tiny_gpt2() -> nn.Module:
     torch.manual_seed(0)
     cfg = GPT2Config(
-        n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # training mode without the model's own dropout
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        vocab_size=100,
+        n_positions=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,  # training mode without the model's own dropout
     )
     return GPT2LMHeadModel(cfg)
 
@@ -290,10 +315,13 @@ def test_training_gradients_equal_peft(builder, cfg: LoraConfig) -> None:
     loss.backward()
     assert all(
         type(m(torch.randn(1, 3, m.in_features)).grad_fn).__name__ == "LoraLinearFunctionBackward"
-        for m in ours.modules() if isinstance(m, LoraLinear)
+        for m in ours.modules()
+        if isinstance(m, LoraLinear)
     )
     # in memory both name tensors alike ('....q_proj.lora_A.default.weight'); peft adds its wrapper prefix
-    their_grads = {n.removeprefix("base_model.model."): p.grad for n, p in theirs.named_parameters() if p.requires_grad}
+    their_grads = {
+        n.removeprefix("base_model.model."): p.grad for n, p in theirs.named_parameters() if p.requires_grad
+    }
     our_grads = {n: p.grad for n, p in ours.named_parameters() if p.requires_grad}
     assert set(our_grads) == set(their_grads) and len(our_grads) > 0
     for name, grad in their_grads.items():

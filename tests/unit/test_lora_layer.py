@@ -72,14 +72,31 @@ def test_method_refuses_duplicate_adapter_names_and_foreign_configs() -> None:
 
 def test_config_from_peft_json_maps_keys() -> None:
     saved = {
-        "peft_type": "LORA", "r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "use_rslora": True, "bias": "lora_only",
-        "init_lora_weights": "gaussian", "target_modules": ["v_proj", "q_proj"], "modules_to_save": ["lm_head"],
-        "exclude_modules": None, "use_dora": False, "rank_pattern": {}, "alpha_pattern": {}, "some_future_key": 1,
+        "peft_type": "LORA",
+        "r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "use_rslora": True,
+        "bias": "lora_only",
+        "init_lora_weights": "gaussian",
+        "target_modules": ["v_proj", "q_proj"],
+        "modules_to_save": ["lm_head"],
+        "exclude_modules": None,
+        "use_dora": False,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "some_future_key": 1,
     }
     cfg = LoraMethod().config_from_saved(saved)
     assert cfg == LoraConfig(
-        r=16, alpha=32, dropout=0.05, use_rslora=True, bias="lora_only", init="gaussian",
-        target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"],
+        r=16,
+        alpha=32,
+        dropout=0.05,
+        use_rslora=True,
+        bias="lora_only",
+        init="gaussian",
+        target_modules=["q_proj", "v_proj"],
+        modules_to_save=["lm_head"],
     )
     with pytest.raises(AdapterError, match=r"r=0"):
         LoraMethod().config_from_saved({**saved, "r": 0})

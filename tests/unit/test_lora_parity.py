@@ -8,15 +8,15 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import peft  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from peft.utils import get_peft_model_state_dict  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+import peft
+import pytest
+import torch
+from peft.utils import get_peft_model_state_dict
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from peft_framework.adapters import get_adapter  # noqa: E402
-from peft_framework.adapters.lora import LoraConfig, LoraLinear, LoraMethod, combine_adapters  # noqa: E402
-from peft_framework.errors import AdapterError  # noqa: E402
+from peft_framework.adapters import get_adapter
+from peft_framework.adapters.lora import LoraConfig, LoraLinear, LoraMethod, combine_adapters
+from peft_framework.errors import AdapterError
 
 TOL = 1e-5
 
@@ -33,15 +33,23 @@ def _one_thread():
 def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
     )
     return LlamaForCausalLM(cfg).eval()
 
 
 def tiny_gpt2() -> GPT2LMHeadModel:
     torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2)
+    cfg = GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
@@ -79,27 +87,46 @@ def randomize_trainables(model: torch.nn.Module, seed: int = 0) -> None:
 
 def peft_kwargs(cfg: LoraConfig) -> dict:
     return dict(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_rslora=cfg.use_rslora, bias=cfg.bias,
-        target_modules=cfg.target_modules or "all-linear", exclude_modules=cfg.exclude_modules,
-        modules_to_save=cfg.modules_to_save, init_lora_weights={"kaiming": True, "gaussian": "gaussian"}[cfg.init],
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        use_rslora=cfg.use_rslora,
+        bias=cfg.bias,
+        target_modules=cfg.target_modules or "all-linear",
+        exclude_modules=cfg.exclude_modules,
+        modules_to_save=cfg.modules_to_save,
+        init_lora_weights={"kaiming": True, "gaussian": "gaussian"}[cfg.init],
     )
 
 
 # (model, our config) — peft gets the same settings through peft_kwargs
 CASES = {
     "llama-list": ("llama", LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"])),
-    "llama-regex": ("llama", LoraConfig(r=8, alpha=16, target_modules=r"model\.layers\.\d+\.mlp\.(up|down)_proj")),
+    "llama-regex": (
+        "llama",
+        LoraConfig(r=8, alpha=16, target_modules=r"model\.layers\.\d+\.mlp\.(up|down)_proj"),
+    ),
     "llama-all-linear-rslora-dropout": ("llama", LoraConfig(r=4, alpha=8, use_rslora=True, dropout=0.1)),
-    "llama-exclude": ("llama", LoraConfig(r=2, alpha=4, target_modules="all-linear", exclude_modules=["o_proj"])),
+    "llama-exclude": (
+        "llama",
+        LoraConfig(r=2, alpha=4, target_modules="all-linear", exclude_modules=["o_proj"]),
+    ),
     "llama-bias-all-save-head-gaussian": (
         "llama",
-        LoraConfig(r=4, alpha=4, target_modules=["k_proj", "o_proj"], bias="all", init="gaussian",
-                   modules_to_save=["lm_head"]),
+        LoraConfig(
+            r=4,
+            alpha=4,
+            target_modules=["k_proj", "o_proj"],
+            bias="all",
+            init="gaussian",
+            modules_to_save=["lm_head"],
+        ),
     ),
     "gpt2-all-linear-bias-all": ("gpt2", LoraConfig(r=4, alpha=8, bias="all")),
     "gpt2-c_attn-lora_only": ("gpt2", LoraConfig(r=4, alpha=8, target_modules=["c_attn"], bias="lora_only")),
     "gpt2-regex-save-wpe": (
-        "gpt2", LoraConfig(r=2, alpha=8, target_modules=r".*\.attn\.c_proj", modules_to_save=["wpe"])
+        "gpt2",
+        LoraConfig(r=2, alpha=8, target_modules=r".*\.attn\.c_proj", modules_to_save=["wpe"]),
     ),
 }
 
@@ -207,9 +234,13 @@ def test_unknown_modules_to_save_is_an_error_naming_it() -> None:
 
 def test_only_adapter_parameters_train() -> None:
     model = base("llama")
-    LoraMethod().inject(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"]))
+    LoraMethod().inject(
+        model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"])
+    )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(".lora_A." in n or ".lora_B." in n or ".modules_to_save." in n for n in trainable)
+    assert trainable and all(
+        ".lora_A." in n or ".lora_B." in n or ".modules_to_save." in n for n in trainable
+    )
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model.train()
@@ -296,7 +327,9 @@ def test_combine_adapters_equals_weighted_sum_and_peft_cat() -> None:
         expected = sum(w * layer.delta_weight(n) for n, w in weights.items() if n in layer.lora_A)
         assert (layer.delta_weight("ab") - expected).abs().max().item() <= 1e-6
     head = model.lm_head
-    expected_head = head.original_module.weight + 0.7 * (head.modules_to_save["a"].weight - head.original_module.weight)
+    expected_head = head.original_module.weight + 0.7 * (
+        head.modules_to_save["a"].weight - head.original_module.weight
+    )
     assert torch.allclose(head.modules_to_save["ab"].weight, expected_head, atol=1e-6)
     # peft's own "cat" combination gives the same update on every layer
     theirs.add_weighted_adapter(["a", "b"], list(weights.values()), "ab", combination_type="cat")
@@ -324,4 +357,6 @@ def test_bf16_model_keeps_fp32_adapters_like_peft() -> None:
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, logits(theirs.eval()))
     LoraMethod().merge(ours)
-    assert (logits(ours).float() - out.float()).abs().max().item() <= 0.1  # bf16 rounding of the merged weight
+    assert (
+        logits(ours).float() - out.float()
+    ).abs().max().item() <= 0.1  # bf16 rounding of the merged weight

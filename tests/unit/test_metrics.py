@@ -7,14 +7,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from peft_framework.errors import ConfigError  # noqa: E402
-from peft_framework.evaluation import runner  # noqa: E402
-from peft_framework.evaluation.metric_modules import SHIPPED, compute, load_metric, metric_path  # noqa: E402
-from peft_framework.evaluation.stage import comparison_rows, flat_report  # noqa: E402
-from peft_framework.models.tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+from peft_framework.errors import ConfigError
+from peft_framework.evaluation import runner
+from peft_framework.evaluation.metric_modules import SHIPPED, compute, load_metric, metric_path
+from peft_framework.evaluation.stage import comparison_rows, flat_report
+from peft_framework.models.tiny import tiny_llama, tiny_tokenizer
 
 
 def test_every_shipped_module_loads_by_path_without_the_hub():
@@ -36,13 +36,19 @@ def test_user_metrics_dir_overrides_a_shipped_module(tmp_path):
     custom.joinpath("accuracy.py").write_text(
         source.replace('"accuracy": float(', '"accuracy": 1.0 - float(')
     )
-    assert compute("accuracy", tmp_path, predictions=[1, 1, 0, 0], references=[1, 0, 0, 0])["accuracy"] == 0.25
-    assert compute("f1", tmp_path, predictions=[1, 0], references=[1, 0])["f1"] == 1.0  # falls back to shipped
+    assert (
+        compute("accuracy", tmp_path, predictions=[1, 1, 0, 0], references=[1, 0, 0, 0])["accuracy"] == 0.25
+    )
+    assert (
+        compute("f1", tmp_path, predictions=[1, 0], references=[1, 0])["f1"] == 1.0
+    )  # falls back to shipped
 
 
 def test_accuracy():
     # 4 of 5 correct
-    assert compute("accuracy", predictions=[0, 1, 1, 0, 2], references=[0, 1, 0, 0, 2])["accuracy"] == pytest.approx(0.8)
+    assert compute("accuracy", predictions=[0, 1, 1, 0, 2], references=[0, 1, 0, 0, 2])[
+        "accuracy"
+    ] == pytest.approx(0.8)
 
 
 def test_macro_f1():
@@ -55,7 +61,9 @@ def test_macro_f1():
 
 def test_exact_match():
     predictions, references = ["Paris", "rome", "x"], ["Paris", "Rome", "y"]
-    assert compute("exact_match", predictions=predictions, references=references)["exact_match"] == pytest.approx(1 / 3)
+    assert compute("exact_match", predictions=predictions, references=references)[
+        "exact_match"
+    ] == pytest.approx(1 / 3)
     assert compute("exact_match", predictions=predictions, references=references, ignore_case=True)[
         "exact_match"
     ] == pytest.approx(2 / 3)
@@ -103,7 +111,9 @@ def test_lm_nll_matches_transformers_loss_on_response_tokens_only():
     assert [s.num_tokens for s in scores] == [4, 3]
     with torch.no_grad():
         for ids, labels, score in ((a, labels_a, scores[0]), (b, labels_b, scores[1])):
-            hf = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss  # mean over its tokens
+            hf = model(
+                input_ids=torch.tensor([ids]), labels=torch.tensor([labels])
+            ).loss  # mean over its tokens
             assert score.nll / score.num_tokens == pytest.approx(float(hf), abs=1e-5)
 
 
@@ -125,11 +135,16 @@ def test_classify_pads_right_and_returns_loss():
         for ids, label, result in zip(rows, [2, 0], results):
             logits = model(input_ids=torch.tensor([ids])).logits[0]
             assert result.predicted == int(logits.argmax())
-            assert result.loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, torch.tensor(label))), abs=1e-5)
+            assert result.loss == pytest.approx(
+                float(torch.nn.functional.cross_entropy(logits, torch.tensor(label))), abs=1e-5
+            )
 
 
 def test_flat_report_has_base_adapter_delta_keys():
-    results = {"base": {"loss": 2.0, "perplexity": math.exp(2.0)}, "adapter": {"loss": 1.5, "perplexity": math.exp(1.5)}}
+    results = {
+        "base": {"loss": 2.0, "perplexity": math.exp(2.0)},
+        "adapter": {"loss": 1.5, "perplexity": math.exp(1.5)},
+    }
     report = flat_report(results, num_examples=3)
     assert report["num_examples"] == 3
     assert report["base.loss"] == 2.0 and report["adapter.loss"] == 1.5
@@ -137,5 +152,8 @@ def test_flat_report_has_base_adapter_delta_keys():
     assert report["delta.perplexity"] == pytest.approx(math.exp(1.5) - math.exp(2.0))
     assert all("." in k for k in report if k != "num_examples")  # flat: no nested objects for dvc
     rows = comparison_rows(results)
-    assert {(r["metric"], r["model"]) for r in rows} == {("loss", "base"), ("loss", "adapter")}  # no perplexity
+    assert {(r["metric"], r["model"]) for r in rows} == {
+        ("loss", "base"),
+        ("loss", "adapter"),
+    }  # no perplexity
     assert {r["series"] for r in rows} == {"loss (base)", "loss (adapter)"}

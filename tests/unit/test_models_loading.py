@@ -8,14 +8,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification  # noqa: E402
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from peft_framework.config.schema import ModelConfig  # noqa: E402
-from peft_framework.errors import ConfigError  # noqa: E402
-from peft_framework.models.loading import load_base_model, load_tokenizer, resolve_num_labels  # noqa: E402
-from peft_framework.models.tiny import tiny_tokenizer  # noqa: E402
+from peft_framework.config.schema import ModelConfig
+from peft_framework.errors import ConfigError
+from peft_framework.models.loading import load_base_model, load_tokenizer, resolve_num_labels
+from peft_framework.models.tiny import tiny_tokenizer
 
 IDS = torch.tensor([[1, 70, 71, 72, 73, 2]])
 

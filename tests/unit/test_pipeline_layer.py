@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.states import Failed
-
-from peft_framework.config.schema import Config, EvalConfig, TrainConfig
-from peft_framework.errors import ConfigError, DataError
 from tasks import settings
 from tasks.cache import key_material
 from tasks.fingerprint import expand, record_outputs, source_sha256, stale_outputs
 from tasks.run import STAGE_TASKS, is_transient, retry_if_transient
 from tasks.stages import ORDER, STAGES
+
+from peft_framework.config.schema import Config, EvalConfig, TrainConfig
+from peft_framework.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = re.compile(r"\$\{([^}]+)\}")
@@ -61,7 +61,9 @@ def test_dvc_stages_match_the_stage_table():
         assert code == [f"src/peft_framework/{c}" for c in stage.code], name
         inputs = [_render(d, defaults) for d in deps if not d.startswith("src/")]
         assert inputs == stage.inputs(Config(), ROOT), name
-        written = [_render(p, defaults) for key in ("outs", "metrics", "plots") for p in _paths(dvc.get(key, []))]
+        written = [
+            _render(p, defaults) for key in ("outs", "metrics", "plots") for p in _paths(dvc.get(key, []))
+        ]
         declared = stage.outputs(Config())
         for path in written:
             assert any(_under(path, out) for out in declared), f"{name}: {path} not in {declared}"
@@ -204,9 +206,9 @@ def test_eval_artifact_rows_pair_base_and_adapter():
     table = markdown_table("Data report", report, "reports/data.json", data_headline(report))
     assert "| rows.read | 10 |" in table and "| rows.kept | 9 |" in table
     assert "**10** rows read, **9** kept, **1** rejected." in table
-    assert parity_headline({"parity_passed": True, "parity_max_abs_diff": 1e-6, "parity_atol": 1e-3}).startswith(
-        "**Parity passed**"
-    )
+    assert parity_headline(
+        {"parity_passed": True, "parity_max_abs_diff": 1e-6, "parity_atol": 1e-3}
+    ).startswith("**Parity passed**")
     assert parity_headline({"merged": False, "reason": "bottleneck"}).startswith("**Not merged**")
 
 

@@ -9,21 +9,21 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import pytest
+import torch
+from safetensors.torch import save_file
 
-from peft_framework.adapters.lora import LoraConfig  # noqa: E402
-from peft_framework.config.schema import Config, TrainConfig  # noqa: E402
-from peft_framework.errors import ConfigError, UserError  # noqa: E402
-from peft_framework.training import checkpoints as ckpts  # noqa: E402
-from peft_framework.training.arguments import (  # noqa: E402
+from peft_framework.adapters.lora import LoraConfig
+from peft_framework.config.schema import Config, TrainConfig
+from peft_framework.errors import ConfigError, UserError
+from peft_framework.training import checkpoints as ckpts
+from peft_framework.training.arguments import (
     build_training_arguments,
     plan_steps,
     resolve_precision,
 )
-from peft_framework.training.collator import PadCollator  # noqa: E402
-from peft_framework.training.stage import ResumePlan, apply_resume_plan, choose_resume, run_fingerprint  # noqa: E402
+from peft_framework.training.collator import PadCollator
+from peft_framework.training.stage import ResumePlan, apply_resume_plan, choose_resume, run_fingerprint
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

@@ -40,7 +40,9 @@ class AdapterMethod(ABC):
 
     # --- building -------------------------------------------------------------------------------
     @abstractmethod
-    def inject(self, model: nn.Module, config: AdapterConfigBase, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+    def inject(
+        self, model: nn.Module, config: AdapterConfigBase, adapter_name: str = DEFAULT_ADAPTER_NAME
+    ) -> None:
         """Add the adapter to `model` in place, make it active, and freeze everything else.
 
         Raises AdapterError (listing the model's candidate module names) when targets match nothing.
@@ -48,7 +50,9 @@ class AdapterMethod(ABC):
 
     # --- checkpoints ----------------------------------------------------------------------------
     @abstractmethod
-    def adapter_state_dict(self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME) -> dict[str, torch.Tensor]:
+    def adapter_state_dict(
+        self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME
+    ) -> dict[str, torch.Tensor]:
         """The adapter's tensors under their on-disk names (peft's keys for peft types)."""
 
     def validate_for_save(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -62,7 +66,12 @@ class AdapterMethod(ABC):
 
     @abstractmethod
     def saved_config(
-        self, config: AdapterConfigBase, *, base_model_name_or_path: str | None, task_type: str | None, model: nn.Module
+        self,
+        config: AdapterConfigBase,
+        *,
+        base_model_name_or_path: str | None,
+        task_type: str | None,
+        model: nn.Module,
     ) -> dict[str, Any]:
         """The `adapter_config.json` content (peft's keys only, for peft types)."""
 

@@ -60,7 +60,10 @@ def save_adapter(
     Files are written to a temporary directory first and moved into place config-last, so a directory
     with an `adapter_config.json` always has the matching weights. Other files in `out_dir` are kept.
     """
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in method.adapter_state_dict(model, adapter_name).items()}
+    state = {
+        k: v.detach().to("cpu").contiguous().clone()
+        for k, v in method.adapter_state_dict(model, adapter_name).items()
+    }
     _check_tensors(method, state, adapter_name)
     saved = dict(
         method.saved_config(
@@ -108,7 +111,9 @@ def _check_tensors(method: AdapterMethod, state: dict[str, torch.Tensor], adapte
             f"refusing to save adapter {adapter_name!r}: empty tensors {empty[:5]} (sharded parameters, e.g. "
             f"DeepSpeed ZeRO-3, must be gathered before saving)"
         )
-    not_finite = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    not_finite = sorted(
+        k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    )
     if not_finite:
         raise AdapterError(f"refusing to save adapter {adapter_name!r}: NaN/inf in {not_finite[:5]}")
     # type-specific checks (e.g. LoRA: A can never be all zero); optional on AdapterMethod, like the flag above
@@ -120,7 +125,9 @@ def _check_tensors(method: AdapterMethod, state: dict[str, torch.Tensor], adapte
 def read_adapter_config(adapter_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(adapter_dir) / CONFIG_NAME
     if not path.is_file():
-        raise AdapterError(f"{path}: no {CONFIG_NAME} here; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        raise AdapterError(
+            f"{path}: no {CONFIG_NAME} here; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -136,14 +143,18 @@ def method_for_saved(saved: dict[str, Any], where: str = CONFIG_NAME) -> Adapter
         method = registry.by_peft_type(str(saved["peft_type"]))
         if method is None:
             known = sorted({m.peft_type for m in registry.all_methods().values() if m.peft_type})
-            raise AdapterError(f"{where}: peft_type {saved['peft_type']!r} is not supported; allowed: {', '.join(known)}")
+            raise AdapterError(
+                f"{where}: peft_type {saved['peft_type']!r} is not supported; allowed: {', '.join(known)}"
+            )
         return method
     if FRAMEWORK_TYPE_KEY in saved:
         try:
             return registry.get(str(saved[FRAMEWORK_TYPE_KEY]))
         except ConfigError as exc:
             raise AdapterError(f"{where}: {FRAMEWORK_TYPE_KEY}: {'; '.join(exc.problems) or exc}") from exc
-    raise AdapterError(f"{where}: neither 'peft_type' nor '{FRAMEWORK_TYPE_KEY}' is set; cannot tell the adapter type")
+    raise AdapterError(
+        f"{where}: neither 'peft_type' nor '{FRAMEWORK_TYPE_KEY}' is set; cannot tell the adapter type"
+    )
 
 
 def load_adapter(
@@ -168,7 +179,11 @@ def load_adapter(
     weights = adapter_dir / WEIGHTS_NAME
     if not weights.is_file():
         pickled = [p.name for p in adapter_dir.glob("adapter_model.bin")]
-        hint = " (a pickle checkpoint is there; it is never loaded: convert it to safetensors)" if pickled else ""
+        hint = (
+            " (a pickle checkpoint is there; it is never loaded: convert it to safetensors)"
+            if pickled
+            else ""
+        )
         raise AdapterError(f"{weights}: missing{hint}")
     method = method_for_saved(saved, str(adapter_dir / CONFIG_NAME))
     config = method.config_from_saved(saved)
@@ -186,7 +201,9 @@ def load_adapter(
             [f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in unexpected],
         )
     wrong_shape = [
-        f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if state[k].shape != v.shape
     ]
     if wrong_shape:
         raise AdapterError(f"{weights}: tensor shapes do not match the model", wrong_shape)

@@ -25,7 +25,9 @@ def adapter_state(model: nn.Module, attr: str) -> dict:
 
 def find_record(adapters: dict[str, R], adapter_name: str, kind: str) -> R:
     if adapter_name not in adapters:
-        raise AdapterError(f"no {kind} adapter named {adapter_name!r} on this model; allowed: {sorted(adapters)}")
+        raise AdapterError(
+            f"no {kind} adapter named {adapter_name!r} on this model; allowed: {sorted(adapters)}"
+        )
     return adapters[adapter_name]
 
 

@@ -83,7 +83,9 @@ def get(name: str) -> AdapterMethod:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
             "invalid config",
-            [f"adapter.type: {name!r} is not a registered adapter type; allowed: {', '.join(sorted(sources))}.{hint}"],
+            [
+                f"adapter.type: {name!r} is not a registered adapter type; allowed: {', '.join(sorted(sources))}.{hint}"
+            ],
         )
     module_name, _, attr = sources[name].target.partition(":")
     obj = getattr(importlib.import_module(module_name), attr)

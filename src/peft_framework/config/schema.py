@@ -40,7 +40,9 @@ class ModelConfig(Section):
     revision: str | None = None
     trust_remote_code: bool = False
     num_labels: int | None = Field(
-        None, ge=2, description="sequence_classification only; default: taken from the prepared data's labels."
+        None,
+        ge=2,
+        description="sequence_classification only; default: taken from the prepared data's labels.",
     )
 
 
@@ -210,7 +212,9 @@ class AdapterConfigBase(Section):
             try:
                 re.compile(value)
             except re.error as exc:
-                raise ValueError(f"{key}: {value!r} is not a valid regex ({exc}); allowed: a Python regex") from None
+                raise ValueError(
+                    f"{key}: {value!r} is not a valid regex ({exc}); allowed: a Python regex"
+                ) from None
         return value
 
 
@@ -221,14 +225,18 @@ class TrainConfig(Section):
     )
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, ge=-1, description="Optimizer steps; > 0 overrides epochs.")
-    batch_size: int = Field(8, ge=1, description="Per device (process); the global batch is this x processes x grad_accum.")
+    batch_size: int = Field(
+        8, ge=1, description="Per device (process); the global batch is this x processes x grad_accum."
+    )
     eval_batch_size: int | None = Field(None, ge=1, description="null: same as batch_size")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps per optimizer step.")
     learning_rate: float = Field(2e-4, gt=0)
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = (
-        "linear"
+    scheduler: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
+    ] = "linear"
+    warmup_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="Fraction of the steps; used when warmup_steps is 0."
     )
-    warmup_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the steps; used when warmup_steps is 0.")
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping; 0 turns it off.")
@@ -256,28 +264,37 @@ class TrainConfig(Section):
     logging_steps: int = Field(5, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="null: evaluate once per epoch")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps into checkpoint_dir.")
-    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept (the best one is always kept).")
+    save_total_limit: int | None = Field(
+        2, ge=1, description="Checkpoints kept (the best one is always kept)."
+    )
     early_stopping_patience: int | None = Field(
         None,
         ge=1,
         description="Stop after this many evaluations without a lower validation loss; the best adapter is the "
         "output. Needs eval_steps, and save_steps a multiple of it.",
     )
-    early_stopping_threshold: float = Field(0.0, ge=0.0, description="Minimum decrease of the loss that counts.")
+    early_stopping_threshold: float = Field(
+        0.0, ge=0.0, description="Minimum decrease of the loss that counts."
+    )
     resume: str = Field(
         "auto",
         description="'auto': continue from the latest complete checkpoint of the same config and data; "
         "'never': start fresh (removes old checkpoints); or a checkpoint directory.",
     )
     checkpoint_dir: str = "models/checkpoints"
-    keep_checkpoints: bool = Field(False, description="Keep checkpoint_dir after a successful run (default: removed).")
-    metrics_dir: str = Field("reports/train", description="dvclive output: metrics.json and plots/metrics/*.tsv")
+    keep_checkpoints: bool = Field(
+        False, description="Keep checkpoint_dir after a successful run (default: removed)."
+    )
+    metrics_dir: str = Field(
+        "reports/train", description="dvclive output: metrics.json and plots/metrics/*.tsv"
+    )
     report_to: Literal["auto", "dvclive", "none"] = Field(
         "auto", description="Metric logging: dvclive (into metrics_dir); auto: dvclive when it is installed."
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     ddp_find_unused_parameters: bool = Field(
-        False, description="DDP only: set true for adapters whose trainable parameters are not all used every step."
+        False,
+        description="DDP only: set true for adapters whose trainable parameters are not all used every step.",
     )
 
     @model_validator(mode="after")
@@ -300,7 +317,8 @@ class TrainConfig(Section):
 # ---------------------------------------------------------------------------------------------- eval
 class EvalConfig(Section):
     report_path: str = Field(
-        "reports/eval.json", description="Flat metrics: base.<metric>, adapter.<metric>, delta.<metric> (adapter - base)."
+        "reports/eval.json",
+        description="Flat metrics: base.<metric>, adapter.<metric>, delta.<metric> (adapter - base).",
     )
     predictions_path: str = Field("reports/eval_predictions.jsonl", description="One line per test example.")
     plots_dir: str = Field(
@@ -309,17 +327,24 @@ class EvalConfig(Section):
         "x=value, y=series) and, for classification, confusion_{base,adapter}.json (actual/predicted).",
     )
     batch_size: int = Field(8, ge=1)
-    max_samples: int | None = Field(None, ge=1, description="Score only the first N test examples; null: all.")
-    generate: bool = Field(
-        True, description="instruction/chat data: greedy generation from each prompt, scored by exact match and ROUGE-L."
+    max_samples: int | None = Field(
+        None, ge=1, description="Score only the first N test examples; null: all."
     )
-    max_new_tokens: int = Field(32, ge=1, description="Generation length limit (generation also stops at EOS).")
+    generate: bool = Field(
+        True,
+        description="instruction/chat data: greedy generation from each prompt, scored by exact match and ROUGE-L.",
+    )
+    max_new_tokens: int = Field(
+        32, ge=1, description="Generation length limit (generation also stops at EOS)."
+    )
     metrics_dir: str | None = Field(
         None,
         description="Directory of extra `evaluate` metric modules (<dir>/<name>/<name>.py), loaded by path and used "
         "in place of the shipped ones of the same name; null: the modules shipped with peft-framework.",
     )
-    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.")
+    device: str = Field(
+        "auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."
+    )
 
 
 # -------------------------------------------------------------------------------------------- export
@@ -339,7 +364,9 @@ class ExportConfig(Section):
         description="Shard size when a base model without a checkpoint on disk (builtin:*) is first saved; exported "
         "shards follow the base checkpoint's sharding, one output shard per input shard.",
     )
-    parity_samples: int = Field(4, ge=1, description="Held-out examples (test split) for the merged-vs-adapter check.")
+    parity_samples: int = Field(
+        4, ge=1, description="Held-out examples (test split) for the merged-vs-adapter check."
+    )
     parity_atol: float | None = Field(
         None,
         gt=0,

@@ -59,7 +59,7 @@ for _cls in (ConfigLoader, ConfigDumper):
 def parse_yaml(text: str, origin: str = "<string>") -> Any:
     """Parse YAML text; syntax errors become a ConfigError naming `origin:line:column`."""
     try:
-        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+        return yaml.load(text, Loader=ConfigLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{origin}:{mark.line + 1}:{mark.column + 1}" if mark is not None else origin

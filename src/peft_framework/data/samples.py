@@ -39,11 +39,63 @@ CLASSIFICATION_DATA: dict[str, Any] = {
     "validate": {"labels": CLASSIFICATION_LABELS},
 }
 
-WORDS = (
-    "red blue green black white cat dog bird fish tree house river stone cloud rain sun moon star road "
-    "book lamp door chair table apple bread milk cake salt ship boat car train bell ring coin key box "
-    "hat shoe sock fox owl bee ant frog wolf bear lion corn rice tea cup pen map"
-).split()
+WORDS = [
+    "red",
+    "blue",
+    "green",
+    "black",
+    "white",
+    "cat",
+    "dog",
+    "bird",
+    "fish",
+    "tree",
+    "house",
+    "river",
+    "stone",
+    "cloud",
+    "rain",
+    "sun",
+    "moon",
+    "star",
+    "road",
+    "book",
+    "lamp",
+    "door",
+    "chair",
+    "table",
+    "apple",
+    "bread",
+    "milk",
+    "cake",
+    "salt",
+    "ship",
+    "boat",
+    "car",
+    "train",
+    "bell",
+    "ring",
+    "coin",
+    "key",
+    "box",
+    "hat",
+    "shoe",
+    "sock",
+    "fox",
+    "owl",
+    "bee",
+    "ant",
+    "frog",
+    "wolf",
+    "bear",
+    "lion",
+    "corn",
+    "rice",
+    "tea",
+    "cup",
+    "pen",
+    "map",
+]
 
 CAPITALS = {
     "France": "Paris",
@@ -94,13 +146,34 @@ ADD = "Add the two numbers."
 COUNT = "Count the words in the text."
 CAPITAL = "What is the capital of {}?"
 
-POSITIVE = (
-    "great wonderful excellent fantastic delightful superb lovely amazing brilliant pleasant charming "
-    "impressive"
-).split()
-NEGATIVE = (
-    "terrible awful horrible dreadful disappointing boring poor broken useless annoying mediocre unpleasant"
-).split()
+POSITIVE = [
+    "great",
+    "wonderful",
+    "excellent",
+    "fantastic",
+    "delightful",
+    "superb",
+    "lovely",
+    "amazing",
+    "brilliant",
+    "pleasant",
+    "charming",
+    "impressive",
+]
+NEGATIVE = [
+    "terrible",
+    "awful",
+    "horrible",
+    "dreadful",
+    "disappointing",
+    "boring",
+    "poor",
+    "broken",
+    "useless",
+    "annoying",
+    "mediocre",
+    "unpleasant",
+]
 SUBJECTS = [
     "the movie",
     "the food",

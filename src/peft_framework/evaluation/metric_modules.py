@@ -9,7 +9,7 @@ found there is used in place of the shipped one.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,13 @@ def metric_path(name: str, metrics_dir: str | os.PathLike[str] | None = None) ->
     where = f"{metrics_dir} or " if metrics_dir is not None else ""
     raise ConfigError(
         "invalid config",
-        [f"eval.metrics_dir: no metric module {name!r} ({where}{SHIPPED_METRICS_DIR}); shipped: {', '.join(SHIPPED)}"],
+        [
+            f"eval.metrics_dir: no metric module {name!r} ({where}{SHIPPED_METRICS_DIR}); shipped: {', '.join(SHIPPED)}"
+        ],
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(path: str) -> Any:
     import evaluate
 

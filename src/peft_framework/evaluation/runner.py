@@ -137,7 +137,8 @@ def generate(
     texts: list[str] = []
     for idx in batches(len(prompts), batch_size):
         encoded = [
-            tokenizer(prompts[i], add_special_tokens=add_special_tokens, verbose=False)["input_ids"] for i in idx
+            tokenizer(prompts[i], add_special_tokens=add_special_tokens, verbose=False)["input_ids"]
+            for i in idx
         ]
         if max_prompt_tokens is not None:  # keep the end of the prompt: that is where the answer starts
             encoded = [ids[-max_prompt_tokens:] for ids in encoded]

@@ -51,7 +51,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("invalid config", [f"eval.device: {name!r} but no CUDA device is available; allowed: auto, cpu"])
+        raise ConfigError(
+            "invalid config", [f"eval.device: {name!r} but no CUDA device is available; allowed: auto, cpu"]
+        )
     return torch.device(name)
 
 
@@ -83,7 +85,9 @@ def load_test_split(config: Config, root: str | os.PathLike[str]):
     try:
         dataset = load_from_disk(str(data_dir))
     except (FileNotFoundError, ValueError) as exc:
-        raise DataError(f"data.output_dir: {data_dir} is not a prepared dataset ({exc}); run prepare again") from exc
+        raise DataError(
+            f"data.output_dir: {data_dir} is not a prepared dataset ({exc}); run prepare again"
+        ) from exc
     if "test" not in dataset or len(dataset["test"]) == 0:
         raise DataError(
             f"data.split.test: the test split in {data_dir} is empty; allowed: a test fraction that leaves at least "
@@ -112,16 +116,30 @@ def prompt_add_special_tokens(config: Config, manifest: dict[str, Any]) -> bool:
 
 
 def score_causal_lm(
-    model, tokenizer, test, config: Config, device, generate: bool, metrics_dir, add_special_tokens: bool = True
+    model,
+    tokenizer,
+    test,
+    config: Config,
+    device,
+    generate: bool,
+    metrics_dir,
+    add_special_tokens: bool = True,
 ) -> tuple[dict, list[dict]]:
     cfg = config.eval
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores = runner.lm_nll(
-        model, test["input_ids"], test["labels"], pad_token_id=pad_id, batch_size=cfg.batch_size, device=device
+        model,
+        test["input_ids"],
+        test["labels"],
+        pad_token_id=pad_id,
+        batch_size=cfg.batch_size,
+        device=device,
     )
     if sum(s.num_tokens for s in scores) == 0:
         raise DataError("data: the test split has no labelled tokens to score (every label is -100)")
-    ppl = compute("perplexity", metrics_dir, nll=[s.nll for s in scores], num_tokens=[s.num_tokens for s in scores])
+    ppl = compute(
+        "perplexity", metrics_dir, nll=[s.nll for s in scores], num_tokens=[s.num_tokens for s in scores]
+    )
     metrics = {"loss": ppl["loss"], "perplexity": ppl["perplexity"]}
     rows = [
         {"num_tokens": s.num_tokens, "loss": (s.nll / s.num_tokens) if s.num_tokens else None} for s in scores
@@ -142,7 +160,11 @@ def score_causal_lm(
             "exact_match", metrics_dir, predictions=predictions, references=references
         )["exact_match"]
         rouge = compute(
-            "rouge", metrics_dir, predictions=predictions, references=references, rouge_types=["rougeL"],
+            "rouge",
+            metrics_dir,
+            predictions=predictions,
+            references=references,
+            rouge_types=["rougeL"],
             use_aggregator=False,
         )["rougeL"]
         metrics["rougeL"] = statistics.fmean(rouge)
@@ -159,13 +181,22 @@ def score_classification(
     if pad_id is None:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     results = runner.classify(
-        model, test["input_ids"], test["labels"], pad_token_id=pad_id, batch_size=cfg.batch_size, device=device
+        model,
+        test["input_ids"],
+        test["labels"],
+        pad_token_id=pad_id,
+        batch_size=cfg.batch_size,
+        device=device,
     )
     predicted = [r.predicted for r in results]
     references = list(test["labels"])
     metrics = {
-        "accuracy": compute("accuracy", metrics_dir, predictions=predicted, references=references)["accuracy"],
-        "f1_macro": compute("f1", metrics_dir, predictions=predicted, references=references, average="macro")["f1"],
+        "accuracy": compute("accuracy", metrics_dir, predictions=predicted, references=references)[
+            "accuracy"
+        ],
+        "f1_macro": compute("f1", metrics_dir, predictions=predicted, references=references, average="macro")[
+            "f1"
+        ],
         "loss": statistics.fmean(r.loss for r in results),
     }
 
@@ -177,7 +208,14 @@ def score_classification(
 
 
 def score(
-    model, tokenizer, test, config: Config, device, label_names, generate: bool, metrics_dir: Path | None = None,
+    model,
+    tokenizer,
+    test,
+    config: Config,
+    device,
+    label_names,
+    generate: bool,
+    metrics_dir: Path | None = None,
     add_special_tokens: bool = True,
 ) -> tuple[dict, list[dict]]:
     """The one scoring routine both models go through."""
@@ -257,7 +295,9 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
         and {"prompt", "response"} <= columns
     )
     if cfg.generate and not classification and config.data.kind in ("instruction", "chat") and not generate:
-        log.warning("eval.generate: the test split has no prompt/response columns; generation metrics skipped")
+        log.warning(
+            "eval.generate: the test split has no prompt/response columns; generation metrics skipped"
+        )
 
     device = pick_device(cfg.device)
     metrics_dir = resolve(root, cfg.metrics_dir) if cfg.metrics_dir else None
@@ -268,7 +308,16 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
     results: dict[str, dict[str, float]] = {}
     per_model: dict[str, list[dict]] = {}
     log.info("evaluating the base model on %d test examples", len(test))
-    args = (tokenizer, test, config, device, label_names, generate, metrics_dir, prompt_add_special_tokens(config, manifest))
+    args = (
+        tokenizer,
+        test,
+        config,
+        device,
+        label_names,
+        generate,
+        metrics_dir,
+        prompt_add_special_tokens(config, manifest),
+    )
     results["base"], per_model["base"] = score(model, *args)
     load_adapter(model, adapter_dir)
     model.to(device)
@@ -284,12 +333,14 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
         if classification:
             for model_name in MODELS:
                 confusion = [
-                    {"actual": row["label"], "predicted": row[f"{model_name}_prediction"]} for row in predictions
+                    {"actual": row["label"], "predicted": row[f"{model_name}_prediction"]}
+                    for row in predictions
                 ]
                 write_json_atomic(tmp / f"confusion_{model_name}.json", confusion)
     predictions_path = resolve(root, cfg.predictions_path)
     write_text_atomic(
-        predictions_path, "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in predictions)
+        predictions_path,
+        "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in predictions),
     )
     report_path = write_json_atomic(resolve(root, cfg.report_path), report)
     log.info("eval report: %s", ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)))

@@ -74,8 +74,14 @@ def open_checkpoint(directory: str | os.PathLike[str]) -> Checkpoint:
         with safe_open(str(single), framework="pt") as f:
             return Checkpoint(directory, [SAFE_SINGLE], {SAFE_SINGLE: sorted(f.keys())})
     pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
-    hint = f" (found {', '.join(pickled[:3])}: pickle checkpoints are never loaded; convert them to safetensors)" if pickled else ""
-    raise UserError(f"model.name_or_path: {directory} has no safetensors checkpoint ({SAFE_INDEX} or {SAFE_SINGLE}){hint}")
+    hint = (
+        f" (found {', '.join(pickled[:3])}: pickle checkpoints are never loaded; convert them to safetensors)"
+        if pickled
+        else ""
+    )
+    raise UserError(
+        f"model.name_or_path: {directory} has no safetensors checkpoint ({SAFE_INDEX} or {SAFE_SINGLE}){hint}"
+    )
 
 
 def read_tensors(checkpoint: Checkpoint, keys: list[str]) -> dict[str, torch.Tensor]:
@@ -110,7 +116,9 @@ def tied_groups(model: nn.Module) -> list[set[str]]:
     return [names for names in by_id.values() if len(names) > 1]
 
 
-def map_keys(checkpoint_keys: list[str], model_keys: set[str], prefix: str) -> tuple[dict[str, str], list[str]]:
+def map_keys(
+    checkpoint_keys: list[str], model_keys: set[str], prefix: str
+) -> tuple[dict[str, str], list[str]]:
     """checkpoint name -> model state-dict name (base-model prefix added or removed as needed);
     names the model does not have are returned apart (transformers ignores them too)."""
     mapping: dict[str, str] = {}
@@ -130,7 +138,9 @@ def map_keys(checkpoint_keys: list[str], model_keys: set[str], prefix: str) -> t
 def _swap(module: nn.Module, name: str, tensor: torch.Tensor, new: torch.Tensor) -> None:
     """Move a tensor to `new`'s device/storage keeping the object (code may hold references to it);
     where torch cannot swap in place, the module's attribute is replaced instead."""
-    replacement = nn.Parameter(new, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else new
+    replacement = (
+        nn.Parameter(new, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else new
+    )
     try:
         torch.utils.swap_tensors(tensor, replacement)
     except RuntimeError:
@@ -147,7 +157,11 @@ def place_adapter_tensors(model: nn.Module, base_ids: set[int]) -> None:
     has_real: dict[str, bool] = {}
     for path in sorted(modules, key=lambda p: -p.count(".") if p else 1):  # children before parents
         module = modules[path]
-        own = [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None and id(t) in base_ids]
+        own = [
+            t
+            for t in (*module._parameters.values(), *module._buffers.values())
+            if t is not None and id(t) in base_ids
+        ]
         children = [f"{path}.{n}" if path else n for n, c in module._modules.items() if c is not None]
         has_base[path] = bool(own) or any(has_base.get(c, False) for c in children)
         has_real[path] = any(not t.is_meta for t in own) or any(has_real.get(c, False) for c in children)
@@ -246,7 +260,9 @@ def stream_merge(
     result = MergeResult(unused_keys=sorted(unused))
     extra: dict[str, torch.Tensor] = {}
     if missing:  # first, so that the number of output shards is known before the first one is named
-        extra, result.left_out = _merge_missing(missing, mapping, by_module, checkpoint, model_class, hf_config, adapter)
+        extra, result.left_out = _merge_missing(
+            missing, mapping, by_module, checkpoint, model_class, hf_config, adapter
+        )
         extra = {k: v.to(dtype).contiguous() for k, v in extra.items()}
         result.from_adapter = sorted(extra)
     n_out = len(checkpoint.shards) + (1 if extra else 0)
@@ -289,7 +305,10 @@ def stream_merge(
             ", ".join(result.left_out[:5]),
         )
     if n_out > 1:
-        index = {"metadata": {"total_size": result.total_bytes}, "weight_map": dict(sorted(result.weight_map.items()))}
+        index = {
+            "metadata": {"total_size": result.total_bytes},
+            "weight_map": dict(sorted(result.weight_map.items())),
+        }
         (out_dir / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     result.seconds = time.perf_counter() - started
     return result

@@ -119,10 +119,14 @@ def base_checkpoint_dir(config: Config, scratch: Path, label_names, tokenizer) -
 
     try:
         return Path(
-            snapshot_download(name, revision=config.model.revision, allow_patterns=["*.json", "*.safetensors"])
+            snapshot_download(
+                name, revision=config.model.revision, allow_patterns=["*.json", "*.safetensors"]
+            )
         )
     except Exception as exc:  # network errors, missing repo, offline without cache
-        raise UserError(f"model.name_or_path: cannot get the checkpoint of {name!r} to merge into ({exc})") from exc
+        raise UserError(
+            f"model.name_or_path: cannot get the checkpoint of {name!r} to merge into ({exc})"
+        ) from exc
 
 
 def export_hf_config(config: Config, base_dir: Path, label_names, tokenizer, dtype: torch.dtype):
@@ -149,7 +153,11 @@ def export_hf_config(config: Config, base_dir: Path, label_names, tokenizer, dty
 def auto_class(config: Config):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification if config.model.task == "sequence_classification" else AutoModelForCausalLM
+    return (
+        AutoModelForSequenceClassification
+        if config.model.task == "sequence_classification"
+        else AutoModelForCausalLM
+    )
 
 
 def write_generation_config(base_dir: Path, hf_config, tokenizer, out_dir: Path) -> dict[str, Any]:
@@ -166,11 +174,17 @@ def write_generation_config(base_dir: Path, hf_config, tokenizer, out_dir: Path)
         eos_ids.append(tokenizer.eos_token_id)
     gen.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else (eos_ids or None)
     if gen.pad_token_id is None:
-        gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [None])[0]
+        gen.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [None])[0]
+        )
     if gen.bos_token_id is None and tokenizer.bos_token_id is not None:
         gen.bos_token_id = tokenizer.bos_token_id
     gen.save_pretrained(str(out_dir))
-    return {"eos_token_id": gen.eos_token_id, "pad_token_id": gen.pad_token_id, "bos_token_id": gen.bos_token_id}
+    return {
+        "eos_token_id": gen.eos_token_id,
+        "pad_token_id": gen.pad_token_id,
+        "bos_token_id": gen.bos_token_id,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ parity
@@ -183,7 +197,9 @@ def _logits(model, inputs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, 
     return model(input_ids=ids, attention_mask=mask).logits.float(), mask.bool()
 
 
-def parity_check(config: Config, export_dir: Path, adapter_dir: Path, inputs, tokenizer, label_names) -> dict[str, Any]:
+def parity_check(
+    config: Config, export_dir: Path, adapter_dir: Path, inputs, tokenizer, label_names
+) -> dict[str, Any]:
     """Max |logits(exported model, plain transformers) - logits(base + adapter, this framework)|."""
     from peft_framework.adapters.checkpoint import load_adapter
     from peft_framework.models.loading import load_base_model
@@ -254,26 +270,35 @@ def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]
         )
         report.update(export_unmerged(config, adapter_dir, out_dir, tokenizer, reason, method.name))
     else:
-        report.update(export_merged(config, root, adapter, adapter_dir, out_dir, tokenizer, held_out, label_names))
+        report.update(
+            export_merged(config, root, adapter, adapter_dir, out_dir, tokenizer, held_out, label_names)
+        )
     report["output_sha256"] = path_sha256(out_dir)
     report["total_seconds"] = round(time.perf_counter() - started, 3)
     write_json_atomic(report_path, report)
     return {"output_dir": str(out_dir), "report_path": str(report_path), **report}
 
 
-def export_merged(config, root, adapter, adapter_dir, out_dir, tokenizer, held_out, label_names) -> dict[str, Any]:
+def export_merged(
+    config, root, adapter, adapter_dir, out_dir, tokenizer, held_out, label_names
+) -> dict[str, Any]:
     cfg = config.export
     dtype = DTYPES[cfg.dtype]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.base-", dir=out_dir.parent) as scratch, atomic_dir(
-        out_dir
-    ) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.base-", dir=out_dir.parent) as scratch,
+        atomic_dir(out_dir) as tmp,
+    ):
         base_dir = base_checkpoint_dir(config, Path(scratch), label_names, tokenizer)
         checkpoint = open_checkpoint(base_dir)
         hf_config = export_hf_config(config, base_dir, label_names, tokenizer, dtype)
         log.info(
             "merging %s adapter into %s: %d shard(s), %.1f MB, export dtype %s",
-            adapter.method.name, config.model.name_or_path, len(checkpoint.shards), checkpoint.bytes() / 1e6, cfg.dtype,
+            adapter.method.name,
+            config.model.name_or_path,
+            len(checkpoint.shards),
+            checkpoint.bytes() / 1e6,
+            cfg.dtype,
         )
         base_bytes = checkpoint.bytes()
         warm_up(auto_class(config), hf_config, adapter)  # one-time imports are not the merge's memory
@@ -286,7 +311,9 @@ def export_merged(config, root, adapter, adapter_dir, out_dir, tokenizer, held_o
         if config.model.task == "causal_lm":
             generation = write_generation_config(base_dir, hf_config, tokenizer, tmp)
         tokenizer.save_pretrained(str(tmp))
-        parity = parity_check(config, tmp, adapter_dir, parity_inputs(config, held_out, tokenizer), tokenizer, label_names)
+        parity = parity_check(
+            config, tmp, adapter_dir, parity_inputs(config, held_out, tokenizer), tokenizer, label_names
+        )
         finite = parity.pop("_finite")
         atol = parity_atol(config, parity["parity_max_abs_logit"])
         summary = {
@@ -329,8 +356,13 @@ def export_merged(config, root, adapter, adapter_dir, out_dir, tokenizer, held_o
     log.info(
         "exported merged model to %s: %d shard(s), merge %.2fs, peak RSS growth %.1f MB (model %.1f MB), "
         "parity max |diff| %.3g <= %g",
-        out_dir, summary["num_shards"], summary["merge_seconds"], summary["peak_rss_growth_bytes"] / 1e6,
-        summary["model_bytes"] / 1e6, summary["parity_max_abs_diff"], atol,
+        out_dir,
+        summary["num_shards"],
+        summary["merge_seconds"],
+        summary["peak_rss_growth_bytes"] / 1e6,
+        summary["model_bytes"] / 1e6,
+        summary["parity_max_abs_diff"],
+        atol,
     )
     return summary
 
@@ -380,6 +412,10 @@ def export_unmerged(
         )
     log.warning(
         "export: NOT merged (%s): exported the adapter to %s with %s naming the base model %s; load it with %s",
-        reason, out_dir, BASE_REFERENCE, config.model.name_or_path, how,
+        reason,
+        out_dir,
+        BASE_REFERENCE,
+        config.model.name_or_path,
+        how,
     )
     return {"merged": False, "reason": reason, "load_with": how, "base_reference": BASE_REFERENCE}

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
 
 TINY_LLAMA_SEED = 1234
 # Weight init std. transformers' 0.02 leaves a random 64-wide model's logits so small (|logit| < ~1.5 after

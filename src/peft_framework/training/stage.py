@@ -334,8 +334,7 @@ def write_output(
         )
         tokenizer.save_pretrained(str(tmp))
         with open(tmp / LOG_FILE, "w", encoding="utf-8") as f:
-            for entry in history:
-                f.write(json.dumps(entry, sort_keys=True) + "\n")
+            f.writelines(json.dumps(entry, sort_keys=True) + "\n" for entry in history)
         manifest["adapter"]["sha256"] = file_sha256(tmp / WEIGHTS_NAME)
         write_json_atomic(tmp / MANIFEST, manifest)
 

@@ -30,9 +30,13 @@ class ScaledLinear(nn.Module):
     def __init__(self, base_layer: nn.Module, init_scale: float) -> None:
         super().__init__()
         self.base_layer = base_layer
-        out_features = base_layer.weight.shape[1] if isinstance(base_layer, Conv1D) else base_layer.weight.shape[0]
+        out_features = (
+            base_layer.weight.shape[1] if isinstance(base_layer, Conv1D) else base_layer.weight.shape[0]
+        )
         weight = base_layer.weight
-        self.scale = nn.Parameter(torch.full((out_features,), init_scale, dtype=torch.float32, device=weight.device))
+        self.scale = nn.Parameter(
+            torch.full((out_features,), init_scale, dtype=torch.float32, device=weight.device)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
@@ -48,7 +52,9 @@ class ScaleMethod(AdapterMethod):
     config_class: ClassVar[type[AdapterConfigBase]] = ScaleConfig
     description: ClassVar[str] = "per-output-channel scale on linear layers (example plug-in)"
 
-    def inject(self, model: nn.Module, config: AdapterConfigBase, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+    def inject(
+        self, model: nn.Module, config: AdapterConfigBase, adapter_name: str = DEFAULT_ADAPTER_NAME
+    ) -> None:
         assert isinstance(config, ScaleConfig)
         if _scaled(model):
             raise AdapterError("the 'scale' adapter supports one adapter per model")
@@ -56,7 +62,9 @@ class ScaleMethod(AdapterMethod):
             replace_module(model, path, ScaledLinear(model.get_submodule(path), config.init_scale))
         freeze_all_but(model, lambda name: name.endswith(".scale"))
 
-    def adapter_state_dict(self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME) -> dict[str, torch.Tensor]:
+    def adapter_state_dict(
+        self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME
+    ) -> dict[str, torch.Tensor]:
         return {f"{PREFIX}{path}.scale": m.scale.detach() for path, m in _scaled(model).items()}
 
     @torch.no_grad()
@@ -67,7 +75,12 @@ class ScaleMethod(AdapterMethod):
             module.scale.copy_(state_dict[f"{PREFIX}{path}.scale"])
 
     def saved_config(
-        self, config: AdapterConfigBase, *, base_model_name_or_path: str | None, task_type: str | None, model: nn.Module
+        self,
+        config: AdapterConfigBase,
+        *,
+        base_model_name_or_path: str | None,
+        task_type: str | None,
+        model: nn.Module,
     ) -> dict[str, Any]:
         assert isinstance(config, ScaleConfig)
         return {

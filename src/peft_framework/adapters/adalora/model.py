@@ -15,10 +15,10 @@ from torch import nn
 from peft_framework.adapters.adalora.config import AdaLoraConfig
 from peft_framework.adapters.adalora.layer import SVDLinear
 from peft_framework.adapters.lora.layer import ModulesToSave
+from peft_framework.adapters.lora.model import effective_modules_to_save, resolve_modules_to_save
 from peft_framework.adapters.model_state import adapter_state, find_record, wrapper_paths
 from peft_framework.adapters.model_state import base_module_paths as shared_base_module_paths
 from peft_framework.adapters.model_state import inside as _inside
-from peft_framework.adapters.lora.model import effective_modules_to_save, resolve_modules_to_save
 from peft_framework.adapters.targeting import (
     LINEAR_TYPES,
     find_targets,

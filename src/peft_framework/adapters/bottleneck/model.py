@@ -23,8 +23,8 @@ from torch import nn
 from peft_framework.adapters.bottleneck.config import BottleneckConfig
 from peft_framework.adapters.bottleneck.layer import BottleneckSublayer, Kind
 from peft_framework.adapters.lora.layer import ModulesToSave
-from peft_framework.adapters.model_state import adapter_state, find_record
 from peft_framework.adapters.lora.model import effective_modules_to_save, resolve_modules_to_save
+from peft_framework.adapters.model_state import adapter_state, find_record
 from peft_framework.adapters.targeting import replace_module
 from peft_framework.errors import AdapterError
 

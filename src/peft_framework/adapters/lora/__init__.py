@@ -1,8 +1,8 @@
 """LoRA (Hu et al. 2021): our own layers, checkpoints in HuggingFace peft's format.
 
-    from peft_framework.adapters.lora import LoraConfig, LoraMethod
-    method = LoraMethod()
-    method.inject(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+from peft_framework.adapters.lora import LoraConfig, LoraMethod
+method = LoraMethod()
+method.inject(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ _INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian"}
 
 def _config(config: AdapterConfigBase) -> LoraConfig:
     if not isinstance(config, LoraConfig):
-        raise AdapterError(f"adapter.type: LoRA needs a LoraConfig, got {type(config).__name__} ({config.type!r})")
+        raise AdapterError(
+            f"adapter.type: LoRA needs a LoraConfig, got {type(config).__name__} ({config.type!r})"
+        )
     return config
 
 
@@ -57,12 +59,18 @@ class LoraMethod(AdapterMethod):
     description: ClassVar[str] = "LoRA: low-rank updates B·A on linear layers (peft-compatible checkpoints)"
 
     # --- building -------------------------------------------------------------------------------
-    def inject(self, model: nn.Module, config: AdapterConfigBase, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+    def inject(
+        self, model: nn.Module, config: AdapterConfigBase, adapter_name: str = DEFAULT_ADAPTER_NAME
+    ) -> None:
         lora_model.inject_lora(model, _config(config), adapter_name)
 
     # --- checkpoints ----------------------------------------------------------------------------
-    def adapter_state_dict(self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME) -> dict[str, torch.Tensor]:
-        return {DISK_PREFIX + k: t.detach() for k, t in lora_model.adapter_tensors(model, adapter_name).items()}
+    def adapter_state_dict(
+        self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME
+    ) -> dict[str, torch.Tensor]:
+        return {
+            DISK_PREFIX + k: t.detach() for k, t in lora_model.adapter_tensors(model, adapter_name).items()
+        }
 
     @torch.no_grad()
     def load_adapter_state_dict(
@@ -91,7 +99,9 @@ class LoraMethod(AdapterMethod):
         a_keys = [k for k in state_dict if k.endswith("lora_A.weight")]
         bad = [k for k in a_keys if state_dict[k].dim() != 2 or state_dict[k].numel() == 0]
         if bad:
-            raise AdapterError(f"refusing to save LoRA adapter: lora_A tensors are empty or not 2-D: {bad[:5]}")
+            raise AdapterError(
+                f"refusing to save LoRA adapter: lora_A tensors are empty or not 2-D: {bad[:5]}"
+            )
         if a_keys and all(not bool(state_dict[k].any()) for k in a_keys):
             raise AdapterError(
                 "refusing to save LoRA adapter: every lora_A matrix is all zeros (A is never zero after init; "
@@ -99,7 +109,12 @@ class LoraMethod(AdapterMethod):
             )
 
     def saved_config(
-        self, config: AdapterConfigBase, *, base_model_name_or_path: str | None, task_type: str | None, model: nn.Module
+        self,
+        config: AdapterConfigBase,
+        *,
+        base_model_name_or_path: str | None,
+        task_type: str | None,
+        model: nn.Module,
     ) -> dict[str, Any]:
         config = _config(config)
         targets = lora_model.resolve_targets(model, config)
@@ -141,7 +156,9 @@ class LoraMethod(AdapterMethod):
         if saved.get("target_modules") is None:
             problems.append("target_modules=None (allowed: a list of module names or a regex)")
         if problems:
-            raise AdapterError("adapter_config.json uses LoRA features this framework does not support", problems)
+            raise AdapterError(
+                "adapter_config.json uses LoRA features this framework does not support", problems
+            )
         fields = {
             "r": saved.get("r", 8),
             "alpha": saved.get("lora_alpha", 8),
@@ -162,7 +179,9 @@ class LoraMethod(AdapterMethod):
             ) from exc
 
     # --- merge ----------------------------------------------------------------------------------
-    def merge(self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME, *, exact: bool = False) -> None:
+    def merge(
+        self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME, *, exact: bool = False
+    ) -> None:
         """Fold `adapter_name` into the base weights (it becomes the active adapter). With exact=True the
         pre-merge weights are kept so that unmerge restores them bit for bit (costs their memory)."""
         lora_model.merge(model, adapter_name, exact=exact)

@@ -68,7 +68,8 @@ def configure(**switches: bool) -> dict[str, bool]:
 def has_hooks(*modules: nn.Module) -> bool:
     """Any forward/backward hook on these modules: the fused path would bypass them."""
     return any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        for m in modules
     )
 
 

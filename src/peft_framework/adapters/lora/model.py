@@ -87,7 +87,9 @@ def saved_target_modules(model: nn.Module, config: LoraConfig, targets: list[str
     excluded = config.exclude_modules
 
     def reproduces(pattern: str | list[str]) -> bool:
-        chosen = {p for p in view if name_matches(p, pattern) and not (excluded and name_matches(p, excluded))}
+        chosen = {
+            p for p in view if name_matches(p, pattern) and not (excluded and name_matches(p, excluded))
+        }
         return chosen == set(targets)
 
     user = config.target_modules
@@ -103,7 +105,9 @@ def effective_modules_to_save(model: nn.Module, config: LoraConfig) -> list[str]
     """config.modules_to_save, plus the classification head for *ForSequenceClassification models (as peft)."""
     names = list(config.modules_to_save or [])
     if type(model).__name__.endswith("ForSequenceClassification"):
-        names += [h for h in SEQ_CLS_HEADS if h not in names and isinstance(getattr(model, h, None), nn.Module)]
+        names += [
+            h for h in SEQ_CLS_HEADS if h not in names and isinstance(getattr(model, h, None), nn.Module)
+        ]
     return names or None
 
 
@@ -150,7 +154,9 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
         if not isinstance(layer, LoraLinear):
             layer = LoraLinear(layer)
             replace_module(model, path, layer)
-        layer.add_adapter(adapter_name, config.r, config.alpha, config.dropout, config.use_rslora, config.init)
+        layer.add_adapter(
+            adapter_name, config.r, config.alpha, config.dropout, config.use_rslora, config.init
+        )
     for path in saved:
         module = model.get_submodule(path)
         if not isinstance(module, ModulesToSave):
@@ -167,7 +173,9 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
 def set_active(model: nn.Module, adapter_name: str | None) -> None:
     adapters = records(model)
     if adapter_name is not None and adapter_name not in adapters:
-        raise AdapterError(f"no LoRA adapter named {adapter_name!r} on this model; allowed: {sorted(adapters)} or None")
+        raise AdapterError(
+            f"no LoRA adapter named {adapter_name!r} on this model; allowed: {sorted(adapters)} or None"
+        )
     _check_nothing_merged(model, except_name=adapter_name, action=f"activate {adapter_name!r}")
     for module in model.modules():
         if isinstance(module, (LoraLinear, ModulesToSave)):
@@ -178,7 +186,9 @@ def set_active(model: nn.Module, adapter_name: str | None) -> None:
 def _check_nothing_merged(model: nn.Module, except_name: str | None, action: str) -> None:
     merged = [n for n, rec in records(model).items() if rec.merged and n != except_name]
     if merged:
-        raise AdapterError(f"cannot {action} while adapter {merged[0]!r} is merged into the base weights; unmerge it first")
+        raise AdapterError(
+            f"cannot {action} while adapter {merged[0]!r} is merged into the base weights; unmerge it first"
+        )
 
 
 def mark_trainable(model: nn.Module, adapter_name: str) -> None:
@@ -193,7 +203,9 @@ def adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, nn.Paramet
     """The adapter's parameters under peft's on-disk keys (without the 'base_model.model.' prefix)."""
     adapters = records(model)
     if adapter_name not in adapters:
-        raise AdapterError(f"no LoRA adapter named {adapter_name!r} on this model; allowed: {sorted(adapters)}")
+        raise AdapterError(
+            f"no LoRA adapter named {adapter_name!r} on this model; allowed: {sorted(adapters)}"
+        )
     bias = adapters[adapter_name].config.bias
     out: dict[str, nn.Parameter] = {}
     saved_wrappers: list[str] = []
@@ -231,7 +243,9 @@ def merge(model: nn.Module, adapter_name: str, exact: bool = False) -> None:
 def unmerge(model: nn.Module, adapter_name: str) -> None:
     adapters = records(model)
     if adapter_name not in adapters:
-        raise AdapterError(f"no LoRA adapter named {adapter_name!r} on this model; allowed: {sorted(adapters)}")
+        raise AdapterError(
+            f"no LoRA adapter named {adapter_name!r} on this model; allowed: {sorted(adapters)}"
+        )
     for module in model.modules():
         if isinstance(module, LoraLinear):
             module.unmerge(adapter_name)
@@ -247,7 +261,9 @@ def unload(model: nn.Module) -> nn.Module:
             replace_module(model, path, module.base_layer)
         elif isinstance(module, ModulesToSave):
             copy_name = next((n for n in merged if n in module.modules_to_save), None)
-            replace_module(model, path, module.modules_to_save[copy_name] if copy_name else module.original_module)
+            replace_module(
+                model, path, module.modules_to_save[copy_name] if copy_name else module.original_module
+            )
     model.__dict__.pop(STATE_ATTR, None)
     return model
 

@@ -11,7 +11,9 @@ import string
 import datasets
 import evaluate
 
-_DESCRIPTION = "Exact match rate: mean over examples of [prediction == reference] after optional normalisation."
+_DESCRIPTION = (
+    "Exact match rate: mean over examples of [prediction == reference] after optional normalisation."
+)
 
 _KWARGS_DESCRIPTION = """
 Args:

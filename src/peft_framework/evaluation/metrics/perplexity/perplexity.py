@@ -34,7 +34,9 @@ class Perplexity(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"nll": datasets.Value("float64"), "num_tokens": datasets.Value("int64")}),
+            features=datasets.Features(
+                {"nll": datasets.Value("float64"), "num_tokens": datasets.Value("int64")}
+            ),
         )
 
     def _compute(self, nll, num_tokens):
@@ -42,4 +44,8 @@ class Perplexity(evaluate.Metric):
         if total <= 0:
             raise ValueError("perplexity: no scored tokens (sum of num_tokens is 0)")
         loss = float(sum(nll)) / total
-        return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else float("inf"), "num_tokens": total}
+        return {
+            "loss": loss,
+            "perplexity": math.exp(loss) if loss < 700 else float("inf"),
+            "num_tokens": total,
+        }

@@ -56,7 +56,15 @@ class Rouge(evaluate.Metric):
             reference_urls=["https://github.com/google-research/google-research/tree/master/rouge"],
         )
 
-    def _compute(self, predictions, references, rouge_types=None, use_stemmer=False, tokenizer=None, use_aggregator=True):
+    def _compute(
+        self,
+        predictions,
+        references,
+        rouge_types=None,
+        use_stemmer=False,
+        tokenizer=None,
+        use_aggregator=True,
+    ):
         rouge_types = list(rouge_types or ["rougeL"])
         scorer = rouge_scorer.RougeScorer(
             rouge_types=rouge_types,
