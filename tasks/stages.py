@@ -23,9 +23,10 @@ SAMPLES_DIR = "data/raw"
 HF_PREFIX = "hf:"
 
 # The library code every stage imports: config (whose loader resolves adapter types through the adapter
-# registry), models, adapters, io, errors. A unit test checks each stage's code deps against what its
-# library function imports, lazily or not, so a code change anywhere a stage reaches re-runs the stage.
-_CORE = ("adapters", "config", "models", "io.py", "errors.py")
+# registry), models, adapters, io, errors, paths, provenance (manifests). A unit test checks each stage's
+# code deps against what its library function imports, lazily or not, so a code change anywhere a stage
+# reaches re-runs the stage.
+_CORE = ("adapters", "config", "models", "io.py", "errors.py", "paths.py", "provenance.py")
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ STAGES: dict[str, Stage] = {
             name="evaluate",
             target="peft_framework.evaluation:evaluate",
             sections=("model", "data", "adapter", "train", "eval"),
-            code=("evaluation", "data", *_CORE),
+            code=("evaluation", "data", "runtime.py", *_CORE),
             inputs=lambda c, root: [c.data.output_dir, c.train.output_dir],
             outputs=lambda c: [c.eval.report_path, c.eval.predictions_path, c.eval.plots_dir],
         ),
@@ -109,7 +110,7 @@ STAGES: dict[str, Stage] = {
             name="export",
             target="peft_framework.export:export",
             sections=("model", "data", "adapter", "train", "export"),
-            code=("export", "evaluation", "data", *_CORE),
+            code=("export", "evaluation", "data", "runtime.py", *_CORE),
             inputs=lambda c, root: [c.data.output_dir, c.train.output_dir],
             outputs=lambda c: [c.export.output_dir, c.export.report_path],
         ),

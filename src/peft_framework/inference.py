@@ -26,21 +26,16 @@ from torch import nn
 
 from peft_framework.config.schema import ModelConfig
 from peft_framework.errors import AdapterError, UserError
+from peft_framework.runtime import pick_device
 
 BASE = "base"  # reserved name: the base model without any adapter
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class MultiAdapterModel:
     """One base model, any number of named adapters, one (or none) active per call."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, device: str | torch.device | None = None) -> None:
-        self.device = _device(device)
+        self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self._methods: dict[str, Any] = {}  # adapter name -> AdapterMethod
@@ -82,7 +77,7 @@ class MultiAdapterModel:
         loaded as `name` and active."""
         import json
 
-        from peft_framework.evaluation.stage import has_tokenizer
+        from peft_framework.models.saved_tokenizer import has_tokenizer, load_saved_tokenizer
 
         export_dir = Path(export_dir)
         reference = export_dir / "base_model.json"
@@ -100,11 +95,7 @@ class MultiAdapterModel:
         )
         tokenizer = None
         if has_tokenizer(export_dir):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(export_dir))
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
+            tokenizer = load_saved_tokenizer(export_dir)
         model = cls.from_base(model_config, tokenizer=tokenizer, device=device)
         model.load_adapter(name, export_dir)
         model.set_adapter(name)
@@ -265,20 +256,15 @@ def _base_model_config(base: str) -> ModelConfig:
 
 def _tokenizer_for(model_config: ModelConfig, adapter_dirs: Sequence[str]):
     """The base model's tokenizer; if the base has none on disk, the first adapter directory's."""
-    from peft_framework.evaluation.stage import has_tokenizer
     from peft_framework.models.loading import load_tokenizer
+    from peft_framework.models.saved_tokenizer import has_tokenizer, load_saved_tokenizer
 
     try:
         return load_tokenizer(model_config)
     except UserError:
         for directory in adapter_dirs:
-            if has_tokenizer(Path(directory)):
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(directory)
-                if tokenizer.pad_token is None:
-                    tokenizer.pad_token = tokenizer.eos_token
-                return tokenizer
+            if has_tokenizer(directory):
+                return load_saved_tokenizer(directory)
         raise
 
 

@@ -23,7 +23,7 @@ from peft_framework.training.arguments import (
     resolve_precision,
 )
 from peft_framework.training.collator import PadCollator
-from peft_framework.training.stage import ResumePlan, apply_resume_plan, choose_resume, run_fingerprint
+from peft_framework.training.resume import ResumePlan, apply_resume_plan, choose_resume, run_fingerprint
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

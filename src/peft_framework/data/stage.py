@@ -27,10 +27,11 @@ from peft_framework.data.rows import Rejected
 from peft_framework.data.sources import Source, read_source, resolve_sources
 from peft_framework.errors import ConfigError, DataError
 from peft_framework.io import atomic_dir, canonical_json_sha256, dir_sha256, file_sha256, write_json_atomic
+from peft_framework.paths import resolve
+from peft_framework.provenance import made_by, write_manifest
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 CREATED_BY = "peft_framework.data.prepare"
 FORMAT_VERSION = 1
 
@@ -58,10 +59,6 @@ def _check_task(config: Config) -> None:
             f"data.kind {kind!r} does not fit model.task {task!r}",
             [f"model.task: {task!r}; allowed with data.kind {kind!r}: {want!r}"],
         )
-
-
-def _resolve(root: Path, path: str) -> Path:
-    return Path(path) if Path(path).is_absolute() else root / path
 
 
 # Characters that some readers (str.splitlines, JavaScript) take as line breaks: written escaped, so one
@@ -96,14 +93,7 @@ def write_rejected(path: Path, rejected: list[Rejected]) -> None:
 
 def _remove_stale_output(out_dir: Path) -> bool:
     """Remove a previous prepared output (only if this stage made it), so a failed run leaves none."""
-    manifest = out_dir / MANIFEST
-    if not manifest.is_file():
-        return False
-    try:
-        made_here = json.loads(manifest.read_text(encoding="utf-8")).get("created_by") == CREATED_BY
-    except (OSError, ValueError):
-        made_here = False
-    if not made_here:
+    if not made_by(out_dir, CREATED_BY):
         return False
     trash = out_dir.parent / f".{out_dir.name}.stale-{os.getpid()}"
     os.replace(out_dir, trash)
@@ -306,7 +296,7 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
     dc = config.data
     _check_task(config)
     out_dir, rejected_path, report_path = (
-        _resolve(root, p) for p in (dc.output_dir, dc.rejected_path, dc.report_path)
+        resolve(root, p) for p in (dc.output_dir, dc.rejected_path, dc.report_path)
     )
 
     sources = resolve_sources(dc.source, dc.format, root)
@@ -333,7 +323,7 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
     manifest = _manifest(config, result, tokenizer, inputs, counts, dataset["train"].column_names)
     with atomic_dir(out_dir) as tmp, _quiet_datasets():
         dataset.save_to_disk(str(tmp))
-        write_json_atomic(tmp / MANIFEST, manifest)
+        write_manifest(tmp, manifest)
     report.update(dataset_sha256=dir_sha256(out_dir), code_sha256=code_sha256())
     report["duration_s"] = round(time.perf_counter() - started, 3)
     write_json_atomic(report_path, report)

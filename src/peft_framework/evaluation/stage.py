@@ -28,10 +28,14 @@ from typing import Any
 import torch
 
 from peft_framework.config.schema import Config
-from peft_framework.errors import ConfigError, DataError, StageFailed
+from peft_framework.errors import DataError, StageFailed
 from peft_framework.evaluation import runner
 from peft_framework.evaluation.metric_modules import compute
 from peft_framework.io import atomic_dir, path_sha256, write_json_atomic, write_text_atomic
+from peft_framework.models.saved_tokenizer import adapter_tokenizer
+from peft_framework.paths import resolve
+from peft_framework.provenance import read_manifest
+from peft_framework.runtime import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -39,40 +43,6 @@ MODELS = ("base", "adapter")
 COMPARISON_PLOT = "eval_comparison.json"
 #: metrics left out of the comparison plot (their scale dwarfs the others'); still in the report
 NOT_PLOTTED = ("perplexity",)
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
-
-
-def resolve(root: str | os.PathLike[str], path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else Path(root) / p
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            "invalid config", [f"eval.device: {name!r} but no CUDA device is available; allowed: auto, cpu"]
-        )
-    return torch.device(name)
-
-
-def has_tokenizer(directory: Path) -> bool:
-    return any((directory / name).is_file() for name in TOKENIZER_FILES)
-
-
-def load_eval_tokenizer(config: Config, adapter_dir: Path):
-    """The tokenizer saved with the adapter (what training used) if there is one, else the base model's."""
-    if has_tokenizer(adapter_dir):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
-    from peft_framework.models.loading import load_tokenizer
-
-    return load_tokenizer(config.model)
 
 
 def load_test_split(config: Config, root: str | os.PathLike[str]):
@@ -96,8 +66,7 @@ def load_test_split(config: Config, root: str | os.PathLike[str]):
     test = dataset["test"]
     if config.eval.max_samples is not None and len(test) > config.eval.max_samples:
         test = test.select(range(config.eval.max_samples))
-    manifest_path = data_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    manifest = read_manifest(data_dir)
     label_names = manifest.get("label_names")
     if label_names is None and hasattr(test.features.get("labels"), "names"):
         label_names = list(test.features["labels"].names)
@@ -299,9 +268,9 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
             "eval.generate: the test split has no prompt/response columns; generation metrics skipped"
         )
 
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, key="eval.device")
     metrics_dir = resolve(root, cfg.metrics_dir) if cfg.metrics_dir else None
-    tokenizer = load_eval_tokenizer(config, adapter_dir)
+    tokenizer = adapter_tokenizer(config.model, adapter_dir)
     torch.manual_seed(config.train.seed)  # a new classification head is initialised from the global RNG
     model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer).to(device)
 

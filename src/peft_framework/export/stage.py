@@ -15,9 +15,7 @@ exported with `base_model.json` naming the base model, and the report and the lo
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -31,46 +29,24 @@ from peft_framework.config.schema import Config
 from peft_framework.errors import StageFailed, UserError
 from peft_framework.export.memory import PeakRSS
 from peft_framework.export.merge import Adapter, open_checkpoint, stream_merge, warm_up
+from peft_framework.export.parity import parity_atol, parity_check, parity_inputs
 from peft_framework.io import atomic_dir, path_sha256, write_json_atomic
+from peft_framework.models.saved_tokenizer import adapter_tokenizer
+from peft_framework.paths import resolve
+from peft_framework.provenance import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: default `export.parity_atol` per export dtype: (floor, fraction of the largest |reference logit|).
-#: Low-precision weights shift logits in proportion to their size (bf16 keeps 8 significant bits);
-#: measured on the tiny model: bf16 ~5%, fp16 ~1% of max |logit|.
-DEFAULT_ATOL = {"float32": (1e-3, 0.0), "float16": (1e-2, 0.03), "bfloat16": (5e-2, 0.10)}
 BASE_REFERENCE = "base_model.json"
 EXPORT_MANIFEST = "peft_framework_export.json"
-FALLBACK_TEXTS = (
-    "The quick brown fox jumps over the lazy dog.",
-    "Summarize: parameter-efficient fine-tuning trains a few weights.",
-    "What is the capital of France?",
-    "1, 2, 3, 4, 5",
-)
-
-
-def resolve(root: str | os.PathLike[str], path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else Path(root) / p
-
-
-def parity_atol(config: Config, max_abs_logit: float) -> float:
-    """`export.parity_atol`, or the dtype's default: max(floor, fraction * the largest |reference logit|)."""
-    if config.export.parity_atol is not None:
-        return config.export.parity_atol
-    floor, fraction = DEFAULT_ATOL[config.export.dtype]
-    return max(floor, fraction * max_abs_logit)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
 def prepared_data(config: Config, root: Path) -> tuple[Any, list[str] | None]:
     """(held-out split or None, label names or None) from the prepared data, when it exists."""
     data_dir = resolve(root, config.data.output_dir)
-    label_names = None
-    manifest = data_dir / "manifest.json"
-    if manifest.is_file():
-        label_names = json.loads(manifest.read_text(encoding="utf-8")).get("label_names")
+    label_names = read_manifest(data_dir).get("label_names")
     if not data_dir.is_dir():
         return None, label_names
     from datasets import load_from_disk
@@ -83,22 +59,6 @@ def prepared_data(config: Config, root: Path) -> tuple[Any, list[str] | None]:
         if split in dataset and len(dataset[split]) > 0:
             return dataset[split], label_names
     return None, label_names
-
-
-def parity_inputs(config: Config, held_out, tokenizer) -> list[list[int]]:
-    n = config.export.parity_samples
-    limit = min(config.data.max_seq_len, 256)
-    if held_out is not None and "input_ids" in held_out.column_names:
-        rows = held_out.select(range(min(n, len(held_out))))["input_ids"]
-        return [list(ids)[:limit] for ids in rows]
-    texts = [FALLBACK_TEXTS[i % len(FALLBACK_TEXTS)] for i in range(n)]
-    return [tokenizer(t)["input_ids"][:limit] for t in texts]
-
-
-def load_export_tokenizer(config: Config, adapter_dir: Path):
-    from peft_framework.evaluation.stage import load_eval_tokenizer
-
-    return load_eval_tokenizer(config, adapter_dir)
 
 
 def base_checkpoint_dir(config: Config, scratch: Path, label_names, tokenizer) -> Path:
@@ -187,51 +147,6 @@ def write_generation_config(base_dir: Path, hf_config, tokenizer, out_dir: Path)
     }
 
 
-# ------------------------------------------------------------------------------------------------ parity
-@torch.no_grad()
-def _logits(model, inputs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from peft_framework.evaluation.runner import attention_mask, pad
-
-    ids = pad(inputs, pad_id)
-    mask = attention_mask(inputs)
-    return model(input_ids=ids, attention_mask=mask).logits.float(), mask.bool()
-
-
-def parity_check(
-    config: Config, export_dir: Path, adapter_dir: Path, inputs, tokenizer, label_names
-) -> dict[str, Any]:
-    """Max |logits(exported model, plain transformers) - logits(base + adapter, this framework)|."""
-    from peft_framework.adapters.checkpoint import load_adapter
-    from peft_framework.models.loading import load_base_model
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    torch.manual_seed(config.train.seed)
-    reference_model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer)
-    load_adapter(reference_model, adapter_dir)
-    reference, mask = _logits(reference_model.eval(), inputs, pad_id)
-    del reference_model
-    gc.collect()
-    exported_model = auto_class(config).from_pretrained(str(export_dir)).eval()  # exactly what a user does
-    loaded_dtype = str(next(exported_model.parameters()).dtype).removeprefix("torch.")
-    exported, _ = _logits(exported_model, inputs, pad_id)
-    del exported_model
-    gc.collect()
-    if reference.dim() == 3:  # causal LM: every real (non-pad) position
-        reference, exported = reference[mask], exported[mask]
-    diff = (exported - reference).abs()
-    max_diff = float(diff.max()) if diff.numel() else 0.0
-    return {
-        "parity_max_abs_diff": max_diff if math.isfinite(max_diff) else None,
-        "parity_max_abs_logit": float(reference.abs().max()) if reference.numel() else 0.0,
-        "parity_mean_abs_diff": float(diff.mean()) if diff.numel() else 0.0,
-        "parity_top1_agreement": float((exported.argmax(-1) == reference.argmax(-1)).float().mean()),
-        "parity_samples": len(inputs),
-        "parity_positions": int(reference.shape[0]),
-        "parity_loaded_dtype": loaded_dtype,
-        "_finite": math.isfinite(max_diff),
-    }
-
-
 # ------------------------------------------------------------------------------------------------- stage
 def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """Merge the trained adapter into the base model and export it (or export the adapter when it cannot
@@ -250,7 +165,7 @@ def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]
         )
     adapter = Adapter.read(adapter_dir)
     method = adapter.method
-    tokenizer = load_export_tokenizer(config, adapter_dir)
+    tokenizer = adapter_tokenizer(config.model, adapter_dir)
     held_out, label_names = prepared_data(config, root)
 
     report: dict[str, Any] = {
@@ -311,9 +226,8 @@ def export_merged(
         if config.model.task == "causal_lm":
             generation = write_generation_config(base_dir, hf_config, tokenizer, tmp)
         tokenizer.save_pretrained(str(tmp))
-        parity = parity_check(
-            config, tmp, adapter_dir, parity_inputs(config, held_out, tokenizer), tokenizer, label_names
-        )
+        inputs = parity_inputs(config, held_out, tokenizer)
+        parity = parity_check(config, tmp, adapter_dir, inputs, tokenizer, label_names, auto_class(config))
         finite = parity.pop("_finite")
         atol = parity_atol(config, parity["parity_max_abs_logit"])
         summary = {
@@ -352,7 +266,7 @@ def export_merged(
             "dtype": cfg.dtype,
             "parity_max_abs_diff": parity["parity_max_abs_diff"],
         }
-        write_json_atomic(tmp / EXPORT_MANIFEST, manifest)
+        write_manifest(tmp, manifest, name=EXPORT_MANIFEST)
     log.info(
         "exported merged model to %s: %d shard(s), merge %.2fs, peak RSS growth %.1f MB (model %.1f MB), "
         "parity max |diff| %.3g <= %g",
@@ -378,7 +292,7 @@ def export_unmerged(
 ) -> dict[str, Any]:
     """The adapter directory as is, plus a reference to the base model it needs."""
     from peft_framework.adapters.checkpoint import read_adapter_config
-    from peft_framework.evaluation.stage import has_tokenizer
+    from peft_framework.models.saved_tokenizer import has_tokenizer
 
     peft_loadable = "peft_type" in read_adapter_config(adapter_dir)
     ours = f"peft_framework.inference.MultiAdapterModel.from_export({str(out_dir)!r})"

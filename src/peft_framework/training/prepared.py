@@ -1,0 +1,71 @@
+"""The train stage's input: the DatasetDict `prepare` wrote to `data.output_dir`, checked for the task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peft_framework.config.schema import Config
+from peft_framework.errors import DataError
+from peft_framework.io import dir_sha256
+from peft_framework.paths import resolve
+from peft_framework.provenance import read_manifest
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    dataset: Any  # the whole DatasetDict (its row counts go into the manifest)
+    manifest: dict[str, Any]
+    directory: Path
+    sha256: str  # of the directory: part of the run fingerprint and the manifest
+    label_names: list[str] | None
+    train: Any  # the train split, model columns only
+    eval: Any | None  # the validation split, model columns only; None when there is none
+
+
+def load_prepared(config: Config, root: Path) -> PreparedData:
+    """The prepared data; DataError when it is missing or does not fit the task."""
+    import datasets
+
+    data_dir = resolve(root, config.data.output_dir)
+    if not (data_dir / "dataset_dict.json").is_file():
+        raise DataError(
+            f"data.output_dir: {config.data.output_dir!r} holds no prepared data ({data_dir}); "
+            "run `peft-framework prepare` first"
+        )
+    manifest = read_manifest(data_dir)
+    task = manifest.get("task")
+    if task is not None and task != config.model.task:
+        raise DataError(
+            f"data.output_dir: the data in {config.data.output_dir!r} was prepared for model.task {task!r}, "
+            f"but model.task is {config.model.task!r}; prepare the data again"
+        )
+    dataset = datasets.load_from_disk(str(data_dir))
+    if "train" not in dataset or len(dataset["train"]) == 0:
+        raise DataError(f"data.output_dir: {config.data.output_dir!r} has no training rows")
+    missing = [c for c in ("input_ids", "labels") if c not in dataset["train"].column_names]
+    if missing:
+        raise DataError(
+            f"data.output_dir: the train split lacks columns {missing}; has {dataset['train'].column_names}"
+        )
+    label_names = manifest.get("label_names")
+    if label_names is None and config.model.task == "sequence_classification":
+        feature = dataset["train"].features.get("labels")
+        label_names = list(getattr(feature, "names", None) or []) or None
+    has_eval = "validation" in dataset and len(dataset["validation"])
+    return PreparedData(
+        dataset=dataset,
+        manifest=manifest,
+        directory=data_dir,
+        sha256=dir_sha256(data_dir),
+        label_names=label_names,
+        train=_model_columns(dataset["train"]),
+        eval=_model_columns(dataset["validation"]) if has_eval else None,
+    )
+
+
+def _model_columns(split: Any) -> Any:
+    from peft_framework.training.collator import MODEL_COLUMNS
+
+    return split.select_columns([c for c in MODEL_COLUMNS if c in split.column_names])
