@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 CREATED_BY = "peft_framework.data.prepare"
 FORMAT_VERSION = 1
+#: the sample-data generator: not code that `prepare` runs, so not in its code hash
+_SAMPLE_CODE = ("samples.py", "sample_vocab.py")
 
 
 def config_sha256(config: Config) -> str:
@@ -47,7 +49,7 @@ def code_sha256() -> str:
     byte-identical when only the code changes (then nothing downstream re-runs)."""
     here = Path(__file__).parent
     return canonical_json_sha256(
-        {p.name: file_sha256(p) for p in sorted(here.glob("*.py")) if p.name != "samples.py"}
+        {p.name: file_sha256(p) for p in sorted(here.glob("*.py")) if p.name not in _SAMPLE_CODE}
     )
 
 
