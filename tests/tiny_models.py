@@ -93,9 +93,9 @@ def n_trainable(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def randomize_trainables(model: nn.Module, seed: int = 0) -> None:
+def randomize_trainables(model: nn.Module, seed: int = 0, *, std: float = 0.1, center: float = 0.0) -> None:
     """Give every trainable tensor (those that start at zero included) random values, so outputs differ."""
     gen = torch.Generator().manual_seed(seed)
     for _, param in sorted(model.named_parameters()):
         if param.requires_grad:
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+            param.copy_(center + torch.randn(param.shape, generator=gen) * std)
