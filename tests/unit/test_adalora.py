@@ -4,7 +4,6 @@ same weights after training); merge/unmerge; the saved rank pattern reloads (her
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -16,40 +15,17 @@ import pytest
 import torch
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+import tiny_models as tiny
 from peft_framework.adapters import get_adapter, load_adapter, registry, save_adapter
 from peft_framework.adapters.adalora import AdaLoraConfig, AdaLoraMethod, SVDLinear
-from peft_framework.adapters.adalora import model as ada_model
 from peft_framework.errors import AdapterError, ConfigError
+from tiny_models import base as tiny_base
+from tiny_models import logits, n_trainable, tokens
 
 TOL = 1e-5
 
 
-def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def _tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2
-    )
-    return GPT2LMHeadModel(cfg).eval()
-
-
-_BASES = {"llama": _tiny_llama(), "gpt2": _tiny_gpt2()}
 #: our config and the matching peft settings per model
 CASES = {
     "llama": (
@@ -64,20 +40,7 @@ CASES = {
 
 
 def base(kind: str = "llama") -> torch.nn.Module:
-    return copy.deepcopy(_BASES[kind])
-
-
-def tokens(seed: int = 1, shape: tuple[int, int] = (2, 9)) -> torch.Tensor:
-    return torch.randint(3, 100, shape, generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def logits(model: torch.nn.Module) -> torch.Tensor:
-    return model(input_ids=tokens()).logits
-
-
-def n_trainable(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return tiny_base(kind)
 
 
 def peft_model(kind: str, cfg: AdaLoraConfig, **extra) -> peft.PeftModel:
@@ -99,13 +62,9 @@ def peft_model(kind: str, cfg: AdaLoraConfig, **extra) -> peft.PeftModel:
     return peft.get_peft_model(base(kind), peft.AdaLoraConfig(**settings))
 
 
-@torch.no_grad()
 def randomize_trainables(model: torch.nn.Module, seed: int = 0) -> None:
     """Random values everywhere (E starts at zero: a fresh adapter would compute nothing)."""
-    gen = torch.Generator().manual_seed(seed)
-    for _, param in sorted(model.named_parameters()):
-        if param.requires_grad:
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    tiny.randomize_trainables(model, seed, std=0.3)
 
 
 def ours_from(theirs: peft.PeftModel, kind: str, cfg: AdaLoraConfig) -> torch.nn.Module:
@@ -219,7 +178,7 @@ def test_rank_allocator_matches_peft_and_reaches_the_target_budget(tmp_path: Pat
         target_modules=["q_proj", "v_proj", "down_proj"],
     )
     theirs, ours = _train_side_by_side(cfg, steps=8)
-    record = ada_model.record(ours, "default")
+    record = AdaLoraMethod().record(ours, "default")
     n_modules = len(record.targets)
     assert n_modules == 6
     # after tfinal: the budget is target_r x modules, and peft chose exactly the same triplets
@@ -272,7 +231,7 @@ def test_rank_allocator_matches_peft_and_reaches_the_target_budget(tmp_path: Pat
     method.load_adapter_state_dict(resumed, tensors)
     assert (logits(resumed) - logits(ours)).abs().max().item() <= TOL
     assert resumed.model.layers[0].self_attn.q_proj.r["default"] == cfg.init_r
-    kept = ada_model.record(resumed, "default").rank_pattern
+    kept = AdaLoraMethod().record(resumed, "default").rank_pattern
     assert {p: sum(m) for p, m in kept.items()} == {p: sum(m) for p, m in record.rank_pattern.items()}
 
 
@@ -336,12 +295,7 @@ def test_training_callbacks_fill_total_step_from_the_run() -> None:
     method.inject(model, cfg)
     (callback,) = method.training_callbacks(model, cfg, total_steps=20)
     assert callback.allocator.total_step == 20
-    assert (
-        method.saved_config(cfg, base_model_name_or_path=None, task_type="CAUSAL_LM", model=model)[
-            "total_step"
-        ]
-        == 20
-    )
+    assert method.saved_config(cfg, model=model)["total_step"] == 20
     with pytest.raises(
         ConfigError, match=r"adapter.tinit \+ adapter.tfinal \(2 \+ 3\).*optimizer steps \(5\)"
     ):
@@ -380,7 +334,7 @@ def test_a_module_pruned_to_rank_zero_saves_and_loads_like_peft(tmp_path: Path) 
     theirs = peft_model("llama", cfg, target_modules=["q_proj", "v_proj"])
     randomize_trainables(theirs, seed=11)
     ours = ours_from(theirs, "llama", cfg)
-    record = ada_model.record(ours, "default")
+    record = AdaLoraMethod().record(ours, "default")
     record.rank_pattern = {path: [True, False, True] for path in record.targets}
     record.rank_pattern["model.layers.1.self_attn.v_proj"] = [False, False, False]
     from peft_framework.adapters.adalora.allocator import RankAllocator

@@ -23,22 +23,20 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from peft_framework.adapters.adalora import model as ada_model
 from peft_framework.adapters.adalora.layer import SVDLinear
-
-_KINDS = ("lora_A", "lora_E", "lora_B")
+from peft_framework.adapters.adalora.method import KINDS, AdaLoraMethod
 
 
 class RankAllocator:
     def __init__(self, model: nn.Module, adapter_name: str, total_step: int) -> None:
         self.model = model
         self.adapter_name = adapter_name
-        self.record = ada_model.record(model, adapter_name)
+        self.record = AdaLoraMethod().record(model, adapter_name)
         cfg = self.record.config
         self.beta1, self.beta2 = cfg.beta1, cfg.beta2
         self.tinit, self.tfinal, self.deltaT = cfg.tinit, cfg.tfinal, cfg.deltaT
         self.total_step = total_step
-        self.layers: dict[str, SVDLinear] = ada_model.layers(model, adapter_name)
+        self.layers: dict[str, SVDLinear] = AdaLoraMethod().layers(model, adapter_name)
         self.init_bgt = sum(layer.r[adapter_name] for layer in self.layers.values())
         self.target_bgt = cfg.target_r * len(self.layers)
         self.reset_ipt()
@@ -50,7 +48,7 @@ class RankAllocator:
 
     def _params(self):
         for path, layer in self.layers.items():
-            for kind in _KINDS:
+            for kind in KINDS:
                 yield (path, kind), getattr(layer, kind)[self.adapter_name]
 
     # --- schedule ---------------------------------------------------------------------------------
