@@ -365,6 +365,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     )
     from peft_framework.training.callbacks import dvclive_available, make_dvclive_callback
     from peft_framework.training.collator import PadCollator
+    from peft_framework.training.loraplus import loraplus_setting
     from peft_framework.training.trainer import AdapterTrainer, NonFiniteLoss
 
     started = time.perf_counter()
@@ -451,6 +452,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         data_collator=PadCollator(tokenizer.pad_token_id, padding_side="right"),
         callbacks=callbacks,
         adapter_method=method,
+        loraplus=loraplus_setting(tc),
     )
     if config.model.task == "sequence_classification":
         # class losses are means over the batch; Trainer's token-count normalisation (and its DDP scaling
@@ -526,6 +528,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
                 "train_loss_mean": output.training_loss,
                 "eval_loss": summary["eval_loss"],
                 "wall_time_s": round(time.perf_counter() - started, 3),
+                "loraplus_groups": trainer.loraplus_groups,
             },
         }
         write_output(out_dir, unwrapped, method, config, tokenizer, history, manifest)
