@@ -16,6 +16,7 @@ from torch import nn
 from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME, AdapterMethod
 from peft_framework.adapters.lora import model as lora_model
 from peft_framework.adapters.lora.config import LoraConfig
+from peft_framework.adapters.lora.init import converted_r_alpha, mutates_base
 from peft_framework.adapters.lora.layer import LoraLinear, ModulesToSave
 from peft_framework.adapters.lora.model import DISK_PREFIX, combine_adapters
 from peft_framework.config.schema import AdapterConfigBase
@@ -26,7 +27,6 @@ __all__ = ["LoraConfig", "LoraLinear", "LoraMethod", "ModulesToSave", "combine_a
 # peft config keys whose non-default values change the maths in ways this implementation does not
 # reproduce: loading such an adapter is refused instead of silently computing something else.
 _UNSUPPORTED_UNLESS: dict[str, tuple[Any, ...]] = {
-    "use_dora": (False, None),
     "rank_pattern": ({}, None),
     "alpha_pattern": ({}, None),
     "layers_to_transform": (None, []),
@@ -41,6 +41,11 @@ _UNSUPPORTED_UNLESS: dict[str, tuple[Any, ...]] = {
 }
 _INIT_FROM_PEFT = {True: "kaiming", False: "kaiming", "gaussian": "gaussian"}
 _INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian"}
+_SAVED_AS_PLAIN_LORA = (
+    "adapter.init {init!r} trains on a residual base weight; the adapter is saved converted to a plain LoRA of "
+    "rank {r2} (r={r} doubled, alpha doubled, same update) relative to the ORIGINAL base model, so "
+    "peft.PeftModel.from_pretrained(original_base, dir) and export reproduce the trained model"
+)
 
 
 def _config(config: AdapterConfigBase) -> LoraConfig:
@@ -68,8 +73,9 @@ class LoraMethod(AdapterMethod):
     def adapter_state_dict(
         self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME
     ) -> dict[str, torch.Tensor]:
+        """peft's on-disk tensors; a PiSSA/OLoRA adapter comes out converted (rank 2r, original base)."""
         return {
-            DISK_PREFIX + k: t.detach() for k, t in lora_model.adapter_tensors(model, adapter_name).items()
+            DISK_PREFIX + k: t.detach() for k, t in lora_model.converted_tensors(model, adapter_name).items()
         }
 
     @torch.no_grad()
@@ -118,21 +124,25 @@ class LoraMethod(AdapterMethod):
     ) -> dict[str, Any]:
         config = _config(config)
         targets = lora_model.resolve_targets(model, config)
-        alpha = int(config.alpha) if float(config.alpha).is_integer() else config.alpha
+        r, alpha = config.r, config.alpha
+        init = _INIT_TO_PEFT.get(config.init, True)  # PiSSA/OLoRA are saved converted: a plain LoRA
+        if mutates_base(config.init):
+            r, alpha = converted_r_alpha(r, alpha, config.use_rslora)
+        alpha = int(alpha) if float(alpha).is_integer() else alpha
         saved: dict[str, Any] = {
             "peft_type": self.peft_type,
             "task_type": task_type,
             "base_model_name_or_path": base_model_name_or_path,
             "revision": None,
             "inference_mode": True,
-            "r": config.r,
+            "r": r,
             "lora_alpha": alpha,
             "lora_dropout": config.dropout,
             "target_modules": lora_model.saved_target_modules(model, config, targets),
             "bias": config.bias,
             "use_rslora": config.use_rslora,
-            "use_dora": False,
-            "init_lora_weights": _INIT_TO_PEFT[config.init],
+            "use_dora": config.use_dora,
+            "init_lora_weights": init,
             "modules_to_save": lora_model.effective_modules_to_save(model, config),
             "fan_in_fan_out": any(model.get_submodule(p).fan_in_fan_out for p in targets),
             "layers_to_transform": None,
@@ -151,7 +161,13 @@ class LoraMethod(AdapterMethod):
             if key in saved and saved[key] not in allowed
         ]
         init = saved.get("init_lora_weights", True)
-        if init not in _INIT_FROM_PEFT:
+        if isinstance(init, str) and mutates_base(init):
+            problems.append(
+                f"init_lora_weights={init!r}: an adapter saved relative to a PiSSA/OLoRA residual (allowed: true, "
+                "false, 'gaussian'; save it with peft's path_initial_model_for_weight_conversion to get a plain "
+                "LoRA on the original base, as this framework does)"
+            )
+        elif init not in _INIT_FROM_PEFT:
             problems.append(f"init_lora_weights={init!r} (allowed: true, false, 'gaussian')")
         if saved.get("target_modules") is None:
             problems.append("target_modules=None (allowed: a list of module names or a regex)")
@@ -164,6 +180,7 @@ class LoraMethod(AdapterMethod):
             "alpha": saved.get("lora_alpha", 8),
             "dropout": saved.get("lora_dropout", 0.0),
             "use_rslora": saved.get("use_rslora", False),
+            "use_dora": bool(saved.get("use_dora") or False),
             "bias": saved.get("bias", "none"),
             "init": _INIT_FROM_PEFT[init],
             "target_modules": _listify(saved["target_modules"]),
@@ -177,6 +194,15 @@ class LoraMethod(AdapterMethod):
                 "adapter_config.json has invalid LoRA values",
                 [f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in exc.errors()],
             ) from exc
+
+    def manifest_extra(self, config: AdapterConfigBase) -> dict[str, Any]:
+        """What the train manifest records about the saved form of this adapter."""
+        config = _config(config)
+        extra: dict[str, Any] = {"use_dora": config.use_dora, "init": config.init}
+        if mutates_base(config.init):
+            r2, _ = converted_r_alpha(config.r, config.alpha, config.use_rslora)
+            extra["saved_as"] = _SAVED_AS_PLAIN_LORA.format(init=config.init, r=config.r, r2=r2)
+        return extra
 
     # --- merge ----------------------------------------------------------------------------------
     def merge(

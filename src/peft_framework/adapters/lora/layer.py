@@ -14,6 +14,10 @@ into the base weight and contributes nothing more through its branch.
 The forward runs the fused path of `fast.py` (one autograd node, no full-size temporaries) whenever it
 computes the same thing: plain Linear/Conv1D base, one dtype throughout, no autocast, no hooks on the
 modules it would bypass. Everything else runs `_forward_reference`, peft's formula with modules.
+
+Variants (maths in their own modules): DoRA (`use_dora`, dora.py: a magnitude per output feature in
+`lora_magnitude_vector`), and PiSSA/OLoRA (init.py: the base weight becomes the residual; the initial A₀, B₀
+are kept in `initial_lora` so the adapter can be saved relative to the original weight).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from peft_framework.adapters.lora import fast
+from peft_framework.adapters.lora import dora, fast
+from peft_framework.adapters.lora import init as lora_init
 from peft_framework.errors import AdapterError
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -52,6 +57,10 @@ class LoraLinear(nn.Module):
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
+        self.lora_magnitude_vector = nn.ParameterDict()  # DoRA adapters only
+        self._dora_norm: dict[str, torch.Tensor] = {}  # merged DoRA adapters: the norm used, for unmerge
+        # PiSSA/OLoRA adapters: (A₀, B₀), the part taken out of the base weight (which holds the residual)
+        self.initial_lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.r: dict[str, int] = {}
         self.scaling: dict[str, float] = {}
         self.active_adapter: str | None = None
@@ -70,10 +79,24 @@ class LoraLinear(nn.Module):
 
     # --- adapters ---------------------------------------------------------------------------------
     def add_adapter(
-        self, name: str, r: int, alpha: float, dropout: float, use_rslora: bool, init: str = "kaiming"
+        self,
+        name: str,
+        r: int,
+        alpha: float,
+        dropout: float,
+        use_rslora: bool,
+        init: str = "kaiming",
+        use_dora: bool = False,
     ) -> None:
         if name in self.lora_A:
             raise AdapterError(f"an adapter named {name!r} already exists on this layer")
+        if self.initial_lora or (lora_init.mutates_base(init) and self.lora_A):
+            held = next(iter(self.initial_lora), None) or name
+            raise AdapterError(
+                f"adapter {held!r} uses adapter.init pissa/olora, which rewrites the base weight of its layers into "
+                f"a residual, so no other adapter can share them in memory; save it (it is saved as a plain LoRA "
+                f"on the original weights) and load that instead"
+            )
         weight = self.base_layer.weight
         # peft's default (autocast_adapter_dtype): adapters of fp16/bf16 models are kept in fp32
         dtype = torch.float32 if weight.dtype in _LOW_PRECISION else weight.dtype
@@ -84,11 +107,20 @@ class LoraLinear(nn.Module):
         self.r[name] = r
         self.scaling[name] = lora_scaling(r, alpha, use_rslora)
         self.reset_parameters(name, init)
+        if use_dora:
+            norm = dora.weight_norm(
+                self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight,
+                self.scaling[name], self.fan_in_fan_out,
+            )  # fmt: skip
+            self.lora_magnitude_vector[name] = nn.Parameter(norm.to(dtype))
         self.train(self.base_layer.training)  # new submodules follow the model's train/eval mode
 
     @torch.no_grad()
     def reset_parameters(self, name: str, init: str = "kaiming") -> None:
         a = self.lora_A[name].weight
+        if lora_init.mutates_base(init):
+            self._init_from_base(name, init)
+            return
         if init == "kaiming":  # peft's default (init_lora_weights=True)
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         elif init == "gaussian":  # peft's "gaussian": std 1/r
@@ -97,11 +129,41 @@ class LoraLinear(nn.Module):
             raise AdapterError(f"adapter.init: {init!r} is not supported; allowed: 'kaiming', 'gaussian'")
         nn.init.zeros_(self.lora_B[name].weight)
 
+    @torch.no_grad()
+    def _init_from_base(self, name: str, init: str) -> None:
+        """PiSSA/OLoRA: A, B from the base weight, which becomes the residual (init.py)."""
+        weight = self.base_layer.weight
+        if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise AdapterError(
+                f"adapter.init: {init!r} needs float32/float16/bfloat16 base weights, got {weight.dtype}; "
+                "allowed on this base: kaiming, gaussian"
+            )
+        a0, b0, residual = lora_init.decompose(
+            weight, init, self.r[name], self.scaling[name], self.fan_in_fan_out
+        )
+        self.lora_A[name].weight.copy_(a0)
+        self.lora_B[name].weight.copy_(b0)
+        weight.copy_(residual)
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        self.initial_lora[name] = (a.detach().clone(), b.detach().clone())
+
+    @torch.no_grad()
+    def _restore_base(self, name: str) -> None:
+        """Give a PiSSA/OLoRA layer its original weight back (residual + s·B₀A₀)."""
+        a0, b0 = self.initial_lora.pop(name)
+        weight = self.base_layer.weight
+        delta = (b0 @ a0).to(torch.float32) * self.scaling[name]
+        weight.add_((delta.T if self.fan_in_fan_out else delta).to(weight.dtype))
+
     def delete_adapter(self, name: str) -> None:
         if name in self.merged_adapters:
             raise AdapterError(f"adapter {name!r} is merged; unmerge it before deleting it")
+        if name in self.initial_lora:
+            self._restore_base(name)
         for container in (self.lora_A, self.lora_B, self.lora_dropout):
             del container[name]
+        if name in self.lora_magnitude_vector:
+            del self.lora_magnitude_vector[name]
         del self.r[name], self.scaling[name]
         if self.active_adapter == name:
             self.active_adapter = None
@@ -119,6 +181,7 @@ class LoraLinear(nn.Module):
         base = self.base_layer
         a, b = self.lora_A[name].weight, self.lora_B[name].weight
         dropout = self.lora_dropout[name]
+        magnitude = self.lora_magnitude_vector[name] if name in self.lora_magnitude_vector else None
         if (
             not args
             and not kwargs
@@ -128,6 +191,10 @@ class LoraLinear(nn.Module):
         ):
             scaling, fan = self.scaling[name], self.fan_in_fan_out
             dropout_active = isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0
+            if magnitude is not None:
+                if not dropout_active and magnitude.dtype == x.dtype:
+                    return dora.forward_fused(x, base, a, b, magnitude, scaling, fan)
+                return self._forward_reference(x, name, *args, **kwargs)
             if torch.is_grad_enabled():
                 x_branch = dropout(x) if dropout_active else None
                 return fast.LoraLinearFunction.apply(x, x_branch, base.weight, base.bias, a, b, scaling, fan)
@@ -140,6 +207,12 @@ class LoraLinear(nn.Module):
         result = self.base_layer(x, *args, **kwargs)
         lora_a, lora_b = self.lora_A[name], self.lora_B[name]
         x = x.to(lora_a.weight.dtype)
+        if name in self.lora_magnitude_vector:  # DoRA: peft's DoraLinearLayer formula
+            out = dora.forward_reference(
+                x, result.to(x.dtype), self.base_layer, lora_a, lora_b, self.lora_dropout[name],
+                self.lora_magnitude_vector[name], self.scaling[name], self.fan_in_fan_out,
+            )  # fmt: skip
+            return out.to(result.dtype)
         update = lora_b(lora_a(self.lora_dropout[name](x))) * self.scaling[name]
         return (result + update).to(result.dtype)  # summed in the adapter's precision, rounded once (as peft)
 
@@ -160,7 +233,13 @@ class LoraLinear(nn.Module):
         if exact:
             self._weight_backup[name] = weight.detach().clone()
         delta = self.delta_weight(name).to(torch.float32)
-        weight.copy_((weight.to(torch.float32) + delta).to(weight.dtype))
+        if name in self.lora_magnitude_vector:
+            merged, self._dora_norm[name] = dora.merge(
+                weight, delta, self.lora_magnitude_vector[name], self.fan_in_fan_out
+            )
+            weight.copy_(merged.to(weight.dtype))
+        else:
+            weight.copy_((weight.to(torch.float32) + delta).to(weight.dtype))
         self.merged_adapters.append(name)
 
     @torch.no_grad()
@@ -169,8 +248,13 @@ class LoraLinear(nn.Module):
             return
         weight = self.base_layer.weight
         backup = self._weight_backup.pop(name, None)
+        norm = self._dora_norm.pop(name, None)
         if backup is not None:
             weight.copy_(backup)
+        elif norm is not None:
+            magnitude = self.lora_magnitude_vector[name]
+            delta = self.delta_weight(name)
+            weight.copy_(dora.unmerge(weight, delta, magnitude, norm, self.fan_in_fan_out).to(weight.dtype))
         else:
             delta = self.delta_weight(name).to(torch.float32)
             weight.copy_((weight.to(torch.float32) - delta).to(weight.dtype))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from peft_framework.adapters.lora import init as lora_init
 from peft_framework.adapters.lora.config import LoraConfig
 from peft_framework.adapters.lora.layer import LoraLinear, ModulesToSave
 from peft_framework.adapters.model_state import adapter_state, wrapper_paths
@@ -155,7 +156,13 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
             layer = LoraLinear(layer)
             replace_module(model, path, layer)
         layer.add_adapter(
-            adapter_name, config.r, config.alpha, config.dropout, config.use_rslora, config.init
+            adapter_name,
+            config.r,
+            config.alpha,
+            config.dropout,
+            config.use_rslora,
+            config.init,
+            use_dora=config.use_dora,
         )
     for path in saved:
         module = model.get_submodule(path)
@@ -199,6 +206,22 @@ def mark_trainable(model: nn.Module, adapter_name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- tensors
+def converted_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """Like `adapter_tensors`, but an adapter initialised with PiSSA/OLoRA comes out as the plain rank-2r LoRA
+    of the same update on the ORIGINAL base weight (init.py): what is saved."""
+    tensors: dict[str, torch.Tensor] = dict(adapter_tensors(model, adapter_name))
+    if not lora_init.mutates_base(records(model)[adapter_name].config.init):
+        return tensors
+    for path, module in model.named_modules():
+        if isinstance(module, LoraLinear) and adapter_name in module.initial_lora:
+            a0, b0 = module.initial_lora[adapter_name]
+            a_key, b_key = f"{path}.lora_A.weight", f"{path}.lora_B.weight"
+            tensors[a_key], tensors[b_key] = lora_init.converted_tensors(
+                tensors[a_key].detach(), tensors[b_key].detach(), a0, b0
+            )
+    return tensors
+
+
 def adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]:
     """The adapter's parameters under peft's on-disk keys (without the 'base_model.model.' prefix)."""
     adapters = records(model)
@@ -213,6 +236,8 @@ def adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, nn.Paramet
         if isinstance(module, LoraLinear) and adapter_name in module.lora_A:
             out[f"{path}.lora_A.weight"] = module.lora_A[adapter_name].weight
             out[f"{path}.lora_B.weight"] = module.lora_B[adapter_name].weight
+            if adapter_name in module.lora_magnitude_vector:  # DoRA; peft's key has no '.weight'
+                out[f"{path}.lora_magnitude_vector"] = module.lora_magnitude_vector[adapter_name]
             if bias == "lora_only" and module.base_layer.bias is not None:
                 out[f"{path}.base_layer.bias"] = module.base_layer.bias
         elif isinstance(module, ModulesToSave):
@@ -258,6 +283,8 @@ def unload(model: nn.Module) -> nn.Module:
     merged = [n for n, rec in records(model).items() if rec.merged]
     for path, module in list(model.named_modules()):
         if isinstance(module, LoraLinear):
+            for name in [n for n in module.initial_lora if n not in merged]:
+                module._restore_base(name)  # PiSSA/OLoRA not merged: the original weight comes back
             replace_module(model, path, module.base_layer)
         elif isinstance(module, ModulesToSave):
             copy_name = next((n for n in merged if n in module.modules_to_save), None)
@@ -282,6 +309,11 @@ def combine_adapters(model: nn.Module, weights: dict[str, float], new_name: str)
     if not weights or unknown:
         raise AdapterError(f"combine_adapters: unknown adapters {unknown}; allowed: {sorted(adapters)}")
     names = list(weights)
+    dora_names = [n for n in names if adapters[n].config.use_dora]
+    if dora_names:
+        raise AdapterError(
+            f"combine_adapters: {dora_names} use DoRA, whose magnitudes do not add up linearly; allowed: plain LoRA"
+        )
     rank = sum(adapters[n].config.r for n in names)
     targets = sorted({t for n in names for t in adapters[n].targets})
     saved = sorted({p for n in names for p in adapters[n].saved_modules})
