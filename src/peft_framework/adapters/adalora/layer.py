@@ -10,31 +10,24 @@ GPT-2's Conv1D (weight stored (in, out), "fan_in_fan_out") is wrapped too; only 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from peft_framework.adapters.layer import LinearAdapterLayer
 from peft_framework.errors import AdapterError
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 RANKNUM_EPS = 1e-5
 
 
-class SVDLinear(nn.Module):
+class SVDLinear(LinearAdapterLayer):
     """`base_layer(x)` plus the active adapter's SVD-form update."""
 
+    adapter_dict: ClassVar[str] = "lora_A"
+
     def __init__(self, base_layer: nn.Module) -> None:
-        super().__init__()
-        if not isinstance(base_layer, (nn.Linear, Conv1D)):
-            raise TypeError(f"SVDLinear wraps nn.Linear or Conv1D, not {type(base_layer).__name__}")
-        self.base_layer = base_layer
-        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
-        w = base_layer.weight
-        self.in_features, self.out_features = (
-            (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
-        )
+        super().__init__(base_layer)
         self.lora_A = nn.ParameterDict()
         self.lora_E = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
@@ -42,27 +35,13 @@ class SVDLinear(nn.Module):
         self.r: dict[str, int] = {}
         self.ranknum: dict[str, float] = {}
         self.scaling: dict[str, float] = {}
-        self.active_adapter: str | None = None
-        self.merged_adapters: list[str] = []
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
-
-    # --- adapters ---------------------------------------------------------------------------------
     def add_adapter(
         self, name: str, r: int, alpha: float, dropout: float, ranknum: int | None = None
     ) -> None:
         """Add ranks `r` (>= 0); `ranknum` (default r) is the divisor of the scaling: init_r, also when pruned."""
-        if name in self.lora_A:
-            raise AdapterError(f"an adapter named {name!r} already exists on this layer")
-        weight = self.base_layer.weight
-        dtype = torch.float32 if weight.dtype in _LOW_PRECISION else weight.dtype
-        factory = {"device": weight.device, "dtype": dtype}
+        self.check_new(name)
+        factory = self.factory()
         self.lora_A[name] = nn.Parameter(torch.empty(r, self.in_features, **factory))
         self.lora_E[name] = nn.Parameter(torch.empty(r, 1, **factory))
         self.lora_B[name] = nn.Parameter(torch.empty(self.out_features, r, **factory))
@@ -78,18 +57,6 @@ class SVDLinear(nn.Module):
         nn.init.zeros_(self.lora_E[name])
         nn.init.normal_(self.lora_A[name], mean=0.0, std=0.02)
         nn.init.normal_(self.lora_B[name], mean=0.0, std=0.02)
-
-    def delete_adapter(self, name: str) -> None:
-        if name in self.merged_adapters:
-            raise AdapterError(f"adapter {name!r} is merged; unmerge it before deleting it")
-        for container in (self.lora_A, self.lora_E, self.lora_B, self.lora_dropout):
-            del container[name]
-        del self.r[name], self.ranknum[name], self.scaling[name]
-        if self.active_adapter == name:
-            self.active_adapter = None
-
-    def set_adapter(self, name: str | None) -> None:
-        self.active_adapter = name if name in self.lora_A else None
 
     @torch.no_grad()
     def keep_ranks(self, name: str, mask: list[bool] | torch.Tensor) -> None:
@@ -121,33 +88,8 @@ class SVDLinear(nn.Module):
         update = update / (self.ranknum[name] + RANKNUM_EPS)
         return result + update.to(result.dtype)
 
-    # --- merge --------------------------------------------------------------------------------------
     def delta_weight(self, name: str) -> torch.Tensor:
         """Q (P ⊙ Λ) * alpha / (ranknum + eps), laid out like the base weight ((in, out) for Conv1D)."""
         delta = (self.lora_B[name] @ (self.lora_A[name] * self.lora_E[name])) * self.scaling[name]
         delta = delta / (self.ranknum[name] + RANKNUM_EPS)
         return delta.T if self.fan_in_fan_out else delta
-
-    @torch.no_grad()
-    def merge(self, name: str) -> None:
-        if name not in self.lora_A:
-            return
-        if name in self.merged_adapters:
-            raise AdapterError(f"adapter {name!r} is already merged")
-        weight = self.base_layer.weight
-        weight.copy_((weight.to(torch.float32) + self.delta_weight(name).to(torch.float32)).to(weight.dtype))
-        self.merged_adapters.append(name)
-
-    @torch.no_grad()
-    def unmerge(self, name: str) -> None:
-        if name not in self.merged_adapters:
-            return
-        weight = self.base_layer.weight
-        weight.copy_((weight.to(torch.float32) - self.delta_weight(name).to(torch.float32)).to(weight.dtype))
-        self.merged_adapters.remove(name)
-
-    def extra_repr(self) -> str:
-        kind = "Conv1D" if self.fan_in_fan_out else "Linear"
-        return (
-            f"{kind}({self.in_features} -> {self.out_features}), ranks={self.r}, active={self.active_adapter}"
-        )

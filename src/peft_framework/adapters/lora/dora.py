@@ -15,11 +15,36 @@ Merge: W ← (m / ‖W + s·BA‖) ⊙ (W + s·BA), the norm kept for unmerge (p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from peft_framework.adapters.lora import fast
+
+if TYPE_CHECKING:
+    from peft_framework.adapters.lora.layer import LoraLinear
+
+
+def forward(layer: LoraLinear, name: str, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """`layer`'s DoRA forward through adapter `name`: fused when `fast.eligible` and dropout is inactive,
+    else peft's formula."""
+    a, b, dropout = layer.lora_A[name], layer.lora_B[name], layer.lora_dropout[name]
+    magnitude, s, fan = layer.lora_magnitude_vector[name], layer.scaling[name], layer.fan_in_fan_out
+    dropout_active = isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0
+    if (
+        not args
+        and not kwargs
+        and not dropout_active
+        and magnitude.dtype == x.dtype
+        and fast.eligible(layer, name, x)
+    ):
+        return forward_fused(x, layer.base_layer, a.weight, b.weight, magnitude, s, fan)
+    result = layer.base_layer(x, *args, **kwargs)
+    x = x.to(a.weight.dtype)
+    out = forward_reference(x, result.to(x.dtype), layer.base_layer, a, b, dropout, magnitude, s, fan)
+    return out.to(result.dtype)
 
 
 @torch.no_grad()
