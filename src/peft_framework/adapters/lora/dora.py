@@ -79,12 +79,10 @@ def forward_fused(
 ) -> torch.Tensor:
     """b + scale ⊙ (x Wᵀ + s·x Aᵀ Bᵀ) with one fused node (dropout inactive; dtypes checked by the caller)."""
     scale = magnitude_scale(magnitude, base.weight, lora_a, lora_b, scaling, fan_in_fan_out)
-    if torch.is_grad_enabled():
-        z = fast.LoraLinearFunction.apply(x, None, base.weight, None, lora_a, lora_b, scaling, fan_in_fan_out)
-        y = z * scale
-        return y if base.bias is None else y + base.bias
-    y = fast.lora_linear_inference(x, base.weight, None, lora_a, lora_b, scaling, fan_in_fan_out).mul_(scale)
-    return y if base.bias is None else y.add_(base.bias)
+    # without autograd the node keeps nothing for a backward (and may use the merged-weight forward)
+    z = fast.LoraLinearFunction.apply(x, None, base.weight, None, lora_a, lora_b, scaling, fan_in_fan_out)
+    y = z * scale
+    return y if base.bias is None else y + base.bias
 
 
 def forward_reference(
