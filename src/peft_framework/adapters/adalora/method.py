@@ -28,7 +28,7 @@ from peft_framework.errors import AdapterError, ConfigError
 log = logging.getLogger(__name__)
 
 RANK_KEY_SUFFIX = ".lora_E"
-_KINDS = ("lora_A", "lora_E", "lora_B")
+KINDS = ("lora_A", "lora_E", "lora_B")
 
 _UNSUPPORTED_UNLESS = {**LORA_FAMILY_UNSUPPORTED, "bias": ("none", None)}
 
@@ -103,7 +103,7 @@ class AdaLoraMethod(WrapperMethod):
     def layer_tensors(
         self, layer: SVDLinear, adapter_name: str, record: AdaLoraRecord
     ) -> dict[str, nn.Parameter]:
-        return {kind: getattr(layer, kind)[adapter_name] for kind in _KINDS}
+        return {kind: getattr(layer, kind)[adapter_name] for kind in KINDS}
 
     # --- checkpoints --------------------------------------------------------------------------------
     def adapter_state_dict(

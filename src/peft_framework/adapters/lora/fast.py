@@ -2,7 +2,7 @@
 
     y = x Wᵀ + b + s · (x' Aᵀ) Bᵀ        x' = x, or dropout(x) when dropout is active
 
-The reference path (`LoraLinear._forward_reference`, peft's formula written with modules) builds five
+The reference path (`LoraLinear.forward`, peft's formula written with modules) builds five
 autograd nodes per layer and allocates three full-size temporaries per forward (the branch output, its
 scaled copy, the sum) and two per backward (the scaled gradient, the branch's input gradient before it
 is added to the base's); on CPU each fresh large tensor also costs page faults. Here, per layer, one
