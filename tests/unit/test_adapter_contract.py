@@ -5,6 +5,7 @@ and, for the types peft knows, HuggingFace peft loads the checkpoint and compute
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import peft
@@ -29,6 +30,12 @@ CONFIGS = {
     "ia3": lambda: IA3Config(),
     "bottleneck": lambda: BottleneckConfig(variant="houlsby"),
 }
+#: variants of a type that must honour the whole contract too: "<type>[<variant>]" -> its config. (PiSSA and
+#: OLoRA rewrite the base weights, so they refuse a second adapter in memory by design and save converted
+#: to the original base: tests/unit/test_lora_variants.py holds their contract.)
+VARIANT_CONFIGS = {
+    "lora[dora]": lambda: LoraConfig(r=4, target_modules=["q_proj", "v_proj"], use_dora=True),
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,7 +48,7 @@ def _one_thread():
 
 
 def _types() -> list[str]:
-    return sorted({*registry.available(), "scale"})
+    return sorted({*registry.available(), "scale", *VARIANT_CONFIGS})
 
 
 @pytest.fixture(params=_types())
@@ -55,10 +62,16 @@ def method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> A
             registry.AdapterSource("scale", "peft_framework_scaled_adapter:ScaleMethod", "tests"),
         )
         monkeypatch.delitem(registry._loaded, "scale", raising=False)
+    if name in VARIANT_CONFIGS:  # the type's method, carrying the variant's config for config_for
+        variant = copy.copy(registry.get(name.partition("[")[0]))
+        variant.contract_config = VARIANT_CONFIGS[name]
+        return variant
     return registry.get(name)
 
 
 def config_for(method: AdapterMethod):
+    if hasattr(method, "contract_config"):
+        return method.contract_config()
     if method.name == "scale":
         return method.config_class(target_modules=["q_proj", "v_proj"], init_scale=1.0)
     return CONFIGS.get(method.name, method.config_class)()

@@ -106,6 +106,10 @@ class AdapterMethod(ABC):
         """The adapter forward passes go through, or None (plain base model)."""
 
     # --- training hooks -------------------------------------------------------------------------
+    def manifest_extra(self, config: AdapterConfigBase) -> dict[str, Any]:
+        """What the train manifest records about this adapter beyond its type (e.g. a LoRA variant)."""
+        return {}
+
     def training_callbacks(self, model: nn.Module, config: AdapterConfigBase, total_steps: int) -> list[Any]:
         """transformers TrainerCallbacks this type needs (e.g. AdaLoRA's rank allocator)."""
         return []

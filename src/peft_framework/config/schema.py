@@ -239,6 +239,15 @@ class TrainConfig(Section):
     )
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)
+    loraplus_lr_ratio: float | None = Field(
+        None,
+        gt=0,
+        description="LoRA+: lr of the B matrices (and 1-d tensors such as DoRA magnitudes) = learning_rate x this "
+        "ratio (peft's create_loraplus_optimizer groups; the paper suggests 2-16); null: one lr for all.",
+    )
+    loraplus_lr_embedding: float = Field(
+        1e-6, gt=0, description="LoRA+: lr of LoRA tensors on embedding layers (peft's default 1e-6)."
+    )
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping; 0 turns it off.")
     seed: int = 42
     data_seed: int | None = Field(None, description="Seed of the data order; null: same as seed.")

@@ -78,7 +78,11 @@ def build_manifest(
             "task": config.model.task,
             "dtype": config.model.dtype,
         },
-        "adapter": {"type": config.adapter.type, "peft_type": method.peft_type},
+        "adapter": {
+            "type": config.adapter.type,
+            "peft_type": method.peft_type,
+            **method.manifest_extra(config.adapter),
+        },
         "seed": tc.seed,
         "data_seed": trainer.args.data_seed,
         "versions": library_versions(),
@@ -98,6 +102,7 @@ def build_manifest(
             "train_loss_mean": summary["train_loss_mean"],
             "eval_loss": summary["eval_loss"],
             "wall_time_s": wall_time_s,
+            "loraplus_groups": trainer.loraplus_groups,
         },
     }
 

@@ -57,6 +57,7 @@ def train(
 
 def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, Any]:
     from peft_framework.training.collator import PadCollator
+    from peft_framework.training.loraplus import loraplus_setting
     from peft_framework.training.trainer import AdapterTrainer
 
     started = time.perf_counter()
@@ -89,6 +90,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         data_collator=PadCollator(tokenizer.pad_token_id, padding_side="right"),
         callbacks=[*callbacks, *extra_callbacks],
         adapter_method=method,
+        loraplus=loraplus_setting(config.train),
     )
     if config.model.task == "sequence_classification":
         # class losses are means over the batch; Trainer's token-count normalisation (and its DDP scaling

@@ -6,6 +6,7 @@
 2. The adapter type's `extra_loss` (e.g. AdaLoRA's orthogonal regulariser) is added to the training loss.
 3. A NaN/inf loss stops the run with `StageFailed` naming the step, before the optimizer step and before
    any checkpoint of that step, so the last checkpoint on disk is a good one.
+4. LoRA+ (`loraplus=`): the Trainer's optimizer class and kwargs, with peft's LoRA+ parameter groups.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from transformers import Trainer
 from peft_framework.adapters.base import AdapterMethod
 from peft_framework.adapters.state_dict import check_state_dict
 from peft_framework.errors import AdapterError, StageFailed
+from peft_framework.training import loraplus as loraplus_groups
 from peft_framework.training.checkpoints import CALLBACK_STATE_DIR, TRAINABLE_WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -39,9 +41,32 @@ class NonFiniteLoss(StageFailed):
 
 
 class AdapterTrainer(Trainer):
-    def __init__(self, *args: Any, adapter_method: AdapterMethod, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        adapter_method: AdapterMethod,
+        loraplus: loraplus_groups.LoraPlus | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.adapter_method = adapter_method
+        self.loraplus = loraplus
+        #: LoRA+ groups as built ({group: tensors, parameters, lr, weight_decay}), for the manifest
+        self.loraplus_groups: dict[str, dict[str, Any]] | None = None
         super().__init__(*args, **kwargs)
+
+    # --- optimizer -------------------------------------------------------------------------------
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.loraplus is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        groups = loraplus_groups.param_groups(
+            opt_model, lr=self.args.learning_rate, plus=self.loraplus, weight_decay=self.args.weight_decay
+        )
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k != "lr"}
+        self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        self.loraplus_groups = loraplus_groups.describe(groups)
+        return self.optimizer
 
     # --- loss ------------------------------------------------------------------------------------
     def compute_loss(

@@ -26,6 +26,11 @@ def combine_adapters(model: nn.Module, weights: dict[str, float], new_name: str)
     if not weights or unknown:
         raise AdapterError(f"combine_adapters: unknown adapters {unknown}; allowed: {sorted(adapters)}")
     names = list(weights)
+    dora_names = [n for n in names if adapters[n].config.use_dora]
+    if dora_names:
+        raise AdapterError(
+            f"combine_adapters: {dora_names} use DoRA, whose magnitudes do not add up linearly; allowed: plain LoRA"
+        )
     rank = sum(adapters[n].config.r for n in names)
     targets = sorted({t for n in names for t in adapters[n].targets})
     saved = sorted({p for n in names for p in adapters[n].saved_modules})

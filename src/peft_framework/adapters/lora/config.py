@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
+from peft_framework.adapters.lora import init as lora_init
 from peft_framework.config.schema import AdapterConfigBase
 
 
@@ -18,7 +19,33 @@ class LoraConfig(AdapterConfigBase):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch input only")
     use_rslora: bool = False
     bias: Literal["none", "all", "lora_only"] = "none"
-    init: Literal["kaiming", "gaussian"] = Field(
+    init: str = Field(
         "kaiming",
-        description="A's init: kaiming-uniform(a=sqrt(5)) as peft's default, or N(0, 1/r); B starts at 0",
+        description="kaiming: A kaiming-uniform(a=sqrt(5)) as peft's default, B = 0; gaussian: A ~ N(0, 1/r), B = 0; "
+        "pissa / pissa_niter_N: A, B from the top-r singular vectors of the base weight (exact SVD, or randomised "
+        "with N iterations); olora: from its QR decomposition. pissa/olora leave the residual in the base weight "
+        "while training and save a plain LoRA of rank 2r relative to the ORIGINAL base weights.",
     )
+    use_dora: bool = Field(
+        False, description="DoRA: a trained magnitude per output feature over the normalised W + s·BA"
+    )
+
+    @field_validator("init")
+    @classmethod
+    def _known_init(cls, value: str) -> str:
+        if not lora_init.is_valid(value):
+            raise ValueError(
+                f"adapter.init: {value!r} is not an initialisation; allowed: kaiming, gaussian, pissa, "
+                "pissa_niter_N (N >= 1, e.g. pissa_niter_4), olora"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _dora_with_plain_init(self) -> LoraConfig:
+        if self.use_dora and lora_init.mutates_base(self.init):
+            raise ValueError(
+                f"adapter.init: {self.init!r} with adapter.use_dora: true is not supported (the saved adapter is "
+                "converted to a plain LoRA on the original weights, which DoRA's magnitudes do not survive); "
+                "allowed with use_dora: kaiming, gaussian"
+            )
+        return self

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME
+from peft_framework.adapters.lora import init as lora_init
 from peft_framework.adapters.lora.config import LoraConfig
 from peft_framework.adapters.lora.layer import LoraLinear
 from peft_framework.adapters.method import LORA_FAMILY_UNSUPPORTED, AdapterRecord, WrapperMethod
@@ -16,13 +18,18 @@ from peft_framework.config.schema import AdapterConfigBase
 from peft_framework.errors import AdapterError
 
 _UNSUPPORTED_UNLESS = {
-    **LORA_FAMILY_UNSUPPORTED,
+    **{k: v for k, v in LORA_FAMILY_UNSUPPORTED.items() if k != "use_dora"},  # LoRA has DoRA (dora.py)
     "rank_pattern": ({}, None),
     "alora_invocation_tokens": (None, []),
     "use_bdlora": (None, False),
 }
 _INIT_FROM_PEFT = {True: "kaiming", False: "kaiming", "gaussian": "gaussian"}
 _INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian"}
+_SAVED_AS_PLAIN_LORA = (
+    "adapter.init {init!r} trains on a residual base weight; the adapter is saved converted to a plain LoRA of "
+    "rank {r2} (r={r} doubled, alpha doubled, same update) relative to the ORIGINAL base model, so "
+    "peft.PeftModel.from_pretrained(original_base, dir) and export reproduce the trained model"
+)
 
 
 class LoraMethod(WrapperMethod):
@@ -33,7 +40,7 @@ class LoraMethod(WrapperMethod):
 
     def add_to_layer(self, layer: LoraLinear, adapter_name: str, record: AdapterRecord, path: str) -> None:
         c: LoraConfig = record.config
-        layer.add_adapter(adapter_name, c.r, c.alpha, c.dropout, c.use_rslora, c.init)
+        layer.add_adapter(adapter_name, c.r, c.alpha, c.dropout, c.use_rslora, c.init, use_dora=c.use_dora)
 
     def layer_tensors(
         self, layer: LoraLinear, adapter_name: str, record: AdapterRecord
@@ -42,6 +49,8 @@ class LoraMethod(WrapperMethod):
             "lora_A.weight": layer.lora_A[adapter_name].weight,
             "lora_B.weight": layer.lora_B[adapter_name].weight,
         }
+        if adapter_name in layer.lora_magnitude_vector:  # DoRA; peft's key has no '.weight'
+            out["lora_magnitude_vector"] = layer.lora_magnitude_vector[adapter_name]
         if record.config.bias == "lora_only" and layer.base_layer.bias is not None:
             out["base_layer.bias"] = layer.base_layer.bias
         return out
@@ -57,6 +66,41 @@ class LoraMethod(WrapperMethod):
             if (name == "bias" or name.endswith(".bias")) and not inside(name, saved)
         }
 
+    def adapter_state_dict(
+        self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME
+    ) -> dict[str, torch.Tensor]:
+        """peft's on-disk tensors. A PiSSA/OLoRA adapter comes out converted: [A; A₀] and [B, −B₀], the plain
+        rank-2r LoRA of the same update on the ORIGINAL base weight (init.py)."""
+        state = super().adapter_state_dict(model, adapter_name)
+        if not lora_init.mutates_base(self.record(model, adapter_name).config.init):
+            return state
+        for path, layer in self.layers(model, adapter_name).items():
+            a0, b0 = layer.initial_lora[adapter_name]
+            a_key, b_key = (
+                f"{self.disk_prefix}{path}.lora_A.weight",
+                f"{self.disk_prefix}{path}.lora_B.weight",
+            )
+            state[a_key], state[b_key] = lora_init.converted_tensors(state[a_key], state[b_key], a0, b0)
+        return state
+
+    def unload(self, model: nn.Module) -> nn.Module:
+        """As the base's, but a PiSSA/OLoRA layer not merged gets its original weight back first."""
+        merged = {n for n, rec in self.records(model).items() if rec.merged}
+        for module in model.modules():
+            if isinstance(module, LoraLinear):
+                for name in [n for n in module.initial_lora if n not in merged]:
+                    module.restore_base(name)
+        return super().unload(model)
+
+    def manifest_extra(self, config: AdapterConfigBase) -> dict[str, Any]:
+        """What the train manifest records about this adapter's variant and saved form."""
+        config = self.check_config(config)
+        extra: dict[str, Any] = {"use_dora": config.use_dora, "init": config.init}
+        if lora_init.mutates_base(config.init):
+            r2, _ = lora_init.converted_r_alpha(config.r, config.alpha, config.use_rslora)
+            extra["saved_as"] = _SAVED_AS_PLAIN_LORA.format(init=config.init, r=config.r, r2=r2)
+        return extra
+
     def validate_for_save(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Refuse adapters that cannot have come from a real LoRA (e.g. ZeRO-3 shards never gathered)."""
         a_keys = [k for k in state_dict if k.endswith(self.never_all_zero)]
@@ -69,9 +113,13 @@ class LoraMethod(WrapperMethod):
 
     def saved_fields(self, model: nn.Module, config: LoraConfig, record: AdapterRecord) -> dict[str, Any]:
         user = config.target_modules
-        alpha = int(config.alpha) if float(config.alpha).is_integer() else config.alpha
+        r, alpha = config.r, config.alpha
+        init = _INIT_TO_PEFT.get(config.init, True)  # PiSSA/OLoRA are saved converted: a plain LoRA
+        if lora_init.mutates_base(config.init):
+            r, alpha = lora_init.converted_r_alpha(r, alpha, config.use_rslora)
+        alpha = int(alpha) if float(alpha).is_integer() else alpha
         saved: dict[str, Any] = {
-            "r": config.r,
+            "r": r,
             "lora_alpha": alpha,
             "lora_dropout": config.dropout,
             "target_modules": saved_target_modules(
@@ -79,8 +127,8 @@ class LoraMethod(WrapperMethod):
             ),
             "bias": config.bias,
             "use_rslora": config.use_rslora,
-            "use_dora": False,
-            "init_lora_weights": _INIT_TO_PEFT[config.init],
+            "use_dora": config.use_dora,
+            "init_lora_weights": init,
             "fan_in_fan_out": self.fan_in_fan_out(model, record),
             "layers_to_transform": None,
             "layers_pattern": None,
@@ -98,6 +146,12 @@ class LoraMethod(WrapperMethod):
             if init in _INIT_FROM_PEFT
             else [f"init_lora_weights={init!r} (allowed: true, false, 'gaussian')"]
         )
+        if isinstance(init, str) and lora_init.mutates_base(init):
+            bad_init = [
+                f"init_lora_weights={init!r}: an adapter saved relative to a PiSSA/OLoRA residual (allowed: true, "
+                "false, 'gaussian'; save it with peft's path_initial_model_for_weight_conversion to get a plain "
+                "LoRA on the original base, as this framework does)"
+            ]
         common = self.fields_from_saved(saved, _UNSUPPORTED_UNLESS, ("target_modules",), *bad_init)
         return self.config_from_fields(
             {
@@ -106,6 +160,7 @@ class LoraMethod(WrapperMethod):
                 "alpha": saved.get("lora_alpha", 8),
                 "dropout": saved.get("lora_dropout", 0.0),
                 "use_rslora": saved.get("use_rslora", False),
+                "use_dora": bool(saved.get("use_dora") or False),
                 "bias": saved.get("bias", "none"),
                 "init": _INIT_FROM_PEFT[init],
             }
