@@ -365,6 +365,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     )
     from peft_framework.training.callbacks import dvclive_available, make_dvclive_callback
     from peft_framework.training.collator import PadCollator
+    from peft_framework.training.kbit import prepare_kbit_training
     from peft_framework.training.trainer import AdapterTrainer, NonFiniteLoss
 
     started = time.perf_counter()
@@ -421,6 +422,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     set_seed(tc.seed)
     tokenizer = load_tokenizer(config.model)
     model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer)
+    prepare_kbit_training(model, tc.gradient_checkpointing)  # quantized bases only (QLoRA)
     method = registry.get(config.adapter.type)
     method.inject(model, config.adapter)
     trainable, total = count_parameters(model)

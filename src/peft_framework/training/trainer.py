@@ -24,6 +24,7 @@ from transformers import Trainer
 from peft_framework.adapters.base import AdapterMethod
 from peft_framework.errors import AdapterError, StageFailed
 from peft_framework.training.checkpoints import CALLBACK_STATE_DIR, TRAINABLE_WEIGHTS
+from peft_framework.training.kbit import allow_quantized_training
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class NonFiniteLoss(StageFailed):
 class AdapterTrainer(Trainer):
     def __init__(self, *args: Any, adapter_method: AdapterMethod, **kwargs: Any) -> None:
         self.adapter_method = adapter_method
-        super().__init__(*args, **kwargs)
+        with allow_quantized_training(kwargs.get("model", args[0] if args else None)):
+            super().__init__(*args, **kwargs)
 
     # --- loss ------------------------------------------------------------------------------------
     def compute_loss(

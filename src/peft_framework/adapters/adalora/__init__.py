@@ -64,6 +64,7 @@ class AdaLoraMethod(AdapterMethod):
     config_class: ClassVar[type[AdapterConfigBase]] = AdaLoraConfig
     peft_type: ClassVar[str | None] = "ADALORA"
     mergeable: ClassVar[bool] = True
+    quantized_bases: ClassVar[bool] = True  # wraps bitsandbytes 4-/8-bit linears (adapters/base_layers.py)
     description: ClassVar[str] = (
         "AdaLoRA: SVD-form low-rank updates, ranks pruned by importance during training (peft-compatible)"
     )

@@ -14,11 +14,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from peft_framework.adapters import base_layers
 from peft_framework.errors import AdapterError
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 RANKNUM_EPS = 1e-5
 
 
@@ -27,14 +26,10 @@ class SVDLinear(nn.Module):
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
-        if not isinstance(base_layer, (nn.Linear, Conv1D)):
-            raise TypeError(f"SVDLinear wraps nn.Linear or Conv1D, not {type(base_layer).__name__}")
+        info = base_layers.describe(base_layer, "SVDLinear")
         self.base_layer = base_layer
-        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
-        w = base_layer.weight
-        self.in_features, self.out_features = (
-            (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
-        )
+        self.fan_in_fan_out = info.fan_in_fan_out
+        self.in_features, self.out_features = info.in_features, info.out_features
         self.lora_A = nn.ParameterDict()
         self.lora_E = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
@@ -60,9 +55,8 @@ class SVDLinear(nn.Module):
         """Add ranks `r` (>= 0); `ranknum` (default r) is the divisor of the scaling: init_r, also when pruned."""
         if name in self.lora_A:
             raise AdapterError(f"an adapter named {name!r} already exists on this layer")
-        weight = self.base_layer.weight
-        dtype = torch.float32 if weight.dtype in _LOW_PRECISION else weight.dtype
-        factory = {"device": weight.device, "dtype": dtype}
+        info = base_layers.describe(self.base_layer, "SVDLinear")
+        factory = {"device": info.device, "dtype": info.adapter_dtype}
         self.lora_A[name] = nn.Parameter(torch.empty(r, self.in_features, **factory))
         self.lora_E[name] = nn.Parameter(torch.empty(r, 1, **factory))
         self.lora_B[name] = nn.Parameter(torch.empty(self.out_features, r, **factory))
@@ -134,6 +128,7 @@ class SVDLinear(nn.Module):
             return
         if name in self.merged_adapters:
             raise AdapterError(f"adapter {name!r} is already merged")
+        base_layers.check_mergeable(self.base_layer, name)
         weight = self.base_layer.weight
         weight.copy_((weight.to(torch.float32) + self.delta_weight(name).to(torch.float32)).to(weight.dtype))
         self.merged_adapters.append(name)

@@ -45,6 +45,7 @@ class IA3Method(AdapterMethod):
     config_class: ClassVar[type[AdapterConfigBase]] = IA3Config
     peft_type: ClassVar[str | None] = "IA3"
     mergeable: ClassVar[bool] = True
+    quantized_bases: ClassVar[bool] = True  # wraps bitsandbytes 4-/8-bit linears (adapters/base_layers.py)
     description: ClassVar[str] = (
         "IA3: learned scaling of keys, values and feed-forward inputs (peft-compatible)"
     )

@@ -14,25 +14,20 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from peft_framework.adapters import base_layers
 from peft_framework.errors import AdapterError
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 UNMERGE_EPS = 1e-8
 
 
 class IA3Linear(nn.Module):
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
-        if not isinstance(base_layer, (nn.Linear, Conv1D)):
-            raise TypeError(f"IA3Linear wraps nn.Linear or Conv1D, not {type(base_layer).__name__}")
+        info = base_layers.describe(base_layer, "IA3Linear")
         self.base_layer = base_layer
-        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
-        w = base_layer.weight
-        self.in_features, self.out_features = (
-            (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
-        )
+        self.fan_in_fan_out = info.fan_in_fan_out
+        self.in_features, self.out_features = info.in_features, info.out_features
         self.ia3_l = nn.ParameterDict()
         self.is_feedforward: dict[str, bool] = {}
         self.active_adapter: str | None = None
@@ -51,10 +46,9 @@ class IA3Linear(nn.Module):
     def add_adapter(self, name: str, is_feedforward: bool, init_ones: bool = True) -> None:
         if name in self.ia3_l:
             raise AdapterError(f"an adapter named {name!r} already exists on this layer")
-        weight = self.base_layer.weight
-        dtype = torch.float32 if weight.dtype in _LOW_PRECISION else weight.dtype
+        info = base_layers.describe(self.base_layer, "IA3Linear")
         shape = (1, self.in_features) if is_feedforward else (self.out_features, 1)
-        vector = torch.randn(shape, device=weight.device, dtype=dtype)
+        vector = torch.randn(shape, device=info.device, dtype=info.adapter_dtype)
         if init_ones:
             nn.init.constant_(vector, 1.0)
         self.ia3_l[name] = nn.Parameter(vector)
@@ -98,6 +92,7 @@ class IA3Linear(nn.Module):
             return
         if name in self.merged_adapters:
             raise AdapterError(f"adapter {name!r} is already merged")
+        base_layers.check_mergeable(self.base_layer, name)
         base = self.base_layer
         if exact:
             self._weight_backup[name] = (

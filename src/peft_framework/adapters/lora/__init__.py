@@ -56,6 +56,7 @@ class LoraMethod(AdapterMethod):
     config_class: ClassVar[type[AdapterConfigBase]] = LoraConfig
     peft_type: ClassVar[str | None] = "LORA"
     mergeable: ClassVar[bool] = True
+    quantized_bases: ClassVar[bool] = True  # wraps bitsandbytes 4-/8-bit linears (adapters/base_layers.py)
     description: ClassVar[str] = "LoRA: low-rank updates B·A on linear layers (peft-compatible checkpoints)"
 
     # --- building -------------------------------------------------------------------------------

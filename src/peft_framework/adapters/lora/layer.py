@@ -24,12 +24,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from peft_framework.adapters import base_layers
 from peft_framework.adapters.lora import fast
 from peft_framework.errors import AdapterError
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
@@ -41,14 +39,11 @@ class LoraLinear(nn.Module):
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
-        if not isinstance(base_layer, (nn.Linear, Conv1D)):
-            raise TypeError(f"LoraLinear wraps nn.Linear or Conv1D, not {type(base_layer).__name__}")
+        info = base_layers.describe(base_layer, "LoraLinear")
         self.base_layer = base_layer
-        self.fan_in_fan_out = isinstance(base_layer, Conv1D)
-        w = base_layer.weight
-        self.in_features, self.out_features = (
-            (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
-        )
+        self.fan_in_fan_out = info.fan_in_fan_out
+        self.in_features, self.out_features = info.in_features, info.out_features
+        self.quantized = info.quantized  # '4bit' / '8bit' for bitsandbytes bases, else None
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
@@ -74,10 +69,8 @@ class LoraLinear(nn.Module):
     ) -> None:
         if name in self.lora_A:
             raise AdapterError(f"an adapter named {name!r} already exists on this layer")
-        weight = self.base_layer.weight
-        # peft's default (autocast_adapter_dtype): adapters of fp16/bf16 models are kept in fp32
-        dtype = torch.float32 if weight.dtype in _LOW_PRECISION else weight.dtype
-        factory = {"device": weight.device, "dtype": dtype}
+        info = base_layers.describe(self.base_layer, "LoraLinear")
+        factory = {"device": info.device, "dtype": info.adapter_dtype}
         self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, **factory)
         self.lora_dropout[name] = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
@@ -141,6 +134,8 @@ class LoraLinear(nn.Module):
         lora_a, lora_b = self.lora_A[name], self.lora_B[name]
         x = x.to(lora_a.weight.dtype)
         update = lora_b(lora_a(self.lora_dropout[name](x))) * self.scaling[name]
+        if self.quantized:  # peft's bitsandbytes layers round the update to the result's dtype, then add
+            return result + update.to(result.dtype)
         return (result + update).to(result.dtype)  # summed in the adapter's precision, rounded once (as peft)
 
     # --- merge --------------------------------------------------------------------------------------
@@ -156,6 +151,7 @@ class LoraLinear(nn.Module):
             return
         if name in self.merged_adapters:
             raise AdapterError(f"adapter {name!r} is already merged")
+        base_layers.check_mergeable(self.base_layer, name)
         weight = self.base_layer.weight
         if exact:
             self._weight_backup[name] = weight.detach().clone()
@@ -177,7 +173,9 @@ class LoraLinear(nn.Module):
         self.merged_adapters.remove(name)
 
     def extra_repr(self) -> str:
-        kind = "Conv1D" if self.fan_in_fan_out else "Linear"
+        kind = (
+            f"Linear{self.quantized}" if self.quantized else ("Conv1D" if self.fan_in_fan_out else "Linear")
+        )
         return f"{kind}({self.in_features} -> {self.out_features}), adapters={list(self.r)}, active={self.active_adapter}"
 
 
