@@ -64,7 +64,7 @@ CHILD = textwrap.dedent(
     out = root / config.train.output_dir
     fresh = load_base_model(config.model)
     method, loaded = load_adapter(fresh, out)
-    scales = {n: p for n, p in fresh.named_parameters() if n.endswith(".scale")}
+    scales = {n: p for n, p in fresh.named_parameters() if ".scale." in n}
     source = registry.available()["scale"]
     print(json.dumps({
         "origin": source.origin,
@@ -149,9 +149,10 @@ def test_plugin_trains_one_step_from_yaml(plugin_env: dict[str, str], tmp_path: 
     assert report["target"] == "peft_framework_scaled_adapter:ScaleMethod"
     assert (report["method_class"], report["config_class"]) == ("ScaleMethod", "ScaleConfig")
     assert report["global_step"] == 1
-    # the trained adapter: one scale vector per (layer, q_proj|v_proj), all moved away from their init
+    # the trained adapter: one scale vector per (layer, q_proj|v_proj) under the adapter's name, all moved
+    # away from their init
     assert report["scales"] == [
-        f"model.layers.{i}.self_attn.{m}.scale" for i in (0, 1) for m in ("q_proj", "v_proj")
+        f"model.layers.{i}.self_attn.{m}.scale.default" for i in (0, 1) for m in ("q_proj", "v_proj")
     ]
     assert report["scales_moved"] is True
     # the checkpoint: the framework's two files, a framework type key instead of peft_type

@@ -20,7 +20,6 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from peft_framework.adapters import get_adapter, load_adapter, registry, save_adapter
 from peft_framework.adapters.adalora import AdaLoraConfig, AdaLoraMethod, SVDLinear
-from peft_framework.adapters.adalora import model as ada_model
 from peft_framework.errors import AdapterError, ConfigError
 
 TOL = 1e-5
@@ -219,7 +218,7 @@ def test_rank_allocator_matches_peft_and_reaches_the_target_budget(tmp_path: Pat
         target_modules=["q_proj", "v_proj", "down_proj"],
     )
     theirs, ours = _train_side_by_side(cfg, steps=8)
-    record = ada_model.record(ours, "default")
+    record = AdaLoraMethod().record(ours, "default")
     n_modules = len(record.targets)
     assert n_modules == 6
     # after tfinal: the budget is target_r x modules, and peft chose exactly the same triplets
@@ -272,7 +271,7 @@ def test_rank_allocator_matches_peft_and_reaches_the_target_budget(tmp_path: Pat
     method.load_adapter_state_dict(resumed, tensors)
     assert (logits(resumed) - logits(ours)).abs().max().item() <= TOL
     assert resumed.model.layers[0].self_attn.q_proj.r["default"] == cfg.init_r
-    kept = ada_model.record(resumed, "default").rank_pattern
+    kept = AdaLoraMethod().record(resumed, "default").rank_pattern
     assert {p: sum(m) for p, m in kept.items()} == {p: sum(m) for p, m in record.rank_pattern.items()}
 
 
@@ -380,7 +379,7 @@ def test_a_module_pruned_to_rank_zero_saves_and_loads_like_peft(tmp_path: Path) 
     theirs = peft_model("llama", cfg, target_modules=["q_proj", "v_proj"])
     randomize_trainables(theirs, seed=11)
     ours = ours_from(theirs, "llama", cfg)
-    record = ada_model.record(ours, "default")
+    record = AdaLoraMethod().record(ours, "default")
     record.rank_pattern = {path: [True, False, True] for path in record.targets}
     record.rank_pattern["model.layers.1.self_attn.v_proj"] = [False, False, False]
     from peft_framework.adapters.adalora.allocator import RankAllocator

@@ -59,10 +59,21 @@ class ToyMethod(AdapterMethod):
     def load_adapter_state_dict(self, model, state_dict, adapter_name="default"):  # pragma: no cover
         raise NotImplementedError
 
-    def saved_config(self, config, *, base_model_name_or_path, task_type, model):  # pragma: no cover
+    def saved_config(
+        self, config, *, base_model_name_or_path, task_type, model, adapter_name="default"
+    ):  # pragma: no cover
         raise NotImplementedError
 
     def config_from_saved(self, saved):  # pragma: no cover
+        raise NotImplementedError
+
+    def set_active(self, model, adapter_name):  # pragma: no cover
+        raise NotImplementedError
+
+    def adapter_names(self, model):  # pragma: no cover
+        raise NotImplementedError
+
+    def active_adapter(self, model):  # pragma: no cover
         raise NotImplementedError
 
 

@@ -1,6 +1,7 @@
 """The contract every adapter type implements (built-in or plug-in).
 
-The registry maps `adapter.type` to an `AdapterMethod` subclass. The framework only talks to adapters
+The registry maps `adapter.type` to an `AdapterMethod` subclass (usually of `adapters.method.WrapperMethod`,
+which implements all but a type's own maths and names). The framework only talks to adapters
 through this class: injection into a base model, the tensors and json that make up a checkpoint,
 merge/unmerge where the maths allows it, and training hooks (callbacks, extra loss terms).
 
@@ -74,15 +75,20 @@ class AdapterMethod(ABC):
         base_model_name_or_path: str | None,
         task_type: str | None,
         model: nn.Module,
+        adapter_name: str = DEFAULT_ADAPTER_NAME,
     ) -> dict[str, Any]:
-        """The `adapter_config.json` content (peft's keys only, for peft types)."""
+        """The `adapter_config.json` content of adapter `adapter_name` (peft's keys only, for peft types)."""
 
     @abstractmethod
     def config_from_saved(self, saved: dict[str, Any]) -> AdapterConfigBase:
         """Inverse of `saved_config`; also accepts configs written by HuggingFace peft for peft types."""
 
     # --- merge ----------------------------------------------------------------------------------
-    def merge(self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+    def merge(
+        self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME, *, exact: bool = False
+    ) -> None:
+        """Fold `adapter_name` into the base weights (it becomes the active adapter). With exact=True the
+        pre-merge weights are kept so that unmerge restores them bit for bit (costs their memory)."""
         raise AdapterError(f"adapter type {self.name!r} cannot be merged into the base weights")
 
     def unmerge(self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
@@ -93,9 +99,17 @@ class AdapterMethod(ABC):
         raise AdapterError(f"adapter type {self.name!r} does not support unloading")
 
     # --- multi-adapter --------------------------------------------------------------------------
+    @abstractmethod
     def set_active(self, model: nn.Module, adapter_name: str | None) -> None:
         """Route forward passes through `adapter_name` (None: no adapter, plain base model)."""
-        raise AdapterError(f"adapter type {self.name!r} does not support switching adapters")
+
+    @abstractmethod
+    def adapter_names(self, model: nn.Module) -> list[str]:
+        """The names of this type's adapters on `model`, in the order they were added."""
+
+    @abstractmethod
+    def active_adapter(self, model: nn.Module) -> str | None:
+        """The adapter forward passes go through, or None (plain base model)."""
 
     # --- training hooks -------------------------------------------------------------------------
     def training_callbacks(self, model: nn.Module, config: AdapterConfigBase, total_steps: int) -> list[Any]:

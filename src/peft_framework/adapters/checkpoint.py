@@ -22,6 +22,7 @@ from torch import nn
 
 from peft_framework.adapters import registry
 from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME, AdapterMethod
+from peft_framework.adapters.state_dict import check_state_dict
 from peft_framework.config.schema import AdapterConfigBase
 from peft_framework.errors import AdapterError, ConfigError
 
@@ -71,6 +72,7 @@ def save_adapter(
             base_model_name_or_path=base_model_name_or_path,
             task_type=peft_task_type(task_type),
             model=model,
+            adapter_name=adapter_name,
         )
     )
     if method.peft_type is not None:
@@ -105,8 +107,7 @@ def _check_tensors(method: AdapterMethod, state: dict[str, torch.Tensor], adapte
         raise AdapterError(f"refusing to save adapter {adapter_name!r}: it has no tensors")
     empty = sorted(k for k, v in state.items() if v.numel() == 0)
     # a type may legitimately write some 0-row tensors (AdaLoRA: a module pruned to rank 0), never only those
-    may_be_empty = getattr(method, "may_save_empty_tensors", False)
-    if empty and (not may_be_empty or len(empty) == len(state)):
+    if empty and (not method.may_save_empty_tensors or len(empty) == len(state)):
         raise AdapterError(
             f"refusing to save adapter {adapter_name!r}: empty tensors {empty[:5]} (sharded parameters, e.g. "
             f"DeepSpeed ZeRO-3, must be gathered before saving)"
@@ -116,10 +117,7 @@ def _check_tensors(method: AdapterMethod, state: dict[str, torch.Tensor], adapte
     )
     if not_finite:
         raise AdapterError(f"refusing to save adapter {adapter_name!r}: NaN/inf in {not_finite[:5]}")
-    # type-specific checks (e.g. LoRA: A can never be all zero); optional on AdapterMethod, like the flag above
-    validate = getattr(method, "validate_for_save", None)
-    if validate is not None:
-        validate(state)
+    method.validate_for_save(state)  # type-specific checks (e.g. LoRA: A can never be all zero)
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -193,20 +191,7 @@ def load_adapter(
         raise AdapterError(f"{weights}: not a readable safetensors file ({exc})") from exc
     method.inject(model, config, adapter_name)
     expected = method.adapter_state_dict(model, adapter_name)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise AdapterError(
-            f"{weights} does not match the {method.name!r} adapter built from its config",
-            [f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in unexpected],
-        )
-    wrong_shape = [
-        f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if state[k].shape != v.shape
-    ]
-    if wrong_shape:
-        raise AdapterError(f"{weights}: tensor shapes do not match the model", wrong_shape)
+    check_state_dict(expected, state, str(weights), f"the {method.name!r} adapter built from its config")
     method.load_adapter_state_dict(model, state, adapter_name)
     if not is_trainable:
         for param in model.parameters():

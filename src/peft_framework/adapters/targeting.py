@@ -8,15 +8,15 @@ layer (nn.Linear or GPT-2's Conv1D) except the output head.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from peft_framework.adapters.layer import BASE_LAYER_KINDS, AdapterLayer
 from peft_framework.errors import AdapterError
 
 ALL_LINEAR = "all-linear"
-LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
+LINEAR_TYPES = BASE_LAYER_KINDS
 # Heads never adapted by 'all-linear' (peft excludes the output embedding the same way).
 _HEAD_NAMES = {"lm_head", "score", "classifier", "cls", "qa_outputs", "pooler"}
 
@@ -78,6 +78,60 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def freeze_all_but(model: nn.Module, is_trainable: Callable[[str], bool]) -> None:
-    for name, param in model.named_parameters():
-        param.requires_grad = is_trainable(name)
+def inside(path: str, parents: list[str]) -> bool:
+    return any(path.startswith(parent + ".") for parent in parents)
+
+
+def wrapper_paths(model: nn.Module) -> list[str]:
+    """Paths of the adapter wrappers (of any type) in `model`."""
+    return [p for p, m in model.named_modules() if isinstance(m, AdapterLayer)]
+
+
+def base_module_paths(model: nn.Module) -> list[str]:
+    """Module paths as the base model had them: wrappers stand for the module they wrap."""
+    wrappers = wrapper_paths(model)
+    return [p for p, _ in model.named_modules() if p and not inside(p, wrappers)]
+
+
+def resolve_targets(
+    model: nn.Module,
+    target_modules: str | list[str],
+    exclude_modules: str | list[str] | None,
+    layer_class: type[nn.Module],
+) -> list[str]:
+    """`find_targets` on the base model as it was: a layer already wrapped by `layer_class` (an earlier
+    adapter of the same type) is found again, modules inside any wrapper never are."""
+    wrappers = wrapper_paths(model)
+    paths = find_targets(model, target_modules, exclude_modules, allowed_types=(*LINEAR_TYPES, layer_class))
+    paths = [p for p in paths if not inside(p, wrappers)]
+    if not paths:  # only adapter internals matched (e.g. 'lora_A')
+        raise AdapterError(
+            f"adapter.target_modules: {target_modules!r} matches only adapter-internal modules; "
+            f"allowed: names or patterns of the base model's linear layers"
+        )
+    return paths
+
+
+def saved_target_modules(
+    model: nn.Module,
+    targets: list[str],
+    exclude_modules: str | list[str] | None,
+    candidates: list[str | list[str]],
+) -> str | list[str]:
+    """What to write as peft's `target_modules` so that peft selects exactly `targets` on the base model:
+    the first of `candidates` (e.g. the user's regex) that does, else the short names (['q_proj', ...]),
+    else the full paths."""
+    view = base_module_paths(model)
+
+    def reproduces(pattern: str | list[str]) -> bool:
+        chosen = {
+            p
+            for p in view
+            if name_matches(p, pattern) and not (exclude_modules and name_matches(p, exclude_modules))
+        }
+        return chosen == set(targets)
+
+    for pattern in [*candidates, short_names(targets)]:
+        if pattern != ALL_LINEAR and reproduces(pattern):
+            return pattern
+    return sorted(targets)

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import Trainer
 
 from peft_framework.adapters.base import AdapterMethod
+from peft_framework.adapters.state_dict import check_state_dict
 from peft_framework.errors import AdapterError, StageFailed
 from peft_framework.training.checkpoints import CALLBACK_STATE_DIR, TRAINABLE_WEIGHTS
 from peft_framework.training.kbit import allow_quantized_training
@@ -128,17 +129,10 @@ class AdapterTrainer(Trainer):
             raise AdapterError(f"{checkpoint}: no {TRAINABLE_WEIGHTS}; not a checkpoint of this framework")
         state = load_file(str(path), device="cpu")
         params = self._trainable(model)
-        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-        if missing or unexpected:
-            raise AdapterError(
-                f"{path} does not fit the model's trainable parameters (another adapter config?)",
-                [f"missing: {k}" for k in missing[:10]] + [f"unexpected: {k}" for k in unexpected[:10]],
-            )
+        check_state_dict(
+            params, state, str(path), "the model's trainable parameters (another adapter config?)"
+        )
         for name, param in params.items():
-            if state[name].shape != param.shape:
-                raise AdapterError(
-                    f"{path}: {name} has shape {tuple(state[name].shape)}, the model {tuple(param.shape)}"
-                )
             param.copy_(state[name])
 
     def _load_callback_states(self, checkpoint: str | os.PathLike[str]) -> None:

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from peft_framework.adapters.adalora import model as ada_model
 from peft_framework.adapters.adalora.layer import SVDLinear
+from peft_framework.adapters.adalora.method import AdaLoraMethod
 
 _KINDS = ("lora_A", "lora_E", "lora_B")
 
@@ -33,12 +33,12 @@ class RankAllocator:
     def __init__(self, model: nn.Module, adapter_name: str, total_step: int) -> None:
         self.model = model
         self.adapter_name = adapter_name
-        self.record = ada_model.record(model, adapter_name)
+        self.record = AdaLoraMethod().record(model, adapter_name)
         cfg = self.record.config
         self.beta1, self.beta2 = cfg.beta1, cfg.beta2
         self.tinit, self.tfinal, self.deltaT = cfg.tinit, cfg.tfinal, cfg.deltaT
         self.total_step = total_step
-        self.layers: dict[str, SVDLinear] = ada_model.layers(model, adapter_name)
+        self.layers: dict[str, SVDLinear] = AdaLoraMethod().layers(model, adapter_name)
         self.init_bgt = sum(layer.r[adapter_name] for layer in self.layers.values())
         self.target_bgt = cfg.target_r * len(self.layers)
         self.reset_ipt()

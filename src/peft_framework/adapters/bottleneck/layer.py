@@ -17,15 +17,15 @@ With no active adapter the wrapped sublayer runs exactly as before.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
+from peft_framework.adapters.layer import AdapterLayer, adapter_factory
 from peft_framework.errors import AdapterError
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _INPUT_KWARGS = ("hidden_states", "x", "input", "inputs")
 
 Kind = Literal["output", "post_ln"]
@@ -69,43 +69,30 @@ class BottleneckAdapter(nn.Module):
         return f"scaling={self.scaling}"
 
 
-class BottleneckSublayer(nn.Module):
+class BottleneckSublayer(AdapterLayer):
     """A transformer sublayer plus named bottleneck adapters (at most one active)."""
 
+    adapter_dict: ClassVar[str] = "bottleneck"
+    delegate_attributes: ClassVar[bool] = True  # the block reads layer_idx, config, ... of its sublayers
+
     def __init__(self, base_layer: nn.Module, kind: Kind, hidden_size: int) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer)
         self.kind = kind
         self.hidden_size = hidden_size
         self.bottleneck = nn.ModuleDict()
         self.mode: dict[str, str] = {}
         self.residual: dict[str, bool] = {}
-        self.active_adapter: str | None = None
 
     def add_adapter(
         self, name: str, bottleneck_size: int, non_linearity: str, scaling: float, mode: str, residual: bool
     ) -> None:
-        if name in self.bottleneck:
-            raise AdapterError(f"an adapter named {name!r} already exists on this sublayer")
-        ref = next(self.base_layer.parameters(), None)
-        dtype = device = None
-        if ref is not None:
-            dtype = torch.float32 if ref.dtype in _LOW_PRECISION else ref.dtype
-            device = ref.device
+        self.check_new(name)
+        factory = adapter_factory(next(self.base_layer.parameters(), None))
         self.bottleneck[name] = BottleneckAdapter(
-            self.hidden_size, bottleneck_size, non_linearity, scaling, dtype=dtype, device=device
+            self.hidden_size, bottleneck_size, non_linearity, scaling, **factory
         )
         self.mode[name] = mode
         self.residual[name] = residual
-
-    def delete_adapter(self, name: str) -> None:
-        del self.bottleneck[name]
-        del self.mode[name], self.residual[name]
-        if self.active_adapter == name:
-            self.active_adapter = None
-
-    def set_adapter(self, name: str | None) -> None:
-        self.active_adapter = name if name in self.bottleneck else None
 
     # --- forward ----------------------------------------------------------------------------------
     def _adapt(self, name: str, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -132,15 +119,6 @@ class BottleneckSublayer(nn.Module):
         if isinstance(out, tuple):
             return (self._adapt(name, out[0], x), *out[1:])
         return self._adapt(name, out, x)
-
-    def __getattr__(self, name: str) -> Any:
-        # registered submodules/params first, then the wrapped sublayer's attributes (layer_idx, config, ...)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_layer" or "_modules" not in self.__dict__ or "base_layer" not in self._modules:
-                raise
-            return getattr(self._modules["base_layer"], name)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, modes={self.mode}, active={self.active_adapter}"

@@ -4,68 +4,39 @@ its input.
     ordinary:      y = base(x) * l          l: (out, 1), saved as `ia3_l`
     feed-forward:  y = base(x * l)          l: (1, in)
 
-Attribute names, shapes and the order of operations are HuggingFace peft's (`ia3.Linear`). GPT-2's Conv1D
-(weight stored (in, out)) is wrapped too; only merging has to transpose the vector.
+Attribute names, shapes and the order of operations are HuggingFace peft's (`ia3.Linear`). On GPT-2's
+Conv1D only merging has to transpose the vector.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from peft_framework.adapters import base_layers
-from peft_framework.errors import AdapterError
+from peft_framework.adapters.layer import LinearAdapterLayer
 
 UNMERGE_EPS = 1e-8
 
 
-class IA3Linear(nn.Module):
+class IA3Linear(LinearAdapterLayer):
+    adapter_dict: ClassVar[str] = "ia3_l"
+
     def __init__(self, base_layer: nn.Module) -> None:
-        super().__init__()
-        info = base_layers.describe(base_layer, "IA3Linear")
-        self.base_layer = base_layer
-        self.fan_in_fan_out = info.fan_in_fan_out
-        self.in_features, self.out_features = info.in_features, info.out_features
+        super().__init__(base_layer)
         self.ia3_l = nn.ParameterDict()
         self.is_feedforward: dict[str, bool] = {}
-        self.active_adapter: str | None = None
-        self.merged_adapters: list[str] = []
-        self._weight_backup: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
-
-    # --- adapters ---------------------------------------------------------------------------------
     def add_adapter(self, name: str, is_feedforward: bool, init_ones: bool = True) -> None:
-        if name in self.ia3_l:
-            raise AdapterError(f"an adapter named {name!r} already exists on this layer")
-        info = base_layers.describe(self.base_layer, "IA3Linear")
+        self.check_new(name)
         shape = (1, self.in_features) if is_feedforward else (self.out_features, 1)
-        vector = torch.randn(shape, device=info.device, dtype=info.adapter_dtype)
+        vector = torch.randn(shape, **self.factory())
         if init_ones:
             nn.init.constant_(vector, 1.0)
         self.ia3_l[name] = nn.Parameter(vector)
         self.is_feedforward[name] = is_feedforward
 
-    def delete_adapter(self, name: str) -> None:
-        if name in self.merged_adapters:
-            raise AdapterError(f"adapter {name!r} is merged; unmerge it before deleting it")
-        del self.ia3_l[name]
-        del self.is_feedforward[name]
-        if self.active_adapter == name:
-            self.active_adapter = None
-
-    def set_adapter(self, name: str | None) -> None:
-        self.active_adapter = name if name in self.ia3_l else None
-
-    # --- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         name = self.active_adapter
         if name is None or name in self.merged_adapters:
@@ -73,60 +44,34 @@ class IA3Linear(nn.Module):
         vector = self.ia3_l[name]
         scaling = vector.flatten()
         if self.is_feedforward[name]:
-            previous_dtype = x.dtype
-            interm = (x.to(vector.dtype) * scaling).to(previous_dtype)
+            interm = (x.to(vector.dtype) * scaling).to(x.dtype)
             return self.base_layer(interm, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         return (result * scaling).to(result.dtype)
 
-    # --- merge --------------------------------------------------------------------------------------
+    # --- merge: W ⊙ l (and the bias, for output-side vectors); unmerge divides it back out, as peft -----
     def _weight_factor(self, name: str) -> torch.Tensor:
         """The vector shaped to broadcast over the stored weight ((out, in), or (in, out) for Conv1D)."""
         vector = self.ia3_l[name].detach()
         return vector.T if self.fan_in_fan_out else vector
 
-    @torch.no_grad()
-    def merge(self, name: str, exact: bool = False) -> None:
-        """W ⊙ l (and the bias, for output-side vectors). exact=True keeps the old weights for unmerge."""
-        if name not in self.ia3_l:
-            return
-        if name in self.merged_adapters:
-            raise AdapterError(f"adapter {name!r} is already merged")
-        base_layers.check_mergeable(self.base_layer, name)
-        base = self.base_layer
-        if exact:
-            self._weight_backup[name] = (
-                base.weight.detach().clone(),
-                None if base.bias is None else base.bias.detach().clone(),
-            )
-        base.weight.copy_(torch.mul(base.weight, self._weight_factor(name)).to(base.weight.dtype))
-        if not self.is_feedforward[name] and base.bias is not None:
-            base.bias.copy_(
-                torch.mul(base.bias, self.ia3_l[name].detach().reshape(base.bias.shape)).to(base.bias.dtype)
-            )
-        self.merged_adapters.append(name)
+    def _bias_factor(self, name: str) -> torch.Tensor | None:
+        bias = self.bias
+        if self.is_feedforward[name] or bias is None:
+            return None
+        return self.ia3_l[name].detach().reshape(bias.shape)
 
-    @torch.no_grad()
-    def unmerge(self, name: str) -> None:
-        """Divide the vector back out (as peft; inexact where l is near 0) or restore the exact backup."""
-        if name not in self.merged_adapters:
-            return
-        base = self.base_layer
-        backup = self._weight_backup.pop(name, None)
-        if backup is not None:
-            base.weight.copy_(backup[0])
-            if backup[1] is not None:
-                base.bias.copy_(backup[1])
-        else:
-            base.weight.copy_(
-                torch.div(base.weight, self._weight_factor(name) + UNMERGE_EPS).to(base.weight.dtype)
-            )
-            if not self.is_feedforward[name] and base.bias is not None:
-                factor = self.ia3_l[name].detach().reshape(base.bias.shape) + UNMERGE_EPS
-                base.bias.copy_(torch.div(base.bias, factor).to(base.bias.dtype))
-        self.merged_adapters.remove(name)
+    def merge_into_base(self, name: str) -> None:
+        weight, bias = self.weight, self.bias
+        weight.copy_(torch.mul(weight, self._weight_factor(name)).to(weight.dtype))
+        factor = self._bias_factor(name)
+        if factor is not None:
+            bias.copy_(torch.mul(bias, factor).to(bias.dtype))
 
-    def extra_repr(self) -> str:
-        kind = "Conv1D" if self.fan_in_fan_out else "Linear"
-        sides = {n: ("input" if ff else "output") for n, ff in self.is_feedforward.items()}
-        return f"{kind}({self.in_features} -> {self.out_features}), adapters={sides}, active={self.active_adapter}"
+    def unmerge_from_base(self, name: str) -> None:
+        """Inexact where l is near 0; merge(..., exact=True) keeps the old weights instead."""
+        weight, bias = self.weight, self.bias
+        weight.copy_(torch.div(weight, self._weight_factor(name) + UNMERGE_EPS).to(weight.dtype))
+        factor = self._bias_factor(name)
+        if factor is not None:
+            bias.copy_(torch.div(bias, factor + UNMERGE_EPS).to(bias.dtype))

@@ -23,40 +23,35 @@ node, and (T tokens, r the rank):
 Measured and dropped (bench/README.md): the merged weight in the training forward (h is needed for dB
 anyway) and for the input gradient (dx = g (W + s·BA)): both slower than the in-place updates here.
 
-`OPTIONS` switches each optimisation off for comparisons: env `PEFT_FRAMEWORK_LORA_FAST=0` (the whole
-fused path: every layer then runs the reference path), `PEFT_FRAMEWORK_LORA_MERGED_FORWARD=0`, or
-`configure(...)` at run time.
+`eligible` is the one place that decides which calls of `LoraLinear.forward` come here; `lora_linear`
+runs them. For comparisons (bench/, tests) `configure(fused=False)` sends every call to the reference
+path and `configure(merged_forward=False)` turns off the merged inference forward; both are on by
+default, and nothing else (no environment variable) changes them.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn.modules import module as _module_mod
 from transformers.pytorch_utils import Conv1D
 
+if TYPE_CHECKING:
+    from peft_framework.adapters.lora.layer import LoraLinear
 
-def _env_flag(name: str, default: bool = True) -> bool:
-    value = os.environ.get(name)
-    return default if value is None else value.strip().lower() not in {"0", "false", "no", "off", ""}
-
-
-#: The switches, read once from the environment; change them with `configure` (the benchmark does, to
-#: measure each optimisation against the path without it).
-OPTIONS: dict[str, bool] = {
-    "fused": _env_flag("PEFT_FRAMEWORK_LORA_FAST"),
-    "merged_forward": _env_flag("PEFT_FRAMEWORK_LORA_MERGED_FORWARD"),
-}
+#: The switches, all on; change them with `configure` only (bench/ and tests do, to measure or check
+#: each optimisation against the path without it).
+OPTIONS: dict[str, bool] = {"fused": True, "merged_forward": True}
 _MERGE_DTYPES = (torch.float32, torch.float64)
 _FAST_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _FAST_BASE_TYPES = (nn.Linear, Conv1D)
 
 
 def configure(**switches: bool) -> dict[str, bool]:
-    """Set some of OPTIONS (e.g. `configure(fused=False)`); returns the previous values of all."""
+    """Set some of OPTIONS (e.g. `configure(fused=False)`); returns the previous values of all, so that
+    `configure(**previous)` restores them."""
     unknown = sorted(set(switches) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown fast-path switches {unknown}; allowed: {sorted(OPTIONS)}")
@@ -73,23 +68,43 @@ def has_hooks(*modules: nn.Module) -> bool:
     )
 
 
-def fast_path_applies(base: nn.Module, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> bool:
-    """The fused path computes the reference formula only when the base layer is a plain Linear/Conv1D
-    run without hooks, and input, base weight and adapter share one dtype and device (mixed precision
-    and autocast keep peft's cast-and-round order on the reference path)."""
+def eligible(layer: LoraLinear, name: str, x: torch.Tensor) -> bool:
+    """Whether the fused path computes exactly what the reference formula would for this call: a plain
+    Linear/Conv1D base, input, base weight and adapter in one dtype and on one device (mixed precision
+    and autocast keep peft's cast-and-round order on the reference path), plain dropout, and no hook on
+    any module the fused path would bypass."""
+    base, dropout = layer.base_layer, layer.lora_dropout[name]
+    a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
     weight = base.weight
     return (
         OPTIONS["fused"]
         and type(base) in _FAST_BASE_TYPES
         and x.dtype in _FAST_DTYPES
-        and x.dtype == weight.dtype == lora_a.dtype == lora_b.dtype
+        and x.dtype == weight.dtype == a.dtype == b.dtype
         and (base.bias is None or base.bias.dtype == x.dtype)
-        and x.device == weight.device == lora_a.device
+        and x.device == weight.device == a.device
         and x.dim() >= 1
-        and not has_hooks(base)
+        and type(dropout) in (nn.Dropout, nn.Identity)
+        and (torch.is_grad_enabled() or not _dropout_active(dropout))
+        and not has_hooks(base, layer.lora_A[name], layer.lora_B[name], dropout)
         and not (_module_mod._global_forward_hooks or _module_mod._global_forward_pre_hooks)
         and not torch.is_autocast_enabled(x.device.type)
     )
+
+
+def _dropout_active(dropout: nn.Module) -> bool:
+    return isinstance(dropout, nn.Dropout) and dropout.training and dropout.p > 0
+
+
+def lora_linear(layer: LoraLinear, name: str, x: torch.Tensor) -> torch.Tensor:
+    """`layer`'s forward through adapter `name` on the fused path (call only when `eligible`)."""
+    base, dropout = layer.base_layer, layer.lora_dropout[name]
+    a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+    scaling, fan = layer.scaling[name], layer.fan_in_fan_out
+    if torch.is_grad_enabled():
+        x_branch = dropout(x) if _dropout_active(dropout) else None
+        return LoraLinearFunction.apply(x, x_branch, base.weight, base.bias, a, b, scaling, fan)
+    return lora_linear_inference(x, base.weight, base.bias, a, b, scaling, fan)
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -15,20 +15,15 @@ Any other layout is refused with an AdapterError naming the model class and thes
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from torch import nn
 
 from peft_framework.adapters.bottleneck.config import BottleneckConfig
 from peft_framework.adapters.bottleneck.layer import BottleneckSublayer, Kind
-from peft_framework.adapters.lora.layer import ModulesToSave
-from peft_framework.adapters.lora.model import effective_modules_to_save, resolve_modules_to_save
-from peft_framework.adapters.model_state import adapter_state, find_record
-from peft_framework.adapters.targeting import replace_module
 from peft_framework.errors import AdapterError
 
-STATE_ATTR = "_peft_framework_bottleneck"
 Position = Literal["attention", "ffn"]
 POSITIONS: dict[str, tuple[Position, ...]] = {"houlsby": ("attention", "ffn"), "pfeiffer": ("ffn",)}
 SUPPORTED_LAYOUTS = (
@@ -43,31 +38,6 @@ class Placement:
     block: int
     position: Position
     kind: Kind
-
-
-@dataclass
-class BottleneckRecord:
-    config: BottleneckConfig
-    placements: list[Placement]
-    hidden_size: int
-    bottleneck_size: int
-    saved_modules: list[str] = field(default_factory=list)
-
-
-def _state(model: nn.Module) -> dict:
-    return adapter_state(model, STATE_ATTR)
-
-
-def records(model: nn.Module) -> dict[str, BottleneckRecord]:
-    return _state(model)["adapters"]
-
-
-def record(model: nn.Module, adapter_name: str) -> BottleneckRecord:
-    return find_record(records(model), adapter_name, "bottleneck")
-
-
-def active_adapter(model: nn.Module) -> str | None:
-    return _state(model)["active"]
 
 
 # ------------------------------------------------------------------------------------------ layouts
@@ -155,82 +125,3 @@ def placements(model: nn.Module, config: BottleneckConfig) -> list[Placement]:
 
 def bottleneck_size(hidden_size: int, reduction_factor: float) -> int:
     return max(1, int(hidden_size // reduction_factor))
-
-
-# ----------------------------------------------------------------------------------------- injection
-def inject(model: nn.Module, config: BottleneckConfig, adapter_name: str) -> BottleneckRecord:
-    adapters = records(model)
-    if adapter_name in adapters:
-        raise AdapterError(f"adapter name {adapter_name!r} is already used on this model; pick another name")
-    places = placements(model, config)
-    hidden = hidden_size_of(model)
-    width = bottleneck_size(hidden, config.reduction_factor)
-    saved = resolve_modules_to_save(model, effective_modules_to_save(model, config), [p.path for p in places])
-    for place in places:
-        module = model.get_submodule(place.path)
-        if not isinstance(module, BottleneckSublayer):
-            module = BottleneckSublayer(module, place.kind, hidden)
-            replace_module(model, place.path, module)
-        module.add_adapter(
-            adapter_name,
-            width,
-            config.resolved_non_linearity,
-            config.resolved_scaling,
-            config.mode,
-            config.residual,
-        )
-    for path in saved:
-        module = model.get_submodule(path)
-        if not isinstance(module, ModulesToSave):
-            module = ModulesToSave(module)
-            replace_module(model, path, module)
-        module.add_adapter(adapter_name)
-    rec = BottleneckRecord(config, places, hidden, width, saved)
-    adapters[adapter_name] = rec
-    set_active(model, adapter_name)
-    mark_trainable(model, adapter_name)
-    return rec
-
-
-def set_active(model: nn.Module, adapter_name: str | None) -> None:
-    adapters = records(model)
-    if adapter_name is not None and adapter_name not in adapters:
-        raise AdapterError(
-            f"no bottleneck adapter named {adapter_name!r} on this model; allowed: {sorted(adapters)} or None"
-        )
-    for module in model.modules():
-        if isinstance(module, (BottleneckSublayer, ModulesToSave)):
-            module.set_adapter(adapter_name)
-    _state(model)["active"] = adapter_name
-
-
-def mark_trainable(model: nn.Module, adapter_name: str) -> None:
-    keep = {id(t) for t in adapter_tensors(model, adapter_name).values()}
-    for param in model.parameters():
-        param.requires_grad = id(param) in keep
-
-
-def adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]:
-    """On-disk keys: '<sublayer path>.bottleneck.{down,up}.{weight,bias}' and modules_to_save parameters
-    under their base-model names (the adapter name is never part of a key)."""
-    rec = record(model, adapter_name)
-    out: dict[str, nn.Parameter] = {}
-    for place in rec.placements:
-        adapter = model.get_submodule(place.path).bottleneck[adapter_name]
-        for name, param in adapter.named_parameters():
-            out[f"{place.path}.bottleneck.{name}"] = param
-    for path in rec.saved_modules:
-        for name, param in model.get_submodule(path).modules_to_save[adapter_name].named_parameters():
-            out[f"{path}.{name}"] = param
-    return out
-
-
-def unload(model: nn.Module) -> nn.Module:
-    """Put the original sublayers (and original modules_to_save modules) back."""
-    for path, module in list(model.named_modules()):
-        if isinstance(module, BottleneckSublayer):
-            replace_module(model, path, module.base_layer)
-        elif isinstance(module, ModulesToSave):
-            replace_module(model, path, module.original_module)
-    model.__dict__.pop(STATE_ATTR, None)
-    return model
