@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -203,3 +204,14 @@ def test_our_lora_equals_peft_on_a_4bit_base_on_cuda() -> None:
     with torch.no_grad():
         mine, theirs = ours(ids).logits.float(), reference(ids).logits.float()
     assert torch.allclose(mine, theirs, atol=1e-2, rtol=0), float((mine - theirs).abs().max())
+
+
+def test_missing_bitsandbytes_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from peft_framework.errors import ConfigError
+    from peft_framework.models.quantization import bnb_config
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
+    with pytest.raises(
+        ConfigError, match=r"model.quantization.bits: 4 needs bitsandbytes.*peft-framework\[quant\]"
+    ):
+        bnb_config(FOUR_BIT)
