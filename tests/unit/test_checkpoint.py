@@ -18,16 +18,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
     LlamaConfig,
-    LlamaForCausalLM,
     LlamaForSequenceClassification,
 )
 
 from peft_framework.adapters import get_adapter, load_adapter, save_adapter
 from peft_framework.adapters.lora import LoraConfig, LoraLinear
 from peft_framework.errors import AdapterError
+from tiny_models import base as tiny_base
+from tiny_models import logits, randomize_trainables
 
 TOL = 1e-5
 
@@ -44,48 +43,8 @@ def _one_thread():
 LLAMA_NAME = "tiny-llama-from-config"
 
 
-def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def _tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2
-    )
-    return GPT2LMHeadModel(cfg).eval()
-
-
-_BASES = {"llama": _tiny_llama(), "gpt2": _tiny_gpt2()}
-
-
 def base(kind: str = "llama") -> torch.nn.Module:
-    return copy.deepcopy(_BASES[kind])
-
-
-@torch.no_grad()
-def logits(model: torch.nn.Module) -> torch.Tensor:
-    x = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(1))
-    return model(input_ids=x).logits
-
-
-@torch.no_grad()
-def randomize_trainables(model: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for _, param in sorted(model.named_parameters()):
-        if param.requires_grad:
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+    return tiny_base(kind, **({"hidden": 64} if kind == "llama" else {}))
 
 
 def trained(kind: str, cfg: LoraConfig, name: str = "default") -> torch.nn.Module:

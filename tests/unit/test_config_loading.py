@@ -59,9 +59,7 @@ class ToyMethod(AdapterMethod):
     def load_adapter_state_dict(self, model, state_dict, adapter_name="default"):  # pragma: no cover
         raise NotImplementedError
 
-    def saved_config(
-        self, config, *, base_model_name_or_path, task_type, model, adapter_name="default"
-    ):  # pragma: no cover
+    def saved_config(self, config, *, model, adapter_name="default"):  # pragma: no cover
         raise NotImplementedError
 
     def config_from_saved(self, saved):  # pragma: no cover

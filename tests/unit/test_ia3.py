@@ -4,7 +4,6 @@ both ways, merge/unmerge."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -17,60 +16,17 @@ import pytest
 import torch
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
 
+import tiny_models as tiny
 from peft_framework.adapters import get_adapter, load_adapter, registry, save_adapter
 from peft_framework.adapters.ia3 import IA3Config, IA3Linear, IA3Method
 from peft_framework.errors import AdapterError
+from tiny_models import base as tiny_base
+from tiny_models import logits, n_trainable
 
 TOL = 1e-5
 
 
-def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def _tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2
-    )
-    return GPT2LMHeadModel(cfg).eval()
-
-
-def _tiny_bert() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(cfg).eval()
-
-
-_BASES = {"llama": _tiny_llama(), "gpt2": _tiny_gpt2(), "bert": _tiny_bert()}
 TASKS = {"llama": "CAUSAL_LM", "gpt2": "CAUSAL_LM", "bert": "SEQ_CLS"}
 #: (our config, peft's IA3Config kwargs) - null targets mean the architecture's default on both sides
 CASES = {
@@ -97,25 +53,12 @@ CASES = {
 
 
 def base(kind: str) -> torch.nn.Module:
-    return copy.deepcopy(_BASES[kind])
+    return tiny_base(kind)
 
 
-@torch.no_grad()
-def logits(model: torch.nn.Module) -> torch.Tensor:
-    x = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(1))
-    return model(input_ids=x).logits
-
-
-def n_trainable(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-@torch.no_grad()
 def randomize_trainables(model: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for _, param in sorted(model.named_parameters()):
-        if param.requires_grad:
-            param.copy_(1.0 + torch.randn(param.shape, generator=gen) * 0.5)
+    """IA3 vectors scale: around 1, not 0."""
+    tiny.randomize_trainables(model, seed, center=1.0, std=0.5)
 
 
 def peft_model(case: str) -> peft.PeftModel:

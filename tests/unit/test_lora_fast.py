@@ -15,9 +15,9 @@ import pytest
 import torch
 from peft.utils import get_peft_model_state_dict
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
+import tiny_models as tiny
 from peft_framework.adapters.lora import LoraConfig, LoraLinear, LoraMethod, fast
 
 TOL = 1e-5
@@ -244,35 +244,11 @@ def test_configure_rejects_unknown_switches() -> None:
 
 # ------------------------------------------------------------------------------ whole models vs peft
 def tiny_llama() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg)
+    return tiny.tiny_llama().train()
 
 
 def tiny_gpt2() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        vocab_size=100,
-        n_positions=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,  # training mode without the model's own dropout
-    )
-    return GPT2LMHeadModel(cfg)
+    return tiny.tiny_gpt2(dropout=False).train()  # training mode without the model's own dropout
 
 
 @pytest.mark.parametrize(

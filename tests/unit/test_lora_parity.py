@@ -3,7 +3,6 @@ parameters, same initialisation; merge/unmerge, multi-adapter switching, weighte
 
 from __future__ import annotations
 
-import copy
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,11 +11,12 @@ import peft
 import pytest
 import torch
 from peft.utils import get_peft_model_state_dict
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from peft_framework.adapters import get_adapter
 from peft_framework.adapters.lora import LoraConfig, LoraLinear, LoraMethod, combine_adapters
 from peft_framework.errors import AdapterError
+from tiny_models import base as tiny_base
+from tiny_models import logits, n_trainable, randomize_trainables, tokens
 
 TOL = 1e-5
 
@@ -30,59 +30,11 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2
-    )
-    return GPT2LMHeadModel(cfg).eval()
-
-
-BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
-_base_cache: dict[str, torch.nn.Module] = {}
+SIZES = {"llama": {"hidden": 64}, "gpt2": {}}
 
 
 def base(kind: str) -> torch.nn.Module:
-    if kind not in _base_cache:
-        _base_cache[kind] = BUILDERS[kind]()
-    return copy.deepcopy(_base_cache[kind])
-
-
-def tokens(seed: int = 1) -> torch.Tensor:
-    return torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def logits(model: torch.nn.Module, x: torch.Tensor | None = None) -> torch.Tensor:
-    return model(input_ids=tokens() if x is None else x).logits
-
-
-def n_trainable(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-@torch.no_grad()
-def randomize_trainables(model: torch.nn.Module, seed: int = 0) -> None:
-    """Give every trainable tensor (B included, which starts at zero) random values, so outputs differ."""
-    gen = torch.Generator().manual_seed(seed)
-    for _, param in sorted(model.named_parameters()):
-        if param.requires_grad:
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+    return tiny_base(kind, **SIZES[kind])
 
 
 def peft_kwargs(cfg: LoraConfig) -> dict:

@@ -69,15 +69,11 @@ class AdapterMethod(ABC):
 
     @abstractmethod
     def saved_config(
-        self,
-        config: AdapterConfigBase,
-        *,
-        base_model_name_or_path: str | None,
-        task_type: str | None,
-        model: nn.Module,
-        adapter_name: str = DEFAULT_ADAPTER_NAME,
+        self, config: AdapterConfigBase, *, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME
     ) -> dict[str, Any]:
-        """The `adapter_config.json` content of adapter `adapter_name` (peft's keys only, for peft types)."""
+        """The type's keys of `adapter_config.json` for adapter `adapter_name` (peft's keys only, for peft
+        types); `save_adapter` adds the common ones (peft_type or peft_framework_type, task_type,
+        base_model_name_or_path, ...)."""
 
     @abstractmethod
     def config_from_saved(self, saved: dict[str, Any]) -> AdapterConfigBase:

@@ -66,18 +66,13 @@ def save_adapter(
         for k, v in method.adapter_state_dict(model, adapter_name).items()
     }
     _check_tensors(method, state, adapter_name)
-    saved = dict(
-        method.saved_config(
-            adapter_config,
-            base_model_name_or_path=base_model_name_or_path,
-            task_type=peft_task_type(task_type),
-            model=model,
-            adapter_name=adapter_name,
-        )
-    )
+    saved = {
+        **method.saved_config(adapter_config, model=model, adapter_name=adapter_name),
+        "task_type": peft_task_type(task_type),
+        "base_model_name_or_path": base_model_name_or_path,
+    }
     if method.peft_type is not None:
-        saved["peft_type"] = method.peft_type
-        saved["inference_mode"] = True
+        saved.update(peft_type=method.peft_type, revision=None, inference_mode=True)
         saved.pop(FRAMEWORK_TYPE_KEY, None)
     else:
         saved.pop("peft_type", None)

@@ -95,8 +95,9 @@ def adapter_factory(reference: torch.Tensor | None) -> dict[str, Any]:
 class AdapterLayer(nn.Module):
     """A base module plus named adapters; at most one active, merged ones folded into the base weights."""
 
-    #: the ModuleDict/ParameterDict attribute whose keys are the adapter names this layer holds
-    adapter_dict: ClassVar[str]
+    #: the per-adapter containers (attribute -> nn.ModuleDict or nn.ParameterDict) made for each layer;
+    #: the first one's keys are the names of the adapters the layer holds
+    adapter_containers: ClassVar[dict[str, type[nn.Module]]]
     #: the attribute holding the wrapped module (peft's names: 'base_layer', 'original_module')
     base_attr: ClassVar[str] = "base_layer"
     #: whether attributes this class lacks are read from the wrapped module (`layer_idx`, `config`, ...)
@@ -107,6 +108,8 @@ class AdapterLayer(nn.Module):
         self.active_adapter: str | None = None
         self.merged_adapters: list[str] = []
         setattr(self, self.base_attr, base)
+        for attr, container in self.adapter_containers.items():
+            setattr(self, attr, container())
 
     @property
     def base(self) -> nn.Module:
@@ -114,10 +117,10 @@ class AdapterLayer(nn.Module):
 
     @property
     def adapter_names(self) -> list[str]:
-        return list(self._modules[self.adapter_dict])
+        return list(self._modules[next(iter(self.adapter_containers))])
 
     def has_adapter(self, name: str | None) -> bool:
-        return name is not None and name in self._modules[self.adapter_dict]
+        return name is not None and name in self.adapter_names
 
     def set_adapter(self, name: str | None) -> None:
         """Activate `name`; a layer the adapter does not target runs its plain base."""
@@ -135,19 +138,15 @@ class AdapterLayer(nn.Module):
         try:  # registered submodules and parameters first (nn.Module's lookup)
             return super().__getattr__(name)
         except AttributeError:
-            own = (self.base_attr, self.adapter_dict)
-            if (
-                not self.delegate_attributes
-                or name in own
-                or self.base_attr not in self.__dict__.get("_modules", {})
-            ):
+            own = (self.base_attr, *self.adapter_containers)
+            if not self.delegate_attributes or name in own or self.base_attr not in self._modules:
                 raise
             return getattr(self.delegate(), name)
 
 
 class LinearAdapterLayer(AdapterLayer):
-    """Wrapper of a linear base layer (one of `BASE_LAYER_KINDS`). Types supply `add_adapter`, `forward`
-    and either `delta_weight` (an additive update) or their own `merge_into_base`/`unmerge_from_base`."""
+    """Wrapper of a linear base layer (one of `BASE_LAYER_KINDS`). Types supply `adapter_containers`,
+    `add_adapter`, `forward` and either `delta_weight` (an additive update) or their own `merge_into_base`/`unmerge_from_base`."""
 
     def __init__(self, base_layer: nn.Module) -> None:
         in_features, out_features, fan_in_fan_out = linear_features(base_layer)

@@ -7,7 +7,7 @@ A type subclasses `WrapperMethod` and supplies only what is its own:
 - `plan(model, config)`: which modules to wrap (an `AdapterRecord`; default: `adapter.target_modules`, or
   `default_targets` when null), and `add_to_layer`: what to add to each wrapper;
 - `layer_tensors(layer, adapter_name, record)`: the adapter's tensors in one wrapper, under their checkpoint names;
-- `saved_config` / `config_from_saved` (its json), and optionally training hooks.
+- `saved_fields` / `config_from_saved` (its json), `never_all_zero`, and optionally training hooks.
 
 Per-model bookkeeping (the adapters by name, which one is active) lives in a plain dict in the model's
 `__dict__` (`model._peft_framework_<name>`), so the model stays a normal transformers model with some
@@ -56,6 +56,9 @@ class WrapperMethod(AdapterMethod):
     layer_class: ClassVar[type[AdapterLayer]]
     #: prefix of every on-disk tensor name
     disk_prefix: ClassVar[str] = PEFT_PREFIX
+    #: name ending of saved tensors that are never all zero once initialised: all zero means sharded
+    #: parameters (DeepSpeed ZeRO-3) were saved without being gathered
+    never_all_zero: ClassVar[str | None] = None
 
     # --- what a type supplies ---------------------------------------------------------------------
     def default_targets(self, model: nn.Module) -> str | list[str]:
@@ -83,6 +86,10 @@ class WrapperMethod(AdapterMethod):
     def extra_tensors(self, model: nn.Module, record: Any) -> dict[str, nn.Parameter]:
         """Further trainable base parameters that belong to the adapter (LoRA's `bias`)."""
         return {}
+
+    def saved_fields(self, model: nn.Module, config: Any, record: Any) -> dict[str, Any]:
+        """The type's own keys of `adapter_config.json` (peft's names for peft types)."""
+        raise NotImplementedError
 
     # --- bookkeeping --------------------------------------------------------------------------------
     def _state(self, model: nn.Module) -> dict[str, Any]:
@@ -209,18 +216,52 @@ class WrapperMethod(AdapterMethod):
         for key, param in params.items():
             param.copy_(state_dict[key])
 
-    def peft_header(self, base_model_name_or_path: str | None, task_type: str | None) -> dict[str, Any]:
-        """The keys every peft `adapter_config.json` starts with."""
+    def validate_for_save(self, state_dict: dict[str, torch.Tensor]) -> None:
+        suffix = self.never_all_zero
+        keys = [k for k in state_dict if suffix and k.endswith(suffix) and state_dict[k].numel() > 0]
+        if keys and all(not bool(state_dict[k].any()) for k in keys):
+            raise AdapterError(
+                f"refusing to save {self.label} adapter: every {suffix.strip('.')} tensor is all zeros (never "
+                f"true once initialised: sharded parameters, e.g. DeepSpeed ZeRO-3, must be gathered before saving)"
+            )
+
+    def saved_config(
+        self, config: AdapterConfigBase, *, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME
+    ) -> dict[str, Any]:
+        config = self.check_config(config)
+        fields = self.saved_fields(model, config, self.record(model, adapter_name))
+        return {"modules_to_save": effective_modules_to_save(model, config), **fields}
+
+    def fields_from_saved(
+        self,
+        saved: dict[str, Any],
+        allowed: dict[str, tuple[Any, ...]],
+        required: tuple[str, ...],
+        *more: str,
+    ) -> dict[str, Any]:
+        """The config fields every peft type reads alike, after refusing what the type cannot compute:
+        keys of `allowed` with other values, `required` keys that are null, and `more` problems."""
+        problems = [
+            f"{key}={saved[key]!r} (allowed: {values[0]!r})"
+            for key, values in allowed.items()
+            if key in saved and saved[key] not in values
+        ]
+        problems += [
+            f"{k}=None (allowed: a list of module names or a regex)" for k in required if saved.get(k) is None
+        ]
+        if problems or more:
+            raise AdapterError(
+                f"adapter_config.json uses {self.label} features this framework does not support",
+                [*problems, *more],
+            )
         return {
-            "peft_type": self.peft_type,
-            "task_type": task_type,
-            "base_model_name_or_path": base_model_name_or_path,
-            "revision": None,
-            "inference_mode": True,
+            "target_modules": listify(saved["target_modules"]),
+            "exclude_modules": listify(saved.get("exclude_modules")),
+            "modules_to_save": saved.get("modules_to_save"),
         }
 
-    def fan_in_fan_out(self, model: nn.Module, adapter_name: str) -> bool:
-        return any(layer.fan_in_fan_out for layer in self.layers(model, adapter_name).values())
+    def fan_in_fan_out(self, model: nn.Module, record: AdapterRecord) -> bool:
+        return any(model.get_submodule(path).fan_in_fan_out for path in record.targets)
 
     def config_from_fields(self, fields: dict[str, Any]) -> AdapterConfigBase:
         """`config_class(**fields)` for a saved config; invalid values are an AdapterError naming each."""
@@ -285,12 +326,3 @@ def architecture_default(model: nn.Module, table: dict[str, Any], key: str, allo
 def listify(value: Any) -> Any:
     """peft writes sets as lists, in arbitrary order; keep strings (regexes) as they are."""
     return sorted(value) if isinstance(value, (list, tuple, set)) else value
-
-
-def unsupported(saved: dict[str, Any], allowed: dict[str, tuple[Any, ...]]) -> list[str]:
-    """Saved peft keys whose values change the maths in ways the type does not reproduce."""
-    return [
-        f"{key}={saved[key]!r} (allowed: {values[0]!r})"
-        for key, values in allowed.items()
-        if key in saved and saved[key] not in values
-    ]

@@ -20,13 +20,10 @@ SEQ_CLS_HEADS = ("classifier", "score")
 class ModulesToSave(AdapterLayer):
     """A module trained in full: one copy per adapter, the original kept untouched for the plain base."""
 
-    adapter_dict: ClassVar[str] = "modules_to_save"
+    adapter_containers: ClassVar[dict[str, type[nn.Module]]] = {"modules_to_save": nn.ModuleDict}
     base_attr: ClassVar[str] = "original_module"
     delegate_attributes: ClassVar[bool] = True
-
-    def __init__(self, original_module: nn.Module) -> None:
-        super().__init__(original_module)
-        self.modules_to_save = nn.ModuleDict()
+    modules_to_save: nn.ModuleDict
 
     def add_adapter(self, name: str) -> None:
         self.check_new(name)

@@ -55,12 +55,6 @@ def _discover() -> dict[str, AdapterSource]:
     return _sources
 
 
-def register(name: str, target: str, origin: str = "registered at runtime") -> None:
-    """Register a type from code (notebooks, tests) without an installed entry point."""
-    _discover()[name] = AdapterSource(name, target, origin)
-    _loaded.pop(name, None)
-
-
 def available() -> dict[str, AdapterSource]:
     return dict(sorted(_discover().items()))
 

@@ -25,11 +25,7 @@ class ScaleConfig(AdapterConfigBase):
 
 
 class ScaledLinear(LinearAdapterLayer):
-    adapter_dict: ClassVar[str] = "scale"
-
-    def __init__(self, base_layer: nn.Module) -> None:
-        super().__init__(base_layer)
-        self.scale = nn.ParameterDict()
+    adapter_containers: ClassVar[dict[str, type[nn.Module]]] = {"scale": nn.ParameterDict}
 
     def add_adapter(self, name: str, init_scale: float) -> None:
         self.check_new(name)
@@ -43,11 +39,9 @@ class ScaledLinear(LinearAdapterLayer):
 
 
 class ScaleMethod(WrapperMethod):
-    name: ClassVar[str] = "scale"
-    label: ClassVar[str] = "scale"
-    config_class: ClassVar[type[AdapterConfigBase]] = ScaleConfig
-    layer_class: ClassVar[type[ScaledLinear]] = ScaledLinear
-    description: ClassVar[str] = "per-output-channel scale on linear layers (example plug-in)"
+    name = label = "scale"
+    config_class, layer_class = ScaleConfig, ScaledLinear
+    description = "per-output-channel scale on linear layers (example plug-in)"
 
     def add_to_layer(self, layer: ScaledLinear, adapter_name: str, record: AdapterRecord, path: str) -> None:
         layer.add_adapter(adapter_name, record.config.init_scale)
@@ -55,22 +49,8 @@ class ScaleMethod(WrapperMethod):
     def layer_tensors(self, layer: ScaledLinear, adapter_name: str, record: AdapterRecord) -> dict[str, Any]:
         return {"scale": layer.scale[adapter_name]}
 
-    def saved_config(
-        self,
-        config: Any,
-        *,
-        base_model_name_or_path: Any,
-        task_type: Any,
-        model: nn.Module,
-        adapter_name: str,
-    ) -> dict[str, Any]:
-        return {
-            "peft_framework_type": self.name,
-            "base_model_name_or_path": base_model_name_or_path,
-            "task_type": task_type,
-            "target_modules": self.record(model, adapter_name).targets,
-            "init_scale": config.init_scale,
-        }
+    def saved_fields(self, model: nn.Module, config: ScaleConfig, record: AdapterRecord) -> dict[str, Any]:
+        return {"target_modules": record.targets, "init_scale": config.init_scale}
 
     def config_from_saved(self, saved: dict[str, Any]) -> AdapterConfigBase:
         return ScaleConfig(target_modules=saved["target_modules"], init_scale=saved.get("init_scale", 1.0))

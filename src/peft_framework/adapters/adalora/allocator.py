@@ -24,9 +24,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from peft_framework.adapters.adalora.layer import SVDLinear
-from peft_framework.adapters.adalora.method import AdaLoraMethod
-
-_KINDS = ("lora_A", "lora_E", "lora_B")
+from peft_framework.adapters.adalora.method import KINDS, AdaLoraMethod
 
 
 class RankAllocator:
@@ -50,7 +48,7 @@ class RankAllocator:
 
     def _params(self):
         for path, layer in self.layers.items():
-            for kind in _KINDS:
+            for kind in KINDS:
                 yield (path, kind), getattr(layer, kind)[self.adapter_name]
 
     # --- schedule ---------------------------------------------------------------------------------

@@ -24,14 +24,17 @@ RANKNUM_EPS = 1e-5
 class SVDLinear(LinearAdapterLayer):
     """`base_layer(x)` plus the active adapter's SVD-form update."""
 
-    adapter_dict: ClassVar[str] = "lora_A"
+    adapter_containers: ClassVar[dict[str, type[nn.Module]]] = {
+        **dict.fromkeys(("lora_A", "lora_E", "lora_B"), nn.ParameterDict),
+        "lora_dropout": nn.ModuleDict,
+    }
+    lora_A: nn.ParameterDict  # P (r, in)
+    lora_E: nn.ParameterDict  # Λ (r, 1)
+    lora_B: nn.ParameterDict  # Q (out, r)
+    lora_dropout: nn.ModuleDict
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
-        self.lora_A = nn.ParameterDict()
-        self.lora_E = nn.ParameterDict()
-        self.lora_B = nn.ParameterDict()
-        self.lora_dropout = nn.ModuleDict()
         self.r: dict[str, int] = {}
         self.ranknum: dict[str, float] = {}
         self.scaling: dict[str, float] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,14 +14,12 @@ from torch import nn
 from peft_framework.adapters.adalora.config import AdaLoraConfig
 from peft_framework.adapters.adalora.layer import SVDLinear
 from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME
+from peft_framework.adapters.lora.method import LORA_FAMILY_UNSUPPORTED
 from peft_framework.adapters.method import (
     AdapterRecord,
     WrapperMethod,
     architecture_default,
-    listify,
-    unsupported,
 )
-from peft_framework.adapters.modules_to_save import effective_modules_to_save
 from peft_framework.adapters.state_dict import check_state_dict
 from peft_framework.adapters.targeting import saved_target_modules
 from peft_framework.config.schema import AdapterConfigBase
@@ -30,21 +28,9 @@ from peft_framework.errors import AdapterError, ConfigError
 log = logging.getLogger(__name__)
 
 RANK_KEY_SUFFIX = ".lora_E"
-_KINDS = ("lora_A", "lora_E", "lora_B")
+KINDS = ("lora_A", "lora_E", "lora_B")
 
-# peft config keys whose non-default values change the maths in ways this implementation does not follow
-_UNSUPPORTED_UNLESS: dict[str, tuple[Any, ...]] = {
-    "use_dora": (False, None),
-    "bias": ("none", None),
-    "alpha_pattern": ({}, None),
-    "layers_to_transform": (None, []),
-    "lora_bias": (False, None),
-    "target_parameters": (None, []),
-    "trainable_token_indices": (None, {}, []),
-    "layer_replication": (None, []),
-    "use_qalora": (False, None),
-    "megatron_config": (None, {}),
-}
+_UNSUPPORTED_UNLESS = {**LORA_FAMILY_UNSUPPORTED, "bias": ("none", None)}
 
 #: peft's TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING (0.21), used when target_modules is null
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -89,18 +75,15 @@ def _number(value: float) -> float | int:
 
 
 class AdaLoraMethod(WrapperMethod):
-    name: ClassVar[str] = "adalora"
-    label: ClassVar[str] = "AdaLoRA"
-    config_class: ClassVar[type[AdapterConfigBase]] = AdaLoraConfig
-    layer_class: ClassVar[type[SVDLinear]] = SVDLinear
-    peft_type: ClassVar[str | None] = "ADALORA"
-    mergeable: ClassVar[bool] = True
-    quantized_bases: ClassVar[bool] = True  # wraps bitsandbytes 4-/8-bit linears (adapters/layer.py)
-    description: ClassVar[str] = (
+    name, label, peft_type = "adalora", "AdaLoRA", "ADALORA"
+    config_class, layer_class, mergeable = AdaLoraConfig, SVDLinear, True
+    quantized_bases = True  # wraps bitsandbytes 4-/8-bit linears (adapters/layer.py)
+    never_all_zero = ".lora_A"  # P starts random, Λ at zero
+    #: a module whose every rank was pruned saves 0-row tensors, exactly as peft does
+    may_save_empty_tensors = True
+    description = (
         "AdaLoRA: SVD-form low-rank updates, ranks pruned by importance during training (peft-compatible)"
     )
-    #: a module whose every rank was pruned saves 0-row tensors, exactly as peft does
-    may_save_empty_tensors: ClassVar[bool] = True
 
     def default_targets(self, model: nn.Module) -> list[str]:
         return architecture_default(
@@ -121,7 +104,7 @@ class AdaLoraMethod(WrapperMethod):
     def layer_tensors(
         self, layer: SVDLinear, adapter_name: str, record: AdaLoraRecord
     ) -> dict[str, nn.Parameter]:
-        return {kind: getattr(layer, kind)[adapter_name] for kind in _KINDS}
+        return {kind: getattr(layer, kind)[adapter_name] for kind in KINDS}
 
     # --- checkpoints --------------------------------------------------------------------------------
     def adapter_state_dict(
@@ -200,34 +183,10 @@ class AdaLoraMethod(WrapperMethod):
                 for path, layer in self.layers(model, adapter_name).items()
             }
 
-    def validate_for_save(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Refuse adapters that cannot come from a real AdaLoRA: P (lora_A) is never all zero after init."""
-        a_keys = [k for k in state_dict if k.endswith(".lora_A") and state_dict[k].numel() > 0]
-        if a_keys and all(not bool(state_dict[k].any()) for k in a_keys):
-            raise AdapterError(
-                "refusing to save AdaLoRA adapter: every lora_A matrix is all zeros (sharded parameters, e.g. "
-                "DeepSpeed ZeRO-3, must be gathered before saving)"
-            )
-
-    def saved_config(
-        self,
-        config: AdapterConfigBase,
-        *,
-        base_model_name_or_path: str | None,
-        task_type: str | None,
-        model: nn.Module,
-        adapter_name: str = DEFAULT_ADAPTER_NAME,
-    ) -> dict[str, Any]:
-        config = self.check_config(config)
-        rec: AdaLoraRecord = self.record(model, adapter_name)
+    def saved_fields(self, model: nn.Module, config: AdaLoraConfig, rec: AdaLoraRecord) -> dict[str, Any]:
         user = config.target_modules
         total_step = rec.total_step or config.total_step or (config.tinit + config.tfinal + 1)
         saved: dict[str, Any] = {
-            "peft_type": self.peft_type,
-            "task_type": task_type,
-            "base_model_name_or_path": base_model_name_or_path,
-            "revision": None,
-            "inference_mode": True,
             "r": 8,  # unused by AdaLoRA (peft warns when it is not its default 8)
             "lora_alpha": _number(config.alpha),
             "lora_dropout": config.dropout,
@@ -238,8 +197,7 @@ class AdaLoraMethod(WrapperMethod):
             "use_rslora": False,
             "use_dora": False,
             "init_lora_weights": True,
-            "modules_to_save": effective_modules_to_save(model, config),
-            "fan_in_fan_out": self.fan_in_fan_out(model, adapter_name),
+            "fan_in_fan_out": self.fan_in_fan_out(model, rec),
             "layers_to_transform": None,
             "layers_pattern": None,
             "alpha_pattern": {},
@@ -259,15 +217,9 @@ class AdaLoraMethod(WrapperMethod):
         return saved
 
     def config_from_saved(self, saved: dict[str, Any]) -> AdapterConfigBase:
-        problems = unsupported(saved, _UNSUPPORTED_UNLESS)
-        if saved.get("target_modules") is None:
-            problems.append("target_modules=None (allowed: a list of module names or a regex)")
-        if problems:
-            raise AdapterError(
-                "adapter_config.json uses AdaLoRA features this framework does not support", problems
-            )
         return self.config_from_fields(
             {
+                **self.fields_from_saved(saved, _UNSUPPORTED_UNLESS, ("target_modules",)),
                 "init_r": saved.get("init_r", 12),
                 "target_r": saved.get("target_r", 8),
                 "alpha": saved.get("lora_alpha", 8),
@@ -280,9 +232,6 @@ class AdaLoraMethod(WrapperMethod):
                 "orth_reg_weight": saved.get("orth_reg_weight", 0.5),
                 "total_step": saved.get("total_step"),
                 "rank_pattern": saved.get("rank_pattern") or None,
-                "target_modules": listify(saved["target_modules"]),
-                "exclude_modules": listify(saved.get("exclude_modules")),
-                "modules_to_save": saved.get("modules_to_save"),
             }
         )
 

@@ -72,14 +72,14 @@ class BottleneckAdapter(nn.Module):
 class BottleneckSublayer(AdapterLayer):
     """A transformer sublayer plus named bottleneck adapters (at most one active)."""
 
-    adapter_dict: ClassVar[str] = "bottleneck"
+    adapter_containers: ClassVar[dict[str, type[nn.Module]]] = {"bottleneck": nn.ModuleDict}
     delegate_attributes: ClassVar[bool] = True  # the block reads layer_idx, config, ... of its sublayers
+    bottleneck: nn.ModuleDict
 
     def __init__(self, base_layer: nn.Module, kind: Kind, hidden_size: int) -> None:
         super().__init__(base_layer)
         self.kind = kind
         self.hidden_size = hidden_size
-        self.bottleneck = nn.ModuleDict()
         self.mode: dict[str, str] = {}
         self.residual: dict[str, bool] = {}
 

@@ -4,9 +4,8 @@ framework's own format, `peft_framework_type: bottleneck`; see docs/bottleneck_f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
-import torch
 from torch import nn
 
 from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME
@@ -19,7 +18,6 @@ from peft_framework.adapters.bottleneck.placement import (
     placements,
 )
 from peft_framework.adapters.method import AdapterRecord, WrapperMethod
-from peft_framework.adapters.modules_to_save import effective_modules_to_save
 from peft_framework.config.schema import AdapterConfigBase
 from peft_framework.errors import AdapterError
 
@@ -35,16 +33,11 @@ class BottleneckRecord(AdapterRecord):
 
 
 class BottleneckMethod(WrapperMethod):
-    name: ClassVar[str] = "bottleneck"
-    label: ClassVar[str] = "bottleneck"
-    config_class: ClassVar[type[AdapterConfigBase]] = BottleneckConfig
-    layer_class: ClassVar[type[BottleneckSublayer]] = BottleneckSublayer
-    peft_type: ClassVar[str | None] = None
-    mergeable: ClassVar[bool] = False
-    disk_prefix: ClassVar[str] = ""  # keys are '<sublayer path>.bottleneck.{down,up}.{weight,bias}'
-    description: ClassVar[str] = (
-        "Bottleneck adapter layers (Houlsby/Pfeiffer, sequential or parallel); own checkpoint format, not mergeable"
-    )
+    name = label = "bottleneck"
+    config_class, layer_class = BottleneckConfig, BottleneckSublayer
+    disk_prefix = ""  # keys are '<sublayer path>.bottleneck.{down,up}.{weight,bias}'
+    never_all_zero = ".bottleneck.down.weight"  # up starts at zero, down random
+    description = "Bottleneck adapter layers (Houlsby/Pfeiffer, sequential or parallel); own checkpoint format, not mergeable"
 
     def plan(self, model: nn.Module, config: BottleneckConfig) -> BottleneckRecord:
         places = placements(model, config)
@@ -79,31 +72,11 @@ class BottleneckMethod(WrapperMethod):
     ) -> dict[str, nn.Parameter]:
         return {f"bottleneck.{n}": p for n, p in layer.bottleneck[adapter_name].named_parameters()}
 
-    def validate_for_save(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Refuse adapters whose down projections are all zero (never true after init: ZeRO-3 not gathered)."""
-        downs = [k for k in state_dict if k.endswith(".bottleneck.down.weight")]
-        if downs and all(not bool(state_dict[k].any()) for k in downs):
-            raise AdapterError(
-                "refusing to save bottleneck adapter: every down projection is all zeros (sharded parameters, "
-                "e.g. DeepSpeed ZeRO-3, must be gathered before saving)"
-            )
-
-    def saved_config(
-        self,
-        config: AdapterConfigBase,
-        *,
-        base_model_name_or_path: str | None,
-        task_type: str | None,
-        model: nn.Module,
-        adapter_name: str = DEFAULT_ADAPTER_NAME,
+    def saved_fields(
+        self, model: nn.Module, config: BottleneckConfig, rec: BottleneckRecord
     ) -> dict[str, Any]:
-        config = self.check_config(config)
-        rec: BottleneckRecord = self.record(model, adapter_name)
         return {
-            "peft_framework_type": self.name,
             "format_version": FORMAT_VERSION,
-            "task_type": task_type,
-            "base_model_name_or_path": base_model_name_or_path,
             "variant": config.variant,
             "mode": config.mode,
             "reduction_factor": config.reduction_factor,
@@ -111,7 +84,6 @@ class BottleneckMethod(WrapperMethod):
             "scaling": config.resolved_scaling,
             "residual": config.residual,
             "layers": config.layers,
-            "modules_to_save": effective_modules_to_save(model, config),
             "hidden_size": rec.hidden_size,
             "bottleneck_size": rec.bottleneck_size,
             "placements": {p.path: p.position for p in rec.placements},

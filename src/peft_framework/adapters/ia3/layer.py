@@ -21,11 +21,11 @@ UNMERGE_EPS = 1e-8
 
 
 class IA3Linear(LinearAdapterLayer):
-    adapter_dict: ClassVar[str] = "ia3_l"
+    adapter_containers: ClassVar[dict[str, type[nn.Module]]] = {"ia3_l": nn.ParameterDict}
+    ia3_l: nn.ParameterDict
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
-        self.ia3_l = nn.ParameterDict()
         self.is_feedforward: dict[str, bool] = {}
 
     def add_adapter(self, name: str, is_feedforward: bool, init_ones: bool = True) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import nn
 
-from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME
 from peft_framework.adapters.ia3.config import IA3Config
 from peft_framework.adapters.ia3.defaults import DEFAULT_FEEDFORWARD, DEFAULT_TARGETS
 from peft_framework.adapters.ia3.layer import IA3Linear
@@ -17,12 +16,9 @@ from peft_framework.adapters.method import (
     WrapperMethod,
     architecture_default,
     listify,
-    unsupported,
 )
-from peft_framework.adapters.modules_to_save import effective_modules_to_save
 from peft_framework.adapters.targeting import resolve_targets, saved_target_modules
 from peft_framework.config.schema import AdapterConfigBase
-from peft_framework.errors import AdapterError
 
 _UNSUPPORTED_UNLESS: dict[str, tuple[Any, ...]] = {"layers_to_transform": (None, [])}
 
@@ -42,16 +38,10 @@ def is_feedforward(path: str, feedforward_modules: str | list[str]) -> bool:
 
 
 class IA3Method(WrapperMethod):
-    name: ClassVar[str] = "ia3"
-    label: ClassVar[str] = "IA3"
-    config_class: ClassVar[type[AdapterConfigBase]] = IA3Config
-    layer_class: ClassVar[type[IA3Linear]] = IA3Linear
-    peft_type: ClassVar[str | None] = "IA3"
-    mergeable: ClassVar[bool] = True
-    quantized_bases: ClassVar[bool] = True  # wraps bitsandbytes 4-/8-bit linears (adapters/layer.py)
-    description: ClassVar[str] = (
-        "IA3: learned scaling of keys, values and feed-forward inputs (peft-compatible)"
-    )
+    name, label, peft_type = "ia3", "IA3", "IA3"
+    config_class, layer_class, mergeable = IA3Config, IA3Linear, True
+    quantized_bases = True  # wraps bitsandbytes 4-/8-bit linears (adapters/layer.py)
+    description = "IA3: learned scaling of keys, values and feed-forward inputs (peft-compatible)"
 
     def plan(self, model: nn.Module, config: IA3Config) -> IA3Record:
         target_modules = config.target_modules
@@ -86,25 +76,13 @@ class IA3Method(WrapperMethod):
     ) -> dict[str, nn.Parameter]:
         return {"ia3_l": layer.ia3_l[adapter_name]}
 
-    def saved_config(
-        self,
-        config: AdapterConfigBase,
-        *,
-        base_model_name_or_path: str | None,
-        task_type: str | None,
-        model: nn.Module,
-        adapter_name: str = DEFAULT_ADAPTER_NAME,
-    ) -> dict[str, Any]:
-        config = self.check_config(config)
-        rec: IA3Record = self.record(model, adapter_name)
+    def saved_fields(self, model: nn.Module, config: IA3Config, rec: IA3Record) -> dict[str, Any]:
         user = listify(rec.target_modules)
         targets = saved_target_modules(model, rec.targets, config.exclude_modules, [user])
         saved: dict[str, Any] = {
-            **self.peft_header(base_model_name_or_path, task_type),
             "target_modules": targets,
             "feedforward_modules": _saved_feedforward_modules(rec, targets),
-            "fan_in_fan_out": self.fan_in_fan_out(model, adapter_name),
-            "modules_to_save": effective_modules_to_save(model, config),
+            "fan_in_fan_out": self.fan_in_fan_out(model, rec),
             "init_ia3_weights": config.init_ia3_weights,
         }
         if config.exclude_modules is not None:
@@ -112,20 +90,11 @@ class IA3Method(WrapperMethod):
         return saved
 
     def config_from_saved(self, saved: dict[str, Any]) -> AdapterConfigBase:
-        problems = unsupported(saved, _UNSUPPORTED_UNLESS)
-        for key in ("target_modules", "feedforward_modules"):
-            if saved.get(key) is None:
-                problems.append(f"{key}=None (allowed: a list of module names or a regex)")
-        if problems:
-            raise AdapterError(
-                "adapter_config.json uses IA3 features this framework does not support", problems
-            )
+        required = ("target_modules", "feedforward_modules")
         return self.config_from_fields(
             {
-                "target_modules": listify(saved["target_modules"]),
+                **self.fields_from_saved(saved, _UNSUPPORTED_UNLESS, required),
                 "feedforward_modules": listify(saved["feedforward_modules"]),
-                "exclude_modules": listify(saved.get("exclude_modules")),
-                "modules_to_save": saved.get("modules_to_save"),
                 "init_ia3_weights": saved.get("init_ia3_weights", True),
             }
         )

@@ -2,7 +2,7 @@
 
     y = x Wᵀ + b + s · (x' Aᵀ) Bᵀ        x' = x, or dropout(x) when dropout is active
 
-The reference path (`LoraLinear._forward_reference`, peft's formula written with modules) builds five
+The reference path (`LoraLinear.forward`, peft's formula written with modules) builds five
 autograd nodes per layer and allocates three full-size temporaries per forward (the branch output, its
 scaled copy, the sum) and two per backward (the scaled gradient, the branch's input gradient before it
 is added to the base's); on CPU each fresh large tensor also costs page faults. Here, per layer, one
@@ -167,7 +167,8 @@ def lora_linear(layer: LoraLinear, name: str, x: torch.Tensor) -> torch.Tensor:
 def _fused(x, x_branch, weight, bias, a, b, scaling, fan) -> torch.Tensor:
     if torch.is_grad_enabled():
         return LoraLinearFunction.apply(x, x_branch, weight, bias, a, b, scaling, fan)
-    return lora_linear_inference(x, weight, bias, a, b, scaling, fan)
+    # no autograd (inference, dropout inactive): nothing kept for a backward
+    return _forward(x, None, (weight, bias, a, b, scaling, fan), keep_h=False)[0]
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -204,18 +205,15 @@ def _merge_for_forward(x: torch.Tensor, tokens: int, n_in: int, n_out: int) -> b
     )
 
 
+#: W, b, A, B, s, fan_in_fan_out
+Weights = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, float, bool]
+
+
 def _forward(
-    x: torch.Tensor,
-    x_branch: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    lora_a: torch.Tensor,
-    lora_b: torch.Tensor,
-    s: float,
-    fan_in_fan_out: bool,
-    keep_h: bool,
+    x: torch.Tensor, x_branch: torch.Tensor | None, weights: Weights, keep_h: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(y, x' as 2-D, h or None). h is computed when kept or needed for y."""
+    weight, bias, lora_a, lora_b, s, fan_in_fan_out = weights
     n_in = x.shape[-1]
     tokens = x.numel() // n_in if n_in else 0
     n_out = lora_b.shape[0]
@@ -256,9 +254,8 @@ class LoraLinearFunction(torch.autograd.Function):
         fan_in_fan_out: bool,
     ) -> torch.Tensor:
         needs = ctx.needs_input_grad
-        y, xb2, h = _forward(
-            x, x_branch, weight, bias, lora_a, lora_b, scaling, fan_in_fan_out, keep_h=needs[5]
-        )
+        weights = (weight, bias, lora_a, lora_b, scaling, fan_in_fan_out)
+        y, xb2, h = _forward(x, x_branch, weights, keep_h=needs[5])
         ctx.save_for_backward(xb2 if needs[4] else None, h if needs[5] else None, weight, lora_a, lora_b)
         ctx.scaling, ctx.fan_in_fan_out, ctx.in_shape = scaling, fan_in_fan_out, x.shape
         ctx.has_branch_input = x_branch is not None
@@ -354,17 +351,3 @@ class LoraLinearMixedFunction(torch.autograd.Function):
         if need_bias:
             dbias = g2.sum(0)
         return dx, dxb, None, dbias, da, db, None, None
-
-
-@torch.no_grad()
-def lora_linear_inference(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    lora_a: torch.Tensor,
-    lora_b: torch.Tensor,
-    scaling: float,
-    fan_in_fan_out: bool,
-) -> torch.Tensor:
-    """The same forward without autograd (no-grad mode, dropout inactive): nothing kept."""
-    return _forward(x, None, weight, bias, lora_a, lora_b, scaling, fan_in_fan_out, keep_h=False)[0]

@@ -30,13 +30,15 @@ def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
 class LoraLinear(LinearAdapterLayer):
     """`base_layer(x)` plus the active adapter's `B(A(dropout(x))) * scaling`."""
 
-    adapter_dict: ClassVar[str] = "lora_A"
+    adapter_containers: ClassVar[dict[str, type[nn.Module]]] = dict.fromkeys(
+        ("lora_A", "lora_B", "lora_dropout"), nn.ModuleDict
+    )
+    lora_A: nn.ModuleDict
+    lora_B: nn.ModuleDict
+    lora_dropout: nn.ModuleDict
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
-        self.lora_A = nn.ModuleDict()
-        self.lora_B = nn.ModuleDict()
-        self.lora_dropout = nn.ModuleDict()
         self.r: dict[str, int] = {}
         self.scaling: dict[str, float] = {}
 

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME
 from peft_framework.adapters.lora.config import LoraConfig
 from peft_framework.adapters.lora.layer import LoraLinear
-from peft_framework.adapters.method import AdapterRecord, WrapperMethod, listify, unsupported
-from peft_framework.adapters.modules_to_save import ModulesToSave, effective_modules_to_save
+from peft_framework.adapters.method import AdapterRecord, WrapperMethod
+from peft_framework.adapters.modules_to_save import ModulesToSave
 from peft_framework.adapters.targeting import inside, saved_target_modules
 from peft_framework.config.schema import AdapterConfigBase
 from peft_framework.errors import AdapterError
 
-# peft config keys whose non-default values change the maths in ways this implementation does not
-# reproduce: loading such an adapter is refused instead of silently computing something else.
-_UNSUPPORTED_UNLESS: dict[str, tuple[Any, ...]] = {
+#: peft config keys of the LoRA family (LoRA, AdaLoRA) whose non-default values change the maths in ways
+#: this implementation does not reproduce: loading such an adapter is refused instead of silently computing
+#: something else.
+LORA_FAMILY_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "use_dora": (False, None),
-    "rank_pattern": ({}, None),
     "alpha_pattern": ({}, None),
     "layers_to_transform": (None, []),
     "lora_bias": (False, None),
@@ -28,23 +27,24 @@ _UNSUPPORTED_UNLESS: dict[str, tuple[Any, ...]] = {
     "trainable_token_indices": (None, {}, []),
     "layer_replication": (None, []),
     "use_qalora": (False, None),
+    "megatron_config": (None, {}),
+}
+_UNSUPPORTED_UNLESS = {
+    **LORA_FAMILY_UNSUPPORTED,
+    "rank_pattern": ({}, None),
     "alora_invocation_tokens": (None, []),
     "use_bdlora": (None, False),
-    "megatron_config": (None, {}),
 }
 _INIT_FROM_PEFT = {True: "kaiming", False: "kaiming", "gaussian": "gaussian"}
 _INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian"}
 
 
 class LoraMethod(WrapperMethod):
-    name: ClassVar[str] = "lora"
-    label: ClassVar[str] = "LoRA"
-    config_class: ClassVar[type[AdapterConfigBase]] = LoraConfig
-    layer_class: ClassVar[type[LoraLinear]] = LoraLinear
-    peft_type: ClassVar[str | None] = "LORA"
-    mergeable: ClassVar[bool] = True
-    quantized_bases: ClassVar[bool] = True  # wraps bitsandbytes 4-/8-bit linears (adapters/layer.py)
-    description: ClassVar[str] = "LoRA: low-rank updates B·A on linear layers (peft-compatible checkpoints)"
+    name, label, peft_type = "lora", "LoRA", "LORA"
+    config_class, layer_class, mergeable = LoraConfig, LoraLinear, True
+    quantized_bases = True  # wraps bitsandbytes 4-/8-bit linears (adapters/layer.py)
+    never_all_zero = "lora_A.weight"  # A starts random, B at zero
+    description = "LoRA: low-rank updates B·A on linear layers (peft-compatible checkpoints)"
 
     def add_to_layer(self, layer: LoraLinear, adapter_name: str, record: AdapterRecord, path: str) -> None:
         c: LoraConfig = record.config
@@ -74,45 +74,29 @@ class LoraMethod(WrapperMethod):
 
     def validate_for_save(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Refuse adapters that cannot have come from a real LoRA (e.g. ZeRO-3 shards never gathered)."""
-        a_keys = [k for k in state_dict if k.endswith("lora_A.weight")]
+        a_keys = [k for k in state_dict if k.endswith(self.never_all_zero)]
         bad = [k for k in a_keys if state_dict[k].dim() != 2 or state_dict[k].numel() == 0]
         if bad:
             raise AdapterError(
                 f"refusing to save LoRA adapter: lora_A tensors are empty or not 2-D: {bad[:5]}"
             )
-        if a_keys and all(not bool(state_dict[k].any()) for k in a_keys):
-            raise AdapterError(
-                "refusing to save LoRA adapter: every lora_A matrix is all zeros (A is never zero after init; "
-                "this usually means sharded parameters, e.g. DeepSpeed ZeRO-3, were not gathered before saving)"
-            )
+        super().validate_for_save(state_dict)
 
-    def saved_config(
-        self,
-        config: AdapterConfigBase,
-        *,
-        base_model_name_or_path: str | None,
-        task_type: str | None,
-        model: nn.Module,
-        adapter_name: str = DEFAULT_ADAPTER_NAME,
-    ) -> dict[str, Any]:
-        config = self.check_config(config)
-        targets = self.record(model, adapter_name).targets
+    def saved_fields(self, model: nn.Module, config: LoraConfig, record: AdapterRecord) -> dict[str, Any]:
         user = config.target_modules
         alpha = int(config.alpha) if float(config.alpha).is_integer() else config.alpha
         saved: dict[str, Any] = {
-            **self.peft_header(base_model_name_or_path, task_type),
             "r": config.r,
             "lora_alpha": alpha,
             "lora_dropout": config.dropout,
             "target_modules": saved_target_modules(
-                model, targets, config.exclude_modules, [user] if isinstance(user, str) else []
+                model, record.targets, config.exclude_modules, [user] if isinstance(user, str) else []
             ),
             "bias": config.bias,
             "use_rslora": config.use_rslora,
             "use_dora": False,
             "init_lora_weights": _INIT_TO_PEFT[config.init],
-            "modules_to_save": effective_modules_to_save(model, config),
-            "fan_in_fan_out": self.fan_in_fan_out(model, adapter_name),
+            "fan_in_fan_out": self.fan_in_fan_out(model, record),
             "layers_to_transform": None,
             "layers_pattern": None,
             "rank_pattern": {},
@@ -123,26 +107,21 @@ class LoraMethod(WrapperMethod):
         return saved
 
     def config_from_saved(self, saved: dict[str, Any]) -> AdapterConfigBase:
-        problems = unsupported(saved, _UNSUPPORTED_UNLESS)
         init = saved.get("init_lora_weights", True)
-        if init not in _INIT_FROM_PEFT:
-            problems.append(f"init_lora_weights={init!r} (allowed: true, false, 'gaussian')")
-        if saved.get("target_modules") is None:
-            problems.append("target_modules=None (allowed: a list of module names or a regex)")
-        if problems:
-            raise AdapterError(
-                "adapter_config.json uses LoRA features this framework does not support", problems
-            )
+        bad_init = (
+            []
+            if init in _INIT_FROM_PEFT
+            else [f"init_lora_weights={init!r} (allowed: true, false, 'gaussian')"]
+        )
+        common = self.fields_from_saved(saved, _UNSUPPORTED_UNLESS, ("target_modules",), *bad_init)
         return self.config_from_fields(
             {
+                **common,
                 "r": saved.get("r", 8),
                 "alpha": saved.get("lora_alpha", 8),
                 "dropout": saved.get("lora_dropout", 0.0),
                 "use_rslora": saved.get("use_rslora", False),
                 "bias": saved.get("bias", "none"),
                 "init": _INIT_FROM_PEFT[init],
-                "target_modules": listify(saved["target_modules"]),
-                "exclude_modules": listify(saved.get("exclude_modules")),
-                "modules_to_save": saved.get("modules_to_save"),
             }
         )
