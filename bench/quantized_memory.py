@@ -33,6 +33,7 @@ per-round ratios (the machine is shared: ratios measured in the same run are wha
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -45,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+print = functools.partial(print, flush=True)  # noqa: A001 - progress shows while children run
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 R, ALPHA = 16, 32
