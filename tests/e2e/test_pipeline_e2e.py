@@ -163,3 +163,17 @@ def test_experiment_reruns_only_what_the_param_feeds(
     ]
     metrics = exp["data"]["metrics"][eval_report]["data"]
     assert metrics and all(isinstance(v, (int, float, dict)) for v in metrics.values())
+
+
+def test_qlora_experiment_from_yaml_alone(project: Project, server: Server):
+    """A 4-bit QLoRA run from one override: train on the nf4 base, evaluate on it, export merged into the
+    unquantized base with a passing parity check (bitsandbytes runs 4-bit layers on CPU)."""
+    pytest.importorskip("bitsandbytes")
+    proc = project.run("dvc", "exp", "run", "-S", "model.quantization.bits=4", env=api(server), timeout=900)
+    assert {"train", "evaluate", "export"} <= set(stages_run(proc.stdout + proc.stderr)), proc.stdout
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    manifest = json.loads((project.root / params["train"]["output_dir"] / "manifest.json").read_text())
+    assert manifest["config"]["model"]["quantization"]["bits"] == 4
+    export = json.loads((project.root / params["export"]["report_path"]).read_text())
+    assert export["trained_on_quantized_base"]["bits"] == 4 and export["parity_passed"]
+    assert json.loads((project.root / params["eval"]["report_path"]).read_text())["num_examples"] > 0

@@ -242,6 +242,22 @@ CASES: list[tuple[str, dict[str, Any], list[str], str, list[str]]] = [
     ("override-unknown-key", {}, ["train.epoch=3"], "train.epoch", ["did you mean 'train.epochs'"]),
     ("override-bad-value", {}, ["adapter.r=-3"], "adapter.r", ["-3", ">= 1"]),
     ("override-unknown-section", {}, ["trainer.epochs=3"], "trainer", ["did you mean 'train'"]),
+    # ---- quantized bases (QLoRA)
+    ("quant-bits", {"model": {"quantization": {"bits": 3}}}, [], "model.quantization.bits", ["3", "4, 8"]),
+    (
+        "quant-4bit-key-with-8bit",
+        {"model": {"quantization": {"bits": 8, "quant_type": "nf4"}}},
+        [],
+        "model.quantization.quant_type",
+        ["4-bit only", "bits is 8"],
+    ),
+    (
+        "quant-type-cannot-wrap",
+        {"adapter": {"type": "bottleneck"}},
+        ["model.quantization.bits=4"],
+        "model.quantization.bits",
+        ["'bottleneck' cannot wrap", "lora"],
+    ),
 ]
 
 

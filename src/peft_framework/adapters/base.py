@@ -38,6 +38,8 @@ class AdapterMethod(ABC):
     description: ClassVar[str] = ""
     #: whether some saved tensors may legitimately have a zero-size dimension (AdaLoRA modules pruned to rank 0)
     may_save_empty_tensors: ClassVar[bool] = False
+    #: whether its layers wrap bitsandbytes 4-/8-bit linears (a quantized base: `model.quantization`)
+    quantized_bases: ClassVar[bool] = False
 
     # --- building -------------------------------------------------------------------------------
     @abstractmethod

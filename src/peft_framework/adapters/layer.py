@@ -5,14 +5,21 @@ An `AdapterLayer` holds one base module and any number of named adapters, at mos
 their in/out features and weight are read is decided here, once for every adapter type:
 
 - `nn.Linear`: weight (out, in);
-- GPT-2's `Conv1D`: weight stored transposed, (in, out) ("fan_in_fan_out"); merging transposes the update.
+- GPT-2's `Conv1D`: weight stored transposed, (in, out) ("fan_in_fan_out"); merging transposes the update;
+- bitsandbytes `Linear4bit` (QLoRA) and `Linear8bitLt` (LLM.int8), a quantized base (`model.quantization`):
+  subclasses of nn.Linear whose weight is packed (4-bit: a (n/2, 1) uint8 tensor plus a quant state; 8-bit:
+  int8 with row scales), so in/out features come from the layer's attributes. The base layer's own forward
+  dequantizes; adapters add to or scale around it, so their maths is unchanged. Adapter tensors on them are
+  fp32 (as peft's), and nothing is merged into a quantized weight (the update would be lost to a lossy
+  requantization): export merges into the unquantized base instead.
 
-A new kind of base layer (e.g. a quantized linear) is added to `BASE_LAYER_KINDS` and `linear_features` /
+A new kind of base layer is added to `BASE_LAYER_KINDS` (or `quantized_kinds`) and `linear_features` /
 `base_weight`, and every adapter type wraps it.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, ClassVar
 
 import torch
@@ -26,11 +33,44 @@ BASE_LAYER_KINDS: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+@cache
+def quantized_kinds() -> dict[type[nn.Module], str]:
+    """bitsandbytes' quantized linears -> '4bit' / '8bit' (empty without bitsandbytes). They subclass
+    nn.Linear, so `BASE_LAYER_KINDS` (and 'all-linear') already select them; imported only when asked."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return {}
+    return {bnb.nn.Linear4bit: "4bit", bnb.nn.Linear8bitLt: "8bit"}
+
+
+def quantization(base: nn.Module) -> str | None:
+    """'4bit' or '8bit' for a bitsandbytes layer, None for a plain one."""
+    if type(base) in BASE_LAYER_KINDS or not isinstance(base, nn.Linear):
+        return None
+    return next((kind for cls, kind in quantized_kinds().items() if isinstance(base, cls)), None)
+
+
+def check_mergeable(base: nn.Module, name: str) -> None:
+    """AdapterError when `base` holds a quantized weight: a merged update would be rounded away."""
+    kind = quantization(base)
+    if kind is not None:
+        raise AdapterError(
+            f"cannot merge adapter {name!r} into a {kind} quantized (bitsandbytes) weight: requantizing would "
+            "round the update away. Merge into the unquantized base instead: the export stage does (it loads "
+            "the base without model.quantization), or load the base unquantized and the adapter on it"
+        )
+
+
 def linear_features(base: nn.Module) -> tuple[int, int, bool]:
     """(in_features, out_features, fan_in_fan_out) of a base layer of one of `BASE_LAYER_KINDS`."""
     if not isinstance(base, BASE_LAYER_KINDS):
         kinds = ", ".join(k.__name__ for k in BASE_LAYER_KINDS)
-        raise TypeError(f"adapter layers wrap {kinds}, not {type(base).__name__}")
+        raise TypeError(
+            f"adapter layers wrap {kinds} or bitsandbytes' Linear4bit/Linear8bitLt, not {type(base).__name__}"
+        )
+    if quantization(base) is not None:  # packed weight: its shape is not (out, in)
+        return base.in_features, base.out_features, False
     fan_in_fan_out = isinstance(base, Conv1D)
     rows, cols = base.weight.shape
     return (rows, cols, True) if fan_in_fan_out else (cols, rows, False)
@@ -43,10 +83,12 @@ def base_weight(base: nn.Module) -> torch.Tensor:
 
 def adapter_factory(reference: torch.Tensor | None) -> dict[str, Any]:
     """`dtype`/`device` for new adapter tensors: the base's, but fp32 for fp16/bf16 bases (peft's default,
-    autocast_adapter_dtype), so small updates are not lost to rounding."""
+    autocast_adapter_dtype), so small updates are not lost to rounding, and for quantized (integer-packed)
+    weights."""
     if reference is None:
         return {"dtype": None, "device": None}
-    dtype = torch.float32 if reference.dtype in _LOW_PRECISION else reference.dtype
+    low = reference.dtype in _LOW_PRECISION or not reference.dtype.is_floating_point
+    dtype = torch.float32 if low else reference.dtype
     return {"dtype": dtype, "device": reference.device}
 
 
@@ -111,6 +153,7 @@ class LinearAdapterLayer(AdapterLayer):
         in_features, out_features, fan_in_fan_out = linear_features(base_layer)
         super().__init__(base_layer)
         self.in_features, self.out_features, self.fan_in_fan_out = in_features, out_features, fan_in_fan_out
+        self.quantized = quantization(base_layer)  # '4bit' / '8bit' on a bitsandbytes base, else None
         # exact pre-merge weights, only kept when merge(..., exact=True) asked for them
         self._weight_backup: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
@@ -124,6 +167,8 @@ class LinearAdapterLayer(AdapterLayer):
         return self.base_layer.bias
 
     def factory(self) -> dict[str, Any]:
+        if self.quantized:  # the packed storage dtype says nothing about precision: fp32, as peft
+            return {"dtype": torch.float32, "device": self.weight.device}
         return adapter_factory(self.weight)
 
     # --- merge ------------------------------------------------------------------------------------
@@ -147,6 +192,7 @@ class LinearAdapterLayer(AdapterLayer):
             return
         if name in self.merged_adapters:
             raise AdapterError(f"adapter {name!r} is already merged")
+        check_mergeable(self.base_layer, name)
         if exact:
             bias = self.bias
             self._weight_backup[name] = (

@@ -170,6 +170,10 @@ def _resolve(data: dict[str, Any], overrides: Iterable[str]) -> tuple[Config, li
     merged = _none_sections_to_empty(Config, {k: v for k, v in merged.items() if k in SECTIONS})
     adapter = _resolve_adapter(merged.get("adapter"), overridden, problems, warns)
     config = _validate_sections(merged, problems)
+    if config is not None and adapter is not None:
+        from peft_framework.models.quantization import config_problems
+
+        problems.extend(config_problems(config.model, adapter.type))
     if problems or config is None or adapter is None:
         problems.sort(key=_section_order)  # stable: override syntax first, then section by section
         n = len(problems)

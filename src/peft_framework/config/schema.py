@@ -30,6 +30,43 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- model
+class QuantizationConfig(Section):
+    """A bitsandbytes-quantized base (QLoRA): the frozen linear layers stored in 4 or 8 bits."""
+
+    bits: Literal[4, 8] | None = Field(
+        None,
+        description="null: no quantization; 4: 4-bit (QLoRA, bitsandbytes Linear4bit); 8: 8-bit (LLM.int8, "
+        "Linear8bitLt). The adapter trains in full precision on top; export merges into the unquantized base.",
+    )
+    quant_type: Literal["nf4", "fp4"] | None = Field(
+        None, description="4-bit only: the 4-bit data type; null: nf4 (QLoRA's NormalFloat4)."
+    )
+    double_quant: bool | None = Field(
+        None,
+        description="4-bit only: quantize the quantization constants too (~0.4 bit/weight less); null: true.",
+    )
+    compute_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="4-bit only: dtype the 4-bit layers compute in; null: model.dtype when that is bfloat16 or "
+        "float16, else float32.",
+    )
+
+    @model_validator(mode="after")
+    def _four_bit_keys_need_four_bits(self) -> QuantizationConfig:
+        if self.bits == 4:
+            return self
+        set_keys = [
+            k for k in ("quant_type", "double_quant", "compute_dtype") if getattr(self, k) is not None
+        ]
+        if set_keys:
+            raise ValueError(
+                f"model.quantization.{set_keys[0]}: {getattr(self, set_keys[0])!r} applies to 4-bit only, but "
+                f"model.quantization.bits is {self.bits}; allowed: null for {'8-bit' if self.bits else 'no'} "
+                "quantization, or bits: 4"
+            )
+        return self
+
+
 class ModelConfig(Section):
     name_or_path: str = Field(
         BUILTIN_TINY_LLAMA,
@@ -44,6 +81,15 @@ class ModelConfig(Section):
         ge=2,
         description="sequence_classification only; default: taken from the prepared data's labels.",
     )
+    quantization: QuantizationConfig = Field(
+        default_factory=QuantizationConfig,
+        description="Load the base quantized with bitsandbytes (pip install 'peft-framework[quant]').",
+    )
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _null_quantization_means_none(cls, value: Any) -> Any:
+        return {} if value is None else value
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
-from peft_framework.config.schema import Config
+from peft_framework.config.schema import Config, QuantizationConfig
 from peft_framework.errors import StageFailed, UserError
 from peft_framework.export.memory import PeakRSS
 from peft_framework.export.merge import Adapter, open_checkpoint, stream_merge, warm_up
 from peft_framework.export.parity import parity_atol, parity_check, parity_inputs
 from peft_framework.io import atomic_dir, path_sha256, write_json_atomic
+from peft_framework.models.quantization import unquantized
 from peft_framework.models.saved_tokenizer import adapter_tokenizer
 from peft_framework.paths import resolve
 from peft_framework.provenance import read_manifest, write_manifest
@@ -148,6 +149,19 @@ def write_generation_config(base_dir: Path, hf_config, tokenizer, out_dir: Path)
 
 
 # ------------------------------------------------------------------------------------------------- stage
+def trained_quantization(config: Config, adapter_dir: Path) -> dict[str, Any] | None:
+    """How the base was quantized when the adapter was trained (its manifest; else `model.quantization`)."""
+    from peft_framework.models.quantization import quantization_summary
+
+    model_config = config.model
+    recorded = read_manifest(adapter_dir).get("config", {}).get("model", {})
+    if "quantization" in recorded:
+        model_config = model_config.model_copy(
+            update={"quantization": QuantizationConfig.model_validate(recorded["quantization"] or {})}
+        )
+    return quantization_summary(model_config)
+
+
 def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """Merge the trained adapter into the base model and export it (or export the adapter when it cannot
     be merged). Writes `export.output_dir` and `export.report_path`; returns a summary."""
@@ -168,6 +182,10 @@ def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]
     tokenizer = adapter_tokenizer(config.model, adapter_dir)
     held_out, label_names = prepared_data(config, root)
 
+    trained_on = trained_quantization(config, adapter_dir)
+    if trained_on is not None:
+        # QLoRA export: merge into (and compare with) the base loaded WITHOUT quantization
+        config = config.model_copy(update={"model": unquantized(config.model)})
     report: dict[str, Any] = {
         "adapter_type": method.name,
         "adapter_dir": str(config.train.output_dir),
@@ -176,7 +194,14 @@ def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]
         "base_model": config.model.name_or_path,
         "task": config.model.task,
         "output_dir": str(cfg.output_dir),
+        "trained_on_quantized_base": trained_on,
     }
+    if trained_on is not None:
+        report["quantization_note"] = (
+            f"trained on a {trained_on['bits']}-bit quantized base ({trained_on['method']}); merged into and "
+            f"parity-checked against the unquantized base"
+        )
+        log.info("export: the adapter was %s", report["quantization_note"])
     if not (cfg.merge and method.mergeable):
         reason = (
             "export.merge is false"
@@ -207,6 +232,12 @@ def export_merged(
         base_dir = base_checkpoint_dir(config, Path(scratch), label_names, tokenizer)
         checkpoint = open_checkpoint(base_dir)
         hf_config = export_hf_config(config, base_dir, label_names, tokenizer, dtype)
+        if getattr(hf_config, "quantization_config", None):
+            raise UserError(
+                f"model.name_or_path: {config.model.name_or_path!r} is a pre-quantized checkpoint; export merges "
+                "into unquantized base weights; allowed: the unquantized model it was made from (with "
+                "model.quantization for training), or export.merge: false"
+            )
         log.info(
             "merging %s adapter into %s: %d shard(s), %.1f MB, export dtype %s",
             adapter.method.name,

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from peft_framework.config.schema import BUILTIN_TINY_LLAMA, ModelConfig
 from peft_framework.errors import ConfigError
+from peft_framework.models.quantization import is_quantized_config, load_kwargs, quantize_built_model
 
 BUILTIN_MODELS = (BUILTIN_TINY_LLAMA,)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -101,7 +102,8 @@ def load_base_model(
     label_names: Sequence[str] | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> PreTrainedModel:
-    """The base model for `model.task`, in `model.dtype` (returned in eval mode).
+    """The base model for `model.task`, in `model.dtype` (returned in eval mode), quantized per
+    `model.quantization` (bitsandbytes; see `peft_framework.models.quantization`).
 
     For sequence classification the head has `num_labels` classes (from the argument, `model.num_labels`
     or `label_names`, in that order); `label_names` also become `config.id2label`. Models without a pad
@@ -118,6 +120,8 @@ def load_base_model(
         model = tiny_llama(task=task, num_labels=n_labels or 2)
         if model_config.dtype not in ("float32", "auto"):
             model = model.to(_DTYPES[model_config.dtype])
+        if is_quantized_config(model_config):
+            model = quantize_built_model(model, model_config)
     else:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -125,6 +129,7 @@ def load_base_model(
             revision=model_config.revision,
             trust_remote_code=model_config.trust_remote_code,
             dtype=torch_dtype(model_config),
+            **load_kwargs(model_config),
         )
         if task == "sequence_classification":
             auto = AutoModelForSequenceClassification

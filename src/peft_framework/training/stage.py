@@ -209,10 +209,12 @@ def _model_with_adapter(config: Config, label_names: list[str] | None) -> tuple[
 
     from peft_framework.adapters import registry
     from peft_framework.models.loading import load_base_model, load_tokenizer
+    from peft_framework.training.kbit import prepare_kbit_training
 
     set_seed(config.train.seed)
     tokenizer = load_tokenizer(config.model)
     model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer)
+    prepare_kbit_training(model, config.train.gradient_checkpointing)  # quantized bases only (QLoRA)
     method = registry.get(config.adapter.type)
     method.inject(model, config.adapter)
     if config.train.gradient_checkpointing and hasattr(model.config, "use_cache"):

@@ -27,6 +27,7 @@ from peft_framework.adapters.state_dict import check_state_dict
 from peft_framework.errors import AdapterError, StageFailed
 from peft_framework.training import loraplus as loraplus_groups
 from peft_framework.training.checkpoints import CALLBACK_STATE_DIR, TRAINABLE_WEIGHTS
+from peft_framework.training.kbit import allow_quantized_training
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class AdapterTrainer(Trainer):
         self.loraplus = loraplus
         #: LoRA+ groups as built ({group: tensors, parameters, lr, weight_decay}), for the manifest
         self.loraplus_groups: dict[str, dict[str, Any]] | None = None
-        super().__init__(*args, **kwargs)
+        with allow_quantized_training(kwargs.get("model", args[0] if args else None)):
+            super().__init__(*args, **kwargs)
 
     # --- optimizer -------------------------------------------------------------------------------
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:

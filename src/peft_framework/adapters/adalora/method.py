@@ -77,6 +77,7 @@ def _number(value: float) -> float | int:
 class AdaLoraMethod(WrapperMethod):
     name, label, peft_type = "adalora", "AdaLoRA", "ADALORA"
     config_class, layer_class, mergeable = AdaLoraConfig, SVDLinear, True
+    quantized_bases = True  # wraps bitsandbytes 4-/8-bit linears (adapters/layer.py)
     never_all_zero = ".lora_A"  # P starts random, Λ at zero
     #: a module whose every rank was pruned saves 0-row tensors, exactly as peft does
     may_save_empty_tensors = True

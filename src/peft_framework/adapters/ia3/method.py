@@ -40,6 +40,7 @@ def is_feedforward(path: str, feedforward_modules: str | list[str]) -> bool:
 class IA3Method(WrapperMethod):
     name, label, peft_type = "ia3", "IA3", "IA3"
     config_class, layer_class, mergeable = IA3Config, IA3Linear, True
+    quantized_bases = True  # wraps bitsandbytes 4-/8-bit linears (adapters/layer.py)
     description = "IA3: learned scaling of keys, values and feed-forward inputs (peft-compatible)"
 
     def plan(self, model: nn.Module, config: IA3Config) -> IA3Record:

@@ -31,6 +31,7 @@ default, and nothing else (no environment variable) changes them.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,6 +48,8 @@ OPTIONS: dict[str, bool] = {"fused": True, "merged_forward": True}
 _MERGE_DTYPES = (torch.float32, torch.float64)
 _FAST_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _FAST_BASE_TYPES = (nn.Linear, Conv1D)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+log = logging.getLogger(__name__)
 
 
 def configure(**switches: bool) -> dict[str, bool]:
@@ -68,28 +71,71 @@ def has_hooks(*modules: nn.Module) -> bool:
     )
 
 
-def eligible(layer: LoraLinear, name: str, x: torch.Tensor) -> bool:
-    """Whether the fused path computes exactly what the reference formula would for this call: a plain
-    Linear/Conv1D base, input, base weight and adapter in one dtype and on one device (mixed precision
-    and autocast keep peft's cast-and-round order on the reference path), plain dropout, and no hook on
-    any module the fused path would bypass."""
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast computes linears in for x's device, or None when autocast is off there."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
+def why_not(layer: LoraLinear, name: str, x: torch.Tensor) -> str | None:
+    """Why the fused path would not compute what the reference formula computes for this call (None: it
+    would). It does for a plain Linear/Conv1D base on one device, plain dropout, no hook on any module it
+    would bypass, and one of three precision set-ups, each with peft's cast order:
+
+    - one dtype throughout (x, base weight and bias, A and B);
+    - mixed precision: x and the base in fp16/bf16, the adapter in fp32 (peft's default for half-precision
+      bases): the base product in half precision, the branch in fp32 on x cast up, their sum rounded once;
+    - autocast (fp16/bf16) with any weights: every product in the autocast dtype, as autocast runs them.
+    """
     base, dropout = layer.base_layer, layer.lora_dropout[name]
     a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
-    weight = base.weight
+    weight, bias = base.weight, base.bias
+    if not OPTIONS["fused"]:
+        return "switched off (fast.configure(fused=False))"
+    if type(base) not in _FAST_BASE_TYPES:
+        return f"the base layer is a {type(base).__name__}, not a plain Linear/Conv1D (its own forward runs)"
+    if not (x.device == weight.device == a.device == b.device) or x.dim() < 1:
+        return "input, base weight and adapter are not on one device"
+    if type(dropout) not in (nn.Dropout, nn.Identity):
+        return f"the adapter's dropout is a {type(dropout).__name__}"
+    if not torch.is_grad_enabled() and _dropout_active(dropout):
+        return "dropout is active without autograd"
+    if has_hooks(base, layer.lora_A[name], layer.lora_B[name], dropout) or (
+        _module_mod._global_forward_hooks or _module_mod._global_forward_pre_hooks
+    ):
+        return "a forward/backward hook is registered on a module the fused path would bypass"
+    dtypes = {x.dtype, weight.dtype, a.dtype, b.dtype} | ({bias.dtype} if bias is not None else set())
+    if not dtypes <= set(_FAST_DTYPES):
+        return f"dtypes {sorted(map(str, dtypes))} include one it does not handle"
+    cast = _autocast_dtype(x)
+    if cast is not None:
+        if cast not in _LOW_PRECISION:
+            return f"autocast to {cast} (only fp16/bf16 autocast is handled)"
+        return None
+    if len(dtypes) == 1:
+        return None
+    if x.dtype in _LOW_PRECISION and weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype):
+        if a.dtype == b.dtype == torch.float32:
+            return None
     return (
-        OPTIONS["fused"]
-        and type(base) in _FAST_BASE_TYPES
-        and x.dtype in _FAST_DTYPES
-        and x.dtype == weight.dtype == a.dtype == b.dtype
-        and (base.bias is None or base.bias.dtype == x.dtype)
-        and x.device == weight.device == a.device
-        and x.dim() >= 1
-        and type(dropout) in (nn.Dropout, nn.Identity)
-        and (torch.is_grad_enabled() or not _dropout_active(dropout))
-        and not has_hooks(base, layer.lora_A[name], layer.lora_B[name], dropout)
-        and not (_module_mod._global_forward_hooks or _module_mod._global_forward_pre_hooks)
-        and not torch.is_autocast_enabled(x.device.type)
+        f"mixed dtypes without autocast: input {x.dtype}, base weight {weight.dtype}, adapter {a.dtype}/{b.dtype} "
+        "(handled: one dtype, or input and base in fp16/bf16 with an fp32 adapter)"
     )
+
+
+_REPORTED: set[str] = set()
+
+
+def eligible(layer: LoraLinear, name: str, x: torch.Tensor) -> bool:
+    """Whether this call takes the fused path (`why_not` is None); each reason it steps aside for is
+    logged once, at debug level."""
+    reason = why_not(layer, name, x)
+    if reason is None:
+        return True
+    if reason not in _REPORTED:
+        _REPORTED.add(reason)
+        log.debug("LoRA fused path not used, the reference path runs: %s", reason)
+    return False
 
 
 def _dropout_active(dropout: nn.Module) -> bool:
@@ -100,12 +146,29 @@ def lora_linear(layer: LoraLinear, name: str, x: torch.Tensor) -> torch.Tensor:
     """`layer`'s forward through adapter `name` on the fused path (call only when `eligible`)."""
     base, dropout = layer.base_layer, layer.lora_dropout[name]
     a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+    weight, bias = base.weight, base.bias
     scaling, fan = layer.scaling[name], layer.fan_in_fan_out
+    # the branch reads x cast to the adapter's dtype, dropout applied there (peft's order)
+    x_branch = dropout(x.to(a.dtype)) if _dropout_active(dropout) and torch.is_grad_enabled() else None
+    cast = _autocast_dtype(x)
+    if cast is not None:
+        # autocast runs every linear in `cast`: cast inputs and weights as it would (A and B through
+        # autograd, so their gradients come back in fp32), then run the one-dtype path with autocast off
+        with torch.autocast(x.device.type, enabled=False):
+            x, weight, a, b = x.to(cast), weight.to(cast), a.to(cast), b.to(cast)
+            bias = None if bias is None else bias.to(cast)
+            x_branch = None if x_branch is None else x_branch.to(cast)
+            return _fused(x, x_branch, weight, bias, a, b, scaling, fan)
+    if a.dtype != x.dtype:  # half-precision base, fp32 adapter
+        return LoraLinearMixedFunction.apply(x, x_branch, weight, bias, a, b, scaling, fan)
+    return _fused(x, x_branch, weight, bias, a, b, scaling, fan)
+
+
+def _fused(x, x_branch, weight, bias, a, b, scaling, fan) -> torch.Tensor:
     if torch.is_grad_enabled():
-        x_branch = dropout(x) if _dropout_active(dropout) else None
-        return LoraLinearFunction.apply(x, x_branch, base.weight, base.bias, a, b, scaling, fan)
+        return LoraLinearFunction.apply(x, x_branch, weight, bias, a, b, scaling, fan)
     # no autograd (inference, dropout inactive): nothing kept for a backward
-    return _forward(x, None, (base.weight, base.bias, a, b, scaling, fan), keep_h=False)[0]
+    return _forward(x, None, (weight, bias, a, b, scaling, fan), keep_h=False)[0]
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -217,6 +280,71 @@ class LoraLinearFunction(torch.autograd.Function):
                 dx = torch.mm(g2, w)
             else:  # the branch's share first, the base GEMM accumulates onto it in place
                 dx = torch.mm(dh, lora_a).addmm_(g2, w)
+            dx = dx.view(shape)
+        if ctx.has_branch_input and need_xb:
+            dxb = torch.mm(dh, lora_a).view(shape)
+        if need_bias:
+            dbias = g2.sum(0)
+        return dx, dxb, None, dbias, da, db, None, None
+
+
+class LoraLinearMixedFunction(torch.autograd.Function):
+    """Half-precision base (x, W, b in fp16/bf16), fp32 adapter, no autocast, in peft's cast order:
+
+        y = (float(x Wᵀ + b) + s · (float(x') Aᵀ) Bᵀ).to(half)      x' = x, or dropout(float(x))
+
+    the base product in half precision, the branch in fp32, their sum in fp32 rounded once. One node: the
+    fp32 copy of x is made per call and not kept (x itself is saved, in half precision, and cast again
+    in backward), where the reference keeps it for A's gradient. Backward: the base's input gradient
+    `g W` in half precision, the branch's (`s · g B A`) in fp32 added onto it; A and B get fp32 gradients.
+    Inputs as `LoraLinearFunction`'s (x' is fp32).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        x_branch: torch.Tensor | None,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+        fan_in_fan_out: bool,
+    ) -> torch.Tensor:
+        needs = ctx.needs_input_grad
+        n_in = x.shape[-1]
+        y_half, x2, _ = project(x, weight, bias, fan_in_fan_out)
+        xb32 = x2.to(lora_a.dtype) if x_branch is None else x_branch.reshape(-1, n_in)
+        h = torch.mm(xb32, lora_a.t())  # (T, r), fp32
+        y32 = y_half.to(lora_a.dtype)
+        y32.view(-1, y32.shape[-1]).addmm_(h, lora_b.t(), alpha=scaling)
+        del y_half
+        # A's gradient needs x' in fp32: keep the half-precision x (cast again in backward), or x' itself
+        kept_x = (x2 if x_branch is None else xb32) if needs[4] else None
+        ctx.save_for_backward(kept_x, h if needs[5] else None, weight, lora_a, lora_b)
+        ctx.scaling, ctx.fan_in_fan_out, ctx.in_shape = scaling, fan_in_fan_out, x.shape
+        ctx.has_branch_input = x_branch is not None
+        return y32.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        kept_x, h, weight, lora_a, lora_b = ctx.saved_tensors
+        need_x, need_xb, _, need_bias, need_a, need_b = ctx.needs_input_grad[:6]
+        s, shape, fan = ctx.scaling, ctx.in_shape, ctx.fan_in_fan_out
+        g2 = grad.reshape(-1, grad.shape[-1])
+        dx = dxb = dbias = da = db = dh = None
+        g32 = g2.to(lora_b.dtype) if (need_a or need_b or need_x or need_xb) else None
+        if need_a or need_x or need_xb:
+            dh = torch.mm(g32, lora_b).mul_(s)  # (T, r), fp32
+        if need_b:
+            db = torch.mm(g32.t(), h).mul_(s)
+        if need_a:
+            da = torch.mm(dh.t(), kept_x.to(lora_a.dtype))
+        if need_x:
+            dx = torch.mm(g2, weight.t() if fan else weight)  # the base's share, half precision
+            if not ctx.has_branch_input:
+                dx.add_(torch.mm(dh, lora_a))  # + the branch's, fp32, rounded once into dx
             dx = dx.view(shape)
         if ctx.has_branch_input and need_xb:
             dxb = torch.mm(dh, lora_a).view(shape)

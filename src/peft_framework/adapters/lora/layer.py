@@ -132,6 +132,8 @@ class LoraLinear(LinearAdapterLayer):
         lora_a, lora_b, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
         result = self.base_layer(x, *args, **kwargs)
         update = lora_b(lora_a(dropout(x.to(lora_a.weight.dtype)))) * self.scaling[name]
+        if self.quantized:  # peft's bitsandbytes layers round the update to the result's dtype, then add
+            return result + update.to(result.dtype)
         return (result + update).to(result.dtype)  # summed in the adapter's precision, rounded once (as peft)
 
     def delta_weight(self, name: str) -> torch.Tensor:

@@ -35,6 +35,7 @@ _SAVED_AS_PLAIN_LORA = (
 class LoraMethod(WrapperMethod):
     name, label, peft_type = "lora", "LoRA", "LORA"
     config_class, layer_class, mergeable = LoraConfig, LoraLinear, True
+    quantized_bases = True  # wraps bitsandbytes 4-/8-bit linears (adapters/layer.py)
     never_all_zero = "lora_A.weight"  # A starts random, B at zero
     description = "LoRA: low-rank updates B·A on linear layers (peft-compatible checkpoints)"
 
