@@ -97,7 +97,8 @@ class AdapterLayer(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             own = (self.base_attr, *self.adapter_containers)
-            if not self.delegate_attributes or name in own or self.base_attr not in self._modules:
+            modules = self.__dict__.get("_modules", {})  # not there yet while unpickling
+            if not self.delegate_attributes or name in own or self.base_attr not in modules:
                 raise
             return getattr(self.delegate(), name)
 

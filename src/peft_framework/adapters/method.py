@@ -37,6 +37,20 @@ from peft_framework.errors import AdapterError
 
 #: peft's on-disk prefix (PeftModel -> <Type>Model -> the base model)
 PEFT_PREFIX = "base_model.model."
+#: peft config keys of the LoRA family (LoRA, AdaLoRA) whose non-default values change the maths in ways
+#: this implementation does not reproduce: loading such an adapter is refused instead of silently computing
+#: something else.
+LORA_FAMILY_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "use_dora": (False, None),
+    "alpha_pattern": ({}, None),
+    "layers_to_transform": (None, []),
+    "lora_bias": (False, None),
+    "target_parameters": (None, []),
+    "trainable_token_indices": (None, {}, []),
+    "layer_replication": (None, []),
+    "use_qalora": (False, None),
+    "megatron_config": (None, {}),
+}
 
 
 @dataclass

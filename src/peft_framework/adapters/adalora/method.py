@@ -14,8 +14,8 @@ from torch import nn
 from peft_framework.adapters.adalora.config import AdaLoraConfig
 from peft_framework.adapters.adalora.layer import SVDLinear
 from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME
-from peft_framework.adapters.lora.method import LORA_FAMILY_UNSUPPORTED
 from peft_framework.adapters.method import (
+    LORA_FAMILY_UNSUPPORTED,
     AdapterRecord,
     WrapperMethod,
     architecture_default,

@@ -11,26 +11,12 @@ from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME
 from peft_framework.adapters.lora import init as lora_init
 from peft_framework.adapters.lora.config import LoraConfig
 from peft_framework.adapters.lora.layer import LoraLinear
-from peft_framework.adapters.method import AdapterRecord, WrapperMethod
+from peft_framework.adapters.method import LORA_FAMILY_UNSUPPORTED, AdapterRecord, WrapperMethod
 from peft_framework.adapters.modules_to_save import ModulesToSave
 from peft_framework.adapters.targeting import inside, saved_target_modules
 from peft_framework.config.schema import AdapterConfigBase
 from peft_framework.errors import AdapterError
 
-#: peft config keys of the LoRA family (LoRA, AdaLoRA) whose non-default values change the maths in ways
-#: this implementation does not reproduce: loading such an adapter is refused instead of silently computing
-#: something else.
-LORA_FAMILY_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
-    "use_dora": (False, None),
-    "alpha_pattern": ({}, None),
-    "layers_to_transform": (None, []),
-    "lora_bias": (False, None),
-    "target_parameters": (None, []),
-    "trainable_token_indices": (None, {}, []),
-    "layer_replication": (None, []),
-    "use_qalora": (False, None),
-    "megatron_config": (None, {}),
-}
 _UNSUPPORTED_UNLESS = {
     **{k: v for k, v in LORA_FAMILY_UNSUPPORTED.items() if k != "use_dora"},  # LoRA has DoRA (dora.py)
     "rank_pattern": ({}, None),
