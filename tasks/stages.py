@@ -25,7 +25,7 @@ HF_PREFIX = "hf:"
 # The library code every stage imports: config (whose loader resolves adapter types through the adapter
 # registry), models, adapters, io, errors. A unit test checks each stage's code deps against what its
 # library function imports, lazily or not, so a code change anywhere a stage reaches re-runs the stage.
-_CORE = ("adapters", "config", "models", "io.py", "errors.py")
+_CORE = ("adapters", "config", "models", "io.py", "errors.py", "locking.py")
 
 
 @dataclass(frozen=True)

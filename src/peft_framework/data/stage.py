@@ -26,7 +26,15 @@ from peft_framework.data.pipeline import SPLITS, Result, process
 from peft_framework.data.rows import Rejected
 from peft_framework.data.sources import Source, read_source, resolve_sources
 from peft_framework.errors import ConfigError, DataError
-from peft_framework.io import atomic_dir, canonical_json_sha256, dir_sha256, file_sha256, write_json_atomic
+from peft_framework.io import (
+    atomic_dir,
+    canonical_json_sha256,
+    check_output_dir,
+    dir_sha256,
+    file_sha256,
+    write_json_atomic,
+)
+from peft_framework.locking import locked_stage
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +305,7 @@ def _source_hash(src: Source) -> str | None:
     return dir_sha256(src.path) if src.format == "saved" else file_sha256(src.path)
 
 
+@locked_stage("prepare")
 def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """Run the prepare stage; returns a JSON-able summary (paths, hashes, counts)."""
     from peft_framework.models.loading import load_tokenizer
@@ -310,6 +319,8 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
     )
 
     sources = resolve_sources(dc.source, dc.format, root)
+    inputs_paths = [src.path for src in sources]
+    check_output_dir(out_dir, "data.output_dir", root, inputs_paths)
     tokenizer = load_tokenizer(config.model)
     records = (rec for src in sources for rec in read_source(src, dc.hf_split, dc.hf_config))
     result = process(records, dc, tokenizer)
@@ -331,7 +342,10 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
 
     dataset = _build_dataset(result, dc)
     manifest = _manifest(config, result, tokenizer, inputs, counts, dataset["train"].column_names)
-    with atomic_dir(out_dir) as tmp, _quiet_datasets():
+    with (
+        atomic_dir(out_dir, key="data.output_dir", root=root, inputs=inputs_paths) as tmp,
+        _quiet_datasets(),
+    ):
         dataset.save_to_disk(str(tmp))
         write_json_atomic(tmp / MANIFEST, manifest)
     report.update(dataset_sha256=dir_sha256(out_dir), code_sha256=code_sha256())

@@ -31,7 +31,8 @@ from peft_framework.config.schema import Config
 from peft_framework.errors import ConfigError, DataError, StageFailed
 from peft_framework.evaluation import runner
 from peft_framework.evaluation.metric_modules import compute
-from peft_framework.io import atomic_dir, path_sha256, write_json_atomic, write_text_atomic
+from peft_framework.io import atomic_dir, check_output_dir, path_sha256, write_json_atomic, write_text_atomic
+from peft_framework.locking import locked_stage
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,7 @@ def prediction_rows(test, config: Config, per_model: dict[str, list[dict]], labe
 
 
 # ------------------------------------------------------------------------------------------------- stage
+@locked_stage("evaluate")
 def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """Score the base model and base + the trained adapter on the test split; write the report,
     per-example predictions and plot data. Returns a summary (paths, hashes, the flat metrics)."""
@@ -285,6 +287,7 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
         raise StageFailed(
             f"train.output_dir: {adapter_dir} holds no trained adapter ({CONFIG_NAME} missing); run the train stage first"
         )
+    check_output_dir(resolve(root, cfg.plots_dir), "eval.plots_dir", root, [adapter_dir])
     test, label_names, manifest = load_test_split(config, root)
     classification = config.model.task == "sequence_classification"
     columns = set(test.column_names)
@@ -328,7 +331,7 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
     predictions = prediction_rows(test, config, per_model, label_names)
 
     plots_dir = resolve(root, cfg.plots_dir)
-    with atomic_dir(plots_dir) as tmp:
+    with atomic_dir(plots_dir, key="eval.plots_dir", root=root, inputs=[adapter_dir]) as tmp:
         write_json_atomic(tmp / COMPARISON_PLOT, comparison_rows(results))
         if classification:
             for model_name in MODELS:

@@ -31,7 +31,8 @@ from peft_framework.config.schema import Config
 from peft_framework.errors import StageFailed, UserError
 from peft_framework.export.memory import PeakRSS
 from peft_framework.export.merge import Adapter, open_checkpoint, stream_merge, warm_up
-from peft_framework.io import atomic_dir, path_sha256, write_json_atomic
+from peft_framework.io import atomic_dir, check_output_dir, path_sha256, temp_prefix, write_json_atomic
+from peft_framework.locking import locked_stage
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,7 @@ def parity_check(
 
 
 # ------------------------------------------------------------------------------------------------- stage
+@locked_stage("export")
 def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """Merge the trained adapter into the base model and export it (or export the adapter when it cannot
     be merged). Writes `export.output_dir` and `export.report_path`; returns a summary."""
@@ -248,6 +250,7 @@ def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]
         raise StageFailed(
             f"train.output_dir: {adapter_dir} holds no trained adapter ({CONFIG_NAME} missing); run the train stage first"
         )
+    check_output_dir(out_dir, "export.output_dir", root, [adapter_dir, resolve(root, config.data.output_dir)])
     adapter = Adapter.read(adapter_dir)
     method = adapter.method
     tokenizer = load_export_tokenizer(config, adapter_dir)
@@ -286,8 +289,8 @@ def export_merged(
     dtype = DTYPES[cfg.dtype]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with (
-        tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.base-", dir=out_dir.parent) as scratch,
-        atomic_dir(out_dir) as tmp,
+        atomic_dir(out_dir, key="export.output_dir", root=root, inputs=[adapter_dir]) as tmp,
+        tempfile.TemporaryDirectory(prefix=temp_prefix(out_dir, "base"), dir=out_dir.parent) as scratch,
     ):
         base_dir = base_checkpoint_dir(config, Path(scratch), label_names, tokenizer)
         checkpoint = open_checkpoint(base_dir)
@@ -387,7 +390,7 @@ def export_unmerged(
         if peft_loadable
         else f"{ours} (adapter type {method_name!r} needs peft-framework at inference)"
     )
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, key="export.output_dir", inputs=[adapter_dir]) as tmp:
         for item in adapter_dir.iterdir():
             if item.name.startswith("."):
                 continue

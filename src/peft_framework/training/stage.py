@@ -33,6 +33,7 @@ from peft_framework.config.hashing import config_hash, section_dict
 from peft_framework.config.schema import Config
 from peft_framework.errors import DataError, StageFailed, UserError
 from peft_framework.io import atomic_dir, canonical_json_sha256, dir_sha256, file_sha256, write_json_atomic
+from peft_framework.locking import locked_stage
 from peft_framework.training import checkpoints as ckpts
 
 log = logging.getLogger(__name__)
@@ -323,7 +324,7 @@ def write_output(
     """`train.output_dir`, all or nothing: adapter (peft format), tokenizer, log, manifest (last)."""
     from peft_framework.adapters.checkpoint import WEIGHTS_NAME, save_adapter
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, key="train.output_dir") as tmp:
         save_adapter(
             model,
             method,
@@ -340,6 +341,7 @@ def write_output(
 
 
 # ------------------------------------------------------------------------------------------------ train
+@locked_stage("train")
 def train(
     config: Config, root: str | os.PathLike[str] = ".", *, callbacks: Sequence[Any] = ()
 ) -> dict[str, Any]:
