@@ -44,6 +44,20 @@ def _follow_umask(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def _follow_umask_tree(top: Path) -> None:
+    """`_follow_umask` for a whole output directory (some writers, e.g. safetensors, create files 0600), so
+    the others in a team can read what the framework wrote when their umask lets them."""
+    mask = _umask()
+    os.chmod(top, 0o777 & ~mask)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o777 & ~mask)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -175,7 +189,7 @@ def atomic_dir(
     try:
         yield tmp
         (tmp / OUTPUT_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
-        _follow_umask(tmp, directory=True)
+        _follow_umask_tree(tmp)
         check_output_dir(final, key, root, inputs)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -169,3 +169,36 @@ def remove_checkpoint_dir(checkpoint_dir: str | os.PathLike[str]) -> None:
         root.rmdir()
     except OSError:
         pass
+
+
+def _mean_logged_loss(log_history: list[dict[str, Any]], global_step: int) -> float | None:
+    """The mean training loss over all steps, rebuilt from the logged interval means (what Trainer's
+    `training_loss` is, up to the rounding of the logged values)."""
+    total, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            step = int(entry["step"])
+            total += float(entry["loss"]) * (step - last)
+            last = step
+    return total / last if last and last == global_step else None
+
+
+def train_or_finish(trainer: Any, resume_from: Path | None, total_steps: int) -> Any:
+    """`trainer.train(resume_from_checkpoint=...)`, except when that checkpoint already is the run's last
+    step (a re-run with `train.keep_checkpoints`, or a kill between the last checkpoint and the output
+    write): then nothing is left to train, and Trainer would train one step more than planned. The
+    checkpoint's weights and state are loaded instead (and the best checkpoint's weights when training
+    ends on the best model), so the output equals the uninterrupted run's, byte for byte."""
+    if resume_from is None or checkpoint_step(resume_from) < total_steps:
+        return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    log.info("train.resume: %s is the last step (%d); nothing left to train", resume_from, total_steps)
+    trainer._load_from_checkpoint(str(resume_from))
+    trainer.state = TrainerState.load_from_json(str(Path(resume_from) / TRAINER_STATE))
+    best = trainer.state.best_model_checkpoint
+    if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
+        trainer._load_best_model()
+    step = trainer.state.global_step
+    return TrainOutput(step, _mean_logged_loss(trainer.state.log_history, step), {})

@@ -460,7 +460,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         trainer.model_accepts_loss_kwargs = False
 
     try:
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        output = ckpts.train_or_finish(trainer, resume_from, plan.total_steps)
     except NonFiniteLoss as exc:
         good, _ = ckpts.last_complete_checkpoint(checkpoint_dir, args.world_size)
         where = (
