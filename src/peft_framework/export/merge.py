@@ -28,11 +28,17 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME, AdapterMethod
-from peft_framework.adapters.checkpoint import WEIGHTS_NAME, method_for_saved, read_adapter_config
+from peft_framework.adapters.checkpoint import (
+    WEIGHTS_NAME,
+    check_adapter_shapes,
+    method_for_saved,
+    read_adapter_config,
+    read_adapter_weights,
+)
 from peft_framework.errors import UserError
 from peft_framework.export.memory import release_free_heap
 
@@ -191,7 +197,7 @@ class Adapter:
         directory = Path(directory)
         saved = read_adapter_config(directory)
         method = method_for_saved(saved, str(directory))
-        state = load_file(str(directory / WEIGHTS_NAME), device="cpu")
+        state = read_adapter_weights(directory)
         return cls(directory, method, method.config_from_saved(saved), state)
 
     def bytes(self) -> int:
@@ -211,6 +217,11 @@ def merge_into(model: nn.Module, adapter: Adapter) -> nn.Module:
 def warm_up(model_class: Any, hf_config: Any, adapter: Adapter) -> None:
     """Run every step once on an all-meta model: imports the modelling and adapter code (tens of MB of
     modules) before memory is measured, at no memory cost of its own."""
+    shapes = {k: tuple(v.shape) for k, v in adapter.state.items()}
+    where = str(adapter.directory / WEIGHTS_NAME)
+    check_adapter_shapes(
+        build_skeleton(model_class, hf_config), adapter.method, adapter.config, shapes, where
+    )
     merge_into(build_skeleton(model_class, hf_config), adapter)
 
 
