@@ -81,7 +81,8 @@ def open_checkpoint(directory: str | os.PathLike[str]) -> Checkpoint:
             return Checkpoint(directory, [SAFE_SINGLE], {SAFE_SINGLE: sorted(f.keys())})
     pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
     hint = (
-        f" (found {', '.join(pickled[:3])}: pickle checkpoints are never loaded; convert them to safetensors)"
+        f" (found {', '.join(pickled[:3])}: pickle weights are loaded only with model.allow_pickle_weights: true, "
+        "since unpickling can run arbitrary code; convert them to safetensors)"
         if pickled
         else ""
     )

@@ -107,7 +107,14 @@ def base_checkpoint_dir(config: Config, scratch: Path, label_names, tokenizer) -
     from peft_framework.models.loading import is_builtin, load_base_model
 
     name = config.model.name_or_path
-    if is_builtin(name):
+    # pickle-only weights, opted in (model.allow_pickle_weights): loaded as train/evaluate load them, then
+    # saved as safetensors for the shard-by-shard merge
+    pickle_only = (
+        config.model.allow_pickle_weights
+        and Path(name).is_dir()
+        and not any(Path(name).glob("*.safetensors"))
+    )
+    if is_builtin(name) or pickle_only:
         torch.manual_seed(config.train.seed)  # same seed as training/evaluation for a new head
         model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer)
         model.save_pretrained(str(scratch), max_shard_size=config.export.max_shard_size)
