@@ -143,11 +143,15 @@ def hold_locks(outputs: dict[str, Path], stage: str) -> Iterator[None]:
 
 
 def locked_stage(stage: str) -> Callable[[F], F]:
-    """Decorator for a stage function `fn(config, root=".", ...)`: hold its outputs' locks while it runs."""
+    """Decorator for a stage function `fn(config, root=".", ...)`: check its output paths, hold their locks
+    while it runs, and resolve a relative local `model.name_or_path` against `root`."""
 
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def run(config: Any, root: str | os.PathLike[str] = ".", *args: Any, **kwargs: Any) -> Any:
+            from peft_framework.models.loading import resolve_model_path
+
+            config = resolve_model_path(config, root)
             if os.environ.get("RANK", "0") != "0":
                 return fn(config, root, *args, **kwargs)
             base = Path(root)

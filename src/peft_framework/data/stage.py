@@ -11,6 +11,7 @@ report (status "failed") are written, a previous prepared output is removed, and
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -77,6 +78,22 @@ def _resolve(root: Path, path: str) -> Path:
 _LINE_BREAK_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
 
 
+#: a rejected row larger than this (as JSON) is kept as a prefix + its length and sha256 in rejected.jsonl
+MAX_REJECTED_ROW_CHARS = 64 * 1024
+_REJECTED_PREFIX_CHARS = 4096
+
+
+def _bounded_rejected(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with a huge `raw` value cut to a prefix, its full length and sha256 (to find it in the source)."""
+    raw = row.get("raw")
+    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
+    if len(text) <= MAX_REJECTED_ROW_CHARS:
+        return row
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    cut = {"prefix": text[:_REJECTED_PREFIX_CHARS], "chars": len(text), "sha256": digest, "truncated": True}
+    return {**row, "raw": cut}
+
+
 def write_rejected(path: Path, rejected: list[Rejected]) -> None:
     """rejected.jsonl via a temporary file renamed into place. Lone surrogates are written escaped."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +101,7 @@ def write_rejected(path: Path, rejected: list[Rejected]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             for rej in rejected:
-                row = rej.to_json()
+                row = _bounded_rejected(rej.to_json())
                 try:
                     line = json.dumps(row, ensure_ascii=False).translate(_LINE_BREAK_ESCAPES)
                     f.write((line + "\n").encode("utf-8"))

@@ -17,6 +17,7 @@ numbers are the chance-level reference the adapter (which carries its trained he
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -340,19 +341,30 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
                     for row in predictions
                 ]
                 write_json_atomic(tmp / f"confusion_{model_name}.json", confusion)
+    # both files name the adapter they score, and the report the predictions' hash: a run killed between the
+    # two writes leaves a pair that visibly does not belong together
+    adapter_sha = path_sha256(adapter_dir)
     predictions_path = resolve(root, cfg.predictions_path)
-    write_text_atomic(
-        predictions_path,
-        "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in predictions),
+    text = "".join(
+        json.dumps({**row, "adapter_sha256": adapter_sha}, ensure_ascii=False, sort_keys=True) + "\n"
+        for row in predictions
     )
-    report_path = write_json_atomic(resolve(root, cfg.report_path), report)
+    write_text_atomic(predictions_path, text)
+    report_path = write_json_atomic(
+        resolve(root, cfg.report_path),
+        {
+            **report,
+            "adapter_sha256": adapter_sha,
+            "predictions_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        },
+    )
     log.info("eval report: %s", ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)))
     return {
         "report_path": str(report_path),
         "predictions_path": str(predictions_path),
         "plots_dir": str(plots_dir),
         "comparison_plot": str(plots_dir / COMPARISON_PLOT),
-        "adapter_sha256": path_sha256(adapter_dir),
+        "adapter_sha256": adapter_sha,
         "num_examples": len(test),
         "generated": generate,
         "metrics": report,

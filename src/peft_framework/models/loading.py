@@ -9,8 +9,10 @@ Hub ids and local directories go through transformers' Auto classes (`AutoModelF
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -206,3 +208,16 @@ def load_base_model(
             tokenizer = tokenizer or load_tokenizer(model_config)
             model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def resolve_model_path(config: Any, root: str | os.PathLike[str]) -> Any:
+    """`config` with a relative local `model.name_or_path` resolved against the project root, like every
+    other path in the config (unchanged when it means the same directory from here, or is a hub id)."""
+    name = config.model.name_or_path
+    if is_builtin(name) or Path(name).expanduser().is_absolute():
+        return config
+    candidate = Path(root) / name
+    if not candidate.is_dir() or (Path(name).is_dir() and Path(name).resolve() == candidate.resolve()):
+        return config
+    model = config.model.model_copy(update={"name_or_path": str(candidate.resolve())})
+    return config.model_copy(update={"model": model})
