@@ -95,8 +95,10 @@ def check_output_dir(
     nor a directory holding one of the stage's inputs. UserError naming `key` otherwise. A path outside
     `root` is allowed with a warning."""
     final = Path(final)
-    target = final.resolve()
     value = f"{key}: {str(final)!r}"
+    if root is not None and not final.is_absolute():
+        final = Path(root) / final
+    target = final.resolve()
     protected = [("the working directory", Path.cwd().resolve())]
     if root is not None:
         protected.insert(0, ("the project root", Path(root).resolve()))
@@ -182,9 +184,10 @@ def atomic_dir(
     previous `final` is left untouched. Leftovers of killed runs are cleaned up first.
     """
     final = Path(final)
-    check_output_dir(final, key, root, inputs)
-    final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(final)
+    check_output_dir(final, key, root, inputs)
+    fault_point(f"atomic_dir.begin:{key}")
+    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final), dir=final.parent))
     try:
         yield tmp
@@ -198,7 +201,7 @@ def atomic_dir(
     if final.exists():
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         os.replace(final, old)
-    fault_point("atomic_dir.swap")
+    fault_point(f"atomic_dir.swap:{key}")
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -157,9 +157,9 @@ def locked_stage(stage: str) -> Callable[[F], F]:
             base = Path(root)
             outputs = {k: _resolve(base, v) for k, v in STAGE_OUTPUTS[stage](config).items()}
             inputs = [_resolve(base, v) for v in STAGE_INPUTS[stage](config)]
-            for key, path in outputs.items():
+            for key, value in STAGE_OUTPUTS[stage](config).items():
                 if key not in _NOT_REPLACED:
-                    check_output_dir(path, key, base, inputs)
+                    check_output_dir(value, key, base, inputs)
             with hold_locks(outputs, stage):
                 return fn(config, root, *args, **kwargs)
 
