@@ -26,7 +26,7 @@ TINY = [
     "train.logging_steps=1",
     "train.report_to=none",
     "train.learning_rate=0.01",
-    "data.max_seq_len=64",
+    "data.max_seq_len=256",
     "data.split.validation=0.0",
     "data.split.test=0.2",
     "eval.generate=false",
@@ -41,7 +41,9 @@ def write_raw(path: Path, rows: int = 30) -> Path:
         word = WORDS[i % len(WORDS)]
         times = 1 + i % 3
         lines.append(
-            json.dumps({"instruction": f"Repeat {word} {times} times.", "output": " ".join([word] * times)})
+            json.dumps(
+                {"instruction": f"Repeat {word} {times} times ({i}).", "output": " ".join([word] * times)}
+            )
         )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -73,3 +75,8 @@ def run_killed(root: Path, fault: str, *argv: str, timeout: int = 300) -> subpro
         text=True,
         timeout=timeout,
     )
+
+
+def summary(stdout: str) -> dict:
+    """The JSON summary a stage command prints (after anything transformers prints to stdout)."""
+    return json.loads(stdout[stdout.index("{\n") :])
