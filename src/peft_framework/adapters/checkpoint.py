@@ -147,7 +147,7 @@ def read_adapter_config(adapter_dir: str | os.PathLike[str]) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise AdapterError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except RecursionError:
-        raise AdapterError(f"{path}: JSON nested too deeply to read") from None
+        raise AdapterError(f"{path}: nested too deeply to read (hostile or corrupt JSON)") from None
     if not isinstance(saved, dict):
         raise AdapterError(f"{path}: expected a JSON object, got {type(saved).__name__}")
     return saved
