@@ -2,8 +2,9 @@
 
 Outputs (all written atomically):
 - `eval.report_path` (reports/eval.json): flat keys `base.<metric>`, `adapter.<metric>`, `delta.<metric>`
-  (adapter minus base) plus `num_examples`, for `dvc metrics show` / `dvc exp show`.
-- `eval.predictions_path` (jsonl): one line per test example with both models' outputs.
+  (adapter minus base) plus `num_examples`, for `dvc metrics show` / `dvc exp show`; and `adapter_sha256`,
+  `predictions_sha256`, which tie the report to the adapter and to the predictions file.
+- `eval.predictions_path` (jsonl): one line per test example with both models' outputs and `adapter_sha256`.
 - `eval.plots_dir`: `eval_comparison.json`, rows {metric, model, value, series} for a DVC bar plot
   (`template: bar_horizontal, x: value, y: series`); classification adds `confusion_base.json` and
   `confusion_adapter.json`, rows {actual, predicted} for DVC's `confusion` template.
@@ -350,14 +351,12 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
         for row in predictions
     )
     write_text_atomic(predictions_path, text)
-    report_path = write_json_atomic(
-        resolve(root, cfg.report_path),
-        {
-            **report,
-            "adapter_sha256": adapter_sha,
-            "predictions_sha256": hashlib.sha256(text.encode()).hexdigest(),
-        },
-    )
+    report = {
+        **report,
+        "adapter_sha256": adapter_sha,
+        "predictions_sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
+    report_path = write_json_atomic(resolve(root, cfg.report_path), report)
     log.info("eval report: %s", ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)))
     return {
         "report_path": str(report_path),
