@@ -53,6 +53,7 @@ def test_export_of_an_adapter_saved_only_as_pickle(cli: Run, project_copy: Path)
     _one_error(code, err, f"error: {weights}: missing (a pickle checkpoint is there; it is never loaded")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("content", "what"),
     [(b"\xff\xfe{}", "not UTF-8 text"), (b"[" * 100_000 + b"]" * 100_000, "nested too deeply")],

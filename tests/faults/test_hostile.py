@@ -58,6 +58,7 @@ def test_a_huge_or_deep_config_gives_a_short_message(cli: Run, tmp_path: Path) -
     assert lines[-1] == f"  ... and {5000 - MAX_PROBLEMS} more problem(s) not shown"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("r", [10**12, 100_000])
 def test_an_adapter_config_with_a_huge_rank_is_refused_before_allocating(
     cli: Run, trained: Path, tmp_path: Path, r: int
