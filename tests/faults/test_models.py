@@ -50,7 +50,7 @@ def test_train_and_export_follow_the_same_pickle_rule(cli: Run, project_copy: Pa
 def test_a_missing_local_model_dir_is_named_as_such(cli: Run) -> None:
     code, _, err = cli("generate", None, "--base", "./no-such-model", "--prompt", "hi")
     assert code == 2
-    assert "model.name_or_path: './no-such-model': no such local model directory" in err
+    assert "model.name_or_path: cannot load './no-such-model': no such local model directory" in err
     assert "Repo id" not in err
 
 

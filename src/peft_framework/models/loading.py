@@ -75,7 +75,7 @@ def _load_problem(name: str, what: str, exc: BaseException) -> str:
     path = Path(name).expanduser()
     if looks_like_path(name) and not path.exists():
         return (
-            f"model.name_or_path: {name!r}: no such local model directory (relative paths are resolved against "
+            f"model.name_or_path: cannot load {name!r}: no such local model directory (relative paths are resolved against "
             "the project root, --root); hub ids look like 'org/name'"
         )
     if path.is_dir():
