@@ -17,6 +17,7 @@ from prefect.states import Failed, State
 
 from peft_framework.config.schema import Config
 from peft_framework.errors import UserError
+from peft_framework.failures import as_user_error
 from tasks.cache import ValidatedOutputs
 from tasks.fingerprint import record_outputs
 from tasks.stages import ORDER, STAGES
@@ -66,6 +67,13 @@ def _make_task(name: str) -> Task[..., dict[str, Any]]:
         except UserError as exc:
             # A user mistake: fail with its message, no traceback in the run log (and no retry).
             return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
+        except Exception as exc:
+            # disk full, a corrupt file, ...: `<path>: <what>` like the CLI says it (transient errors and bugs
+            # propagate: the first are retried, the second keep their traceback)
+            problem = None if is_transient(exc) else as_user_error(exc)
+            if problem is None:
+                raise
+            return Failed(message=f"{type(problem).__name__}: {problem}", data=problem)
         return {
             "stage": name,
             "summary": summary,

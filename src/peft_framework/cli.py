@@ -295,6 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # the one boundary: I/O, corrupt files, disk full -> `error:`; bugs re-raise
+        from peft_framework.failures import describe_failure
+
+        message = describe_failure(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

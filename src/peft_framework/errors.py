@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+#: an error message lists at most this many problems, each cut to _MAX_LINE characters: a hostile input
+#: (a config with 600,000 unknown keys) must not become a message of many megabytes
+MAX_PROBLEMS = 50
+_MAX_LINE = 1000
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class UserError(Exception):
     """A mistake in config, data or invocation. Message names the key/row, the value and what is allowed."""
@@ -13,10 +22,13 @@ class UserError(Exception):
         super().__init__(message)
 
     def __str__(self) -> str:  # one line per problem, under the headline
-        head = super().__str__()
+        head = _cut(super().__str__(), 4 * _MAX_LINE)
         if not self.problems:
             return head
-        return head + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        shown = [f"  - {_cut(str(p), _MAX_LINE)}" for p in self.problems[:MAX_PROBLEMS]]
+        if len(self.problems) > MAX_PROBLEMS:
+            shown.append(f"  ... and {len(self.problems) - MAX_PROBLEMS} more problem(s) not shown")
+        return head + "\n" + "\n".join(shown)
 
 
 class ConfigError(UserError):

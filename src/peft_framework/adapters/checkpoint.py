@@ -8,6 +8,7 @@ pickled, and nothing is ever unpickled.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -115,16 +116,31 @@ def _check_tensors(method: AdapterMethod, state: dict[str, torch.Tensor], adapte
     method.validate_for_save(state)  # type-specific checks (e.g. LoRA: A can never be all zero)
 
 
+#: adapter_config.json is a few KB (a big model's rank_pattern: some hundred KB); larger is refused unread
+MAX_ADAPTER_CONFIG_BYTES = 8 * 1024 * 1024
+#: the JSON header of a safetensors file lists names, dtypes and shapes: a few MB for any real adapter
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+
+
 def read_adapter_config(adapter_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(adapter_dir) / CONFIG_NAME
     if not path.is_file():
         raise AdapterError(
             f"{path}: no {CONFIG_NAME} here; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
         )
+    size = path.stat().st_size
+    if size > MAX_ADAPTER_CONFIG_BYTES:
+        raise AdapterError(
+            f"{path}: {size} bytes; an adapter config may be at most {MAX_ADAPTER_CONFIG_BYTES}"
+        )
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise AdapterError(f"{path}: not valid JSON ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise AdapterError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise AdapterError(f"{path}: nested too deeply to read (hostile or corrupt JSON)") from None
     if not isinstance(saved, dict):
         raise AdapterError(f"{path}: expected a JSON object, got {type(saved).__name__}")
     return saved
@@ -150,6 +166,112 @@ def method_for_saved(saved: dict[str, Any], where: str = CONFIG_NAME) -> Adapter
     )
 
 
+def safetensors_header(path: str | os.PathLike[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) from a safetensors file's header, read without loading any tensor; an
+    AdapterError when the file is truncated or malformed (its tensors would not fit in the file)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or n > min(MAX_HEADER_BYTES, size - 8):
+                raise AdapterError(f"{path}: not a safetensors file, or truncated (bad header length)")
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise AdapterError(f"{path}: not a safetensors file, or truncated ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise AdapterError(f"{path}: not a safetensors file (header is not a JSON object)")
+    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape = str(info["dtype"]), tuple(int(d) for d in info["shape"])
+            start, stop = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise AdapterError(f"{path}: malformed safetensors header entry for {name!r}") from None
+        if not 0 <= start <= stop:
+            raise AdapterError(f"{path}: malformed data offsets for {name!r}")
+        end = max(end, stop)
+        out[name] = (dtype, shape)
+    if 8 + n + end > size:
+        raise AdapterError(
+            f"{path}: truncated: its header promises {8 + n + end} bytes, the file has {size}; "
+            "the file was cut short (an interrupted copy or download?)"
+        )
+    return out
+
+
+def meta_skeleton(model: nn.Module) -> nn.Module | None:
+    """An empty (meta-device) model of the same class and config as `model`, or None when `model` cannot
+    be rebuilt from its config: a place to try an adapter config at no memory cost."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        return None
+    try:
+        with torch.device("meta"):
+            return type(model)(copy.deepcopy(model.config))
+    except Exception:  # noqa: BLE001 - an exotic model class: the check after injection still applies
+        return None
+
+
+def check_adapter_shapes(
+    skeleton: nn.Module | None,
+    method: AdapterMethod,
+    config: AdapterConfigBase,
+    shapes: dict[str, tuple[int, ...]],
+    where: str,
+    adapter_name: str = DEFAULT_ADAPTER_NAME,
+) -> None:
+    """Compare the tensors an adapter config would build (on a meta `skeleton`, so nothing is allocated)
+    with the shapes in its weights file. Called before the real model gets the adapter: a hostile or
+    broken config (`r: 1e12`) is an AdapterError here instead of an allocation of terabytes there."""
+    if skeleton is None:
+        return
+    method.inject(skeleton, config, adapter_name)
+    expected = {k: tuple(v.shape) for k, v in method.adapter_state_dict(skeleton, adapter_name).items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise AdapterError(
+            f"{where} does not match the {method.name!r} adapter built from its config",
+            [f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in unexpected],
+        )
+    wrong = [f"{k}: file {shapes[k]}, model {v}" for k, v in expected.items() if shapes[k] != v]
+    if wrong:
+        raise AdapterError(
+            f"{where}: tensor shapes do not match the model built from its {CONFIG_NAME}", wrong
+        )
+
+
+def adapter_weights_file(adapter_dir: str | os.PathLike[str]) -> Path:
+    """`adapter_dir/adapter_model.safetensors`; an AdapterError saying why when it is not there (a pickle
+    `adapter_model.bin` is never loaded)."""
+    weights = Path(adapter_dir) / WEIGHTS_NAME
+    if not weights.is_file():
+        pickled = [p.name for p in Path(adapter_dir).glob("adapter_model.bin")]
+        hint = (
+            " (a pickle checkpoint is there; it is never loaded: convert it to safetensors)"
+            if pickled
+            else ""
+        )
+        raise AdapterError(f"{weights}: missing{hint}")
+    return weights
+
+
+def read_adapter_weights(adapter_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of `adapter_dir`, after the header was checked (truncated files are an AdapterError)."""
+    weights = adapter_weights_file(adapter_dir)
+    safetensors_header(weights)
+    try:
+        return load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise AdapterError(f"{weights}: not a readable safetensors file ({exc})") from exc
+
+
 def load_adapter(
     model: nn.Module,
     adapter_dir: str | os.PathLike[str],
@@ -169,17 +291,11 @@ def load_adapter(
     if adapter_name != DEFAULT_ADAPTER_NAME and (adapter_dir / adapter_name / CONFIG_NAME).is_file():
         adapter_dir = adapter_dir / adapter_name  # peft's layout for non-default names
     saved = read_adapter_config(adapter_dir)
-    weights = adapter_dir / WEIGHTS_NAME
-    if not weights.is_file():
-        pickled = [p.name for p in adapter_dir.glob("adapter_model.bin")]
-        hint = (
-            " (a pickle checkpoint is there; it is never loaded: convert it to safetensors)"
-            if pickled
-            else ""
-        )
-        raise AdapterError(f"{weights}: missing{hint}")
+    weights = adapter_weights_file(adapter_dir)
     method = method_for_saved(saved, str(adapter_dir / CONFIG_NAME))
     config = method.config_from_saved(saved)
+    header = {k: shape for k, (_, shape) in safetensors_header(weights).items()}
+    check_adapter_shapes(meta_skeleton(model), method, config, header, str(weights), adapter_name)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as exc:

@@ -32,12 +32,58 @@ def yaml_fields(model: type[BaseModel]) -> dict[str, tuple[str, FieldInfo]]:
     return {yaml_name(n, f): (n, f) for n, f in model.model_fields.items()}
 
 
+class _Full(Exception):
+    pass
+
+
+def _clipped_json(value: Any, limit: int) -> str:
+    """JSON of `value`, but written only up to about `limit` characters: a huge (or alias-bomb) value costs
+    no more than its first `limit` characters."""
+    out: list[str] = []
+    size = 0
+
+    def emit(text: str) -> None:
+        nonlocal size
+        out.append(text)
+        size += len(text)
+        if size > limit:
+            raise _Full
+
+    def walk(v: Any, depth: int) -> None:
+        if depth > 50:
+            emit("...")
+        elif isinstance(v, dict):
+            emit("{")
+            for i, (k, x) in enumerate(v.items()):
+                emit(", " if i else "")
+                walk(k if isinstance(k, str) else str(k), depth + 1)
+                emit(": ")
+                walk(x, depth + 1)
+            emit("}")
+        elif isinstance(v, (list, tuple)):
+            emit("[")
+            for i, x in enumerate(v):
+                emit(", " if i else "")
+                walk(x, depth + 1)
+            emit("]")
+        elif isinstance(v, str):
+            emit(json.dumps(v[: limit + 1], ensure_ascii=False))
+        else:
+            try:
+                emit(json.dumps(v, ensure_ascii=False, default=str))
+            except (TypeError, ValueError):
+                emit(repr(v)[: limit + 1])
+
+    try:
+        walk(value, 0)
+    except _Full:
+        pass
+    return "".join(out)
+
+
 def show(value: Any, limit: int = 80) -> str:
     """A value as the user would write it (JSON-ish: strings quoted, null, true/false)."""
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        text = repr(value)
+    text = _clipped_json(value, limit)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -76,6 +76,11 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     revision: str | None = None
     trust_remote_code: bool = False
+    allow_pickle_weights: bool = Field(
+        False,
+        description="Load base weights that exist only as pickle files (pytorch_model.bin). Off: safetensors "
+        "only. Unpickling a file from an untrusted source can run arbitrary code; convert to safetensors instead.",
+    )
     num_labels: int | None = Field(
         None,
         ge=2,

@@ -19,6 +19,12 @@ import yaml
 
 from peft_framework.errors import ConfigError
 
+#: a config file larger than this is refused before it is read (real ones are a few kilobytes)
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+#: the most values (mappings, lists and scalars, counted as expanded: YAML aliases repeat what they name)
+#: a config may hold; a "billion laughs" alias bomb stops here instead of exhausting memory downstream
+MAX_CONFIG_VALUES = 100_000
+
 # YAML 1.2 core-schema floats without a dot (`1e-4`, `-3E5`); the ones with a dot PyYAML already knows.
 _FLOAT_12 = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
 
@@ -56,10 +62,37 @@ for _cls in (ConfigLoader, ConfigDumper):
     _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789"))
 
 
+def expanded_size(data: Any, limit: int = MAX_CONFIG_VALUES) -> int:
+    """How many values `data` holds once every shared (aliased) part is counted each time it is used;
+    stops counting past `limit`. Linear in the distinct containers (memoised by identity)."""
+    memo: dict[int, int] = {}
+
+    def count(value: Any, depth: int) -> int:
+        if not isinstance(value, (dict, list)):
+            return 1
+        if id(value) in memo:
+            return memo[id(value)]
+        if depth > 100:
+            return limit + 1
+        total = 1
+        items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        for _, child in items:
+            total += count(child, depth + 1)
+            if total > limit:
+                break
+        memo[id(value)] = total
+        return total
+
+    return count(data, 0)
+
+
 def parse_yaml(text: str, origin: str = "<string>") -> Any:
-    """Parse YAML text; syntax errors become a ConfigError naming `origin:line:column`."""
+    """Parse YAML text; syntax errors become a ConfigError naming `origin:line:column`. Documents that
+    expand to more than MAX_CONFIG_VALUES values or nest more than 100 deep are refused."""
     try:
-        return yaml.load(text, Loader=ConfigLoader)
+        data = yaml.load(text, Loader=ConfigLoader)
+    except RecursionError:
+        raise ConfigError(f"{origin}: invalid YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{origin}:{mark.line + 1}:{mark.column + 1}" if mark is not None else origin
@@ -67,6 +100,16 @@ def parse_yaml(text: str, origin: str = "<string>") -> Any:
         raise ConfigError(f"{where}: invalid YAML: {what}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin}: invalid YAML: {exc}") from None
+    _check_size(data, origin)
+    return data
+
+
+def _check_size(data: Any, origin: str) -> None:
+    if expanded_size(data) > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            f"{origin}: the document holds more than {MAX_CONFIG_VALUES} values once YAML aliases are "
+            "expanded, or nests more than 100 deep; a config is a few hundred values (an alias bomb?)"
+        )
 
 
 def _reject_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -80,11 +123,15 @@ def _reject_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_json(text: str, origin: str = "<string>") -> Any:
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicate_json_keys)
+        data = json.loads(text, object_pairs_hook=_reject_duplicate_json_keys)
+    except RecursionError:
+        raise ConfigError(f"{origin}: invalid JSON: nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{origin}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
     except ValueError as exc:
         raise ConfigError(f"{origin}: invalid JSON: {exc}") from None
+    _check_size(data, origin)
+    return data
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -94,6 +141,14 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {str(p)!r}")
     if p.is_dir():
         raise ConfigError(f"config path is a directory, expected a YAML or JSON file: {str(p)!r}")
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {exc.strerror}") from None
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{p}: {size} bytes; a config file may be at most {MAX_CONFIG_BYTES} bytes (real ones are a few KB)"
+        )
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -11,6 +11,7 @@ report (status "failed") are written, a previous prepared output is removed, and
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -26,7 +27,15 @@ from peft_framework.data.pipeline import SPLITS, Result, process
 from peft_framework.data.rows import Rejected
 from peft_framework.data.sources import Source, read_source, resolve_sources
 from peft_framework.errors import ConfigError, DataError
-from peft_framework.io import atomic_dir, canonical_json_sha256, dir_sha256, file_sha256, write_json_atomic
+from peft_framework.io import (
+    atomic_dir,
+    canonical_json_sha256,
+    check_output_dir,
+    dir_sha256,
+    file_sha256,
+    write_json_atomic,
+)
+from peft_framework.locking import locked_stage
 from peft_framework.paths import resolve
 from peft_framework.provenance import made_by, write_manifest
 
@@ -68,6 +77,22 @@ def _check_task(config: Config) -> None:
 _LINE_BREAK_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
 
 
+#: a rejected row larger than this (as JSON) is kept as a prefix + its length and sha256 in rejected.jsonl
+MAX_REJECTED_ROW_CHARS = 64 * 1024
+_REJECTED_PREFIX_CHARS = 4096
+
+
+def _bounded_rejected(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with a huge `raw` value cut to a prefix, its full length and sha256 (to find it in the source)."""
+    raw = row.get("raw")
+    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
+    if len(text) <= MAX_REJECTED_ROW_CHARS:
+        return row
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    cut = {"prefix": text[:_REJECTED_PREFIX_CHARS], "chars": len(text), "sha256": digest, "truncated": True}
+    return {**row, "raw": cut}
+
+
 def write_rejected(path: Path, rejected: list[Rejected]) -> None:
     """rejected.jsonl via a temporary file renamed into place. Lone surrogates are written escaped."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +100,7 @@ def write_rejected(path: Path, rejected: list[Rejected]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             for rej in rejected:
-                row = rej.to_json()
+                row = _bounded_rejected(rej.to_json())
                 try:
                     line = json.dumps(row, ensure_ascii=False).translate(_LINE_BREAK_ESCAPES)
                     f.write((line + "\n").encode("utf-8"))
@@ -289,6 +314,7 @@ def _source_hash(src: Source) -> str | None:
     return dir_sha256(src.path) if src.format == "saved" else file_sha256(src.path)
 
 
+@locked_stage("prepare")
 def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """Run the prepare stage; returns a JSON-able summary (paths, hashes, counts)."""
     from peft_framework.models.loading import load_tokenizer
@@ -302,6 +328,8 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
     )
 
     sources = resolve_sources(dc.source, dc.format, root)
+    inputs_paths = [src.path for src in sources]
+    check_output_dir(out_dir, "data.output_dir", root, inputs_paths)
     tokenizer = load_tokenizer(config.model)
     records = (rec for src in sources for rec in read_source(src, dc.hf_split, dc.hf_config))
     result = process(records, dc, tokenizer)
@@ -323,7 +351,10 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
 
     dataset = _build_dataset(result, dc)
     manifest = _manifest(config, result, tokenizer, inputs, counts, dataset["train"].column_names)
-    with atomic_dir(out_dir) as tmp, _quiet_datasets():
+    with (
+        atomic_dir(out_dir, key="data.output_dir", root=root, inputs=inputs_paths) as tmp,
+        _quiet_datasets(),
+    ):
         dataset.save_to_disk(str(tmp))
         write_manifest(tmp, manifest)
     report.update(dataset_sha256=dir_sha256(out_dir), code_sha256=code_sha256())

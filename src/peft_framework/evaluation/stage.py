@@ -2,8 +2,9 @@
 
 Outputs (all written atomically):
 - `eval.report_path` (reports/eval.json): flat keys `base.<metric>`, `adapter.<metric>`, `delta.<metric>`
-  (adapter minus base) plus `num_examples`, for `dvc metrics show` / `dvc exp show`.
-- `eval.predictions_path` (jsonl): one line per test example with both models' outputs.
+  (adapter minus base) plus `num_examples`, for `dvc metrics show` / `dvc exp show`; and `adapter_sha256`,
+  `predictions_sha256`, which tie the report to the adapter and to the predictions file.
+- `eval.predictions_path` (jsonl): one line per test example with both models' outputs and `adapter_sha256`.
 - `eval.plots_dir`: `eval_comparison.json`, rows {metric, model, value, series} for a DVC bar plot
   (`template: bar_horizontal, x: value, y: series`); classification adds `confusion_base.json` and
   `confusion_adapter.json`, rows {actual, predicted} for DVC's `confusion` template.
@@ -17,6 +18,7 @@ numbers are the chance-level reference the adapter (which carries its trained he
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -31,7 +33,8 @@ from peft_framework.config.schema import Config
 from peft_framework.errors import DataError, StageFailed
 from peft_framework.evaluation import runner
 from peft_framework.evaluation.metric_modules import compute
-from peft_framework.io import atomic_dir, path_sha256, write_json_atomic, write_text_atomic
+from peft_framework.io import atomic_dir, check_output_dir, path_sha256, write_json_atomic, write_text_atomic
+from peft_framework.locking import locked_stage
 from peft_framework.models.saved_tokenizer import adapter_tokenizer
 from peft_framework.paths import resolve
 from peft_framework.provenance import read_manifest
@@ -242,6 +245,7 @@ def prediction_rows(test, config: Config, per_model: dict[str, list[dict]], labe
 
 
 # ------------------------------------------------------------------------------------------------- stage
+@locked_stage("evaluate")
 def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """Score the base model and base + the trained adapter on the test split; write the report,
     per-example predictions and plot data. Returns a summary (paths, hashes, the flat metrics)."""
@@ -254,6 +258,7 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
         raise StageFailed(
             f"train.output_dir: {adapter_dir} holds no trained adapter ({CONFIG_NAME} missing); run the train stage first"
         )
+    check_output_dir(resolve(root, cfg.plots_dir), "eval.plots_dir", root, [adapter_dir])
     test, label_names, manifest = load_test_split(config, root)
     classification = config.model.task == "sequence_classification"
     columns = set(test.column_names)
@@ -297,7 +302,7 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
     predictions = prediction_rows(test, config, per_model, label_names)
 
     plots_dir = resolve(root, cfg.plots_dir)
-    with atomic_dir(plots_dir) as tmp:
+    with atomic_dir(plots_dir, key="eval.plots_dir", root=root, inputs=[adapter_dir]) as tmp:
         write_json_atomic(tmp / COMPARISON_PLOT, comparison_rows(results))
         if classification:
             for model_name in MODELS:
@@ -306,11 +311,20 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
                     for row in predictions
                 ]
                 write_json_atomic(tmp / f"confusion_{model_name}.json", confusion)
+    # both files name the adapter they score, and the report the predictions' hash: a run killed between the
+    # two writes leaves a pair that visibly does not belong together
+    adapter_sha = path_sha256(adapter_dir)
     predictions_path = resolve(root, cfg.predictions_path)
-    write_text_atomic(
-        predictions_path,
-        "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in predictions),
+    text = "".join(
+        json.dumps({**row, "adapter_sha256": adapter_sha}, ensure_ascii=False, sort_keys=True) + "\n"
+        for row in predictions
     )
+    write_text_atomic(predictions_path, text)
+    report = {
+        **report,
+        "adapter_sha256": adapter_sha,
+        "predictions_sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
     report_path = write_json_atomic(resolve(root, cfg.report_path), report)
     log.info("eval report: %s", ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)))
     return {
@@ -318,7 +332,7 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
         "predictions_path": str(predictions_path),
         "plots_dir": str(plots_dir),
         "comparison_plot": str(plots_dir / COMPARISON_PLOT),
-        "adapter_sha256": path_sha256(adapter_dir),
+        "adapter_sha256": adapter_sha,
         "num_examples": len(test),
         "generated": generate,
         "metrics": report,

@@ -28,11 +28,17 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME, AdapterMethod
-from peft_framework.adapters.checkpoint import WEIGHTS_NAME, method_for_saved, read_adapter_config
+from peft_framework.adapters.checkpoint import (
+    WEIGHTS_NAME,
+    check_adapter_shapes,
+    method_for_saved,
+    read_adapter_config,
+    read_adapter_weights,
+)
 from peft_framework.errors import UserError
 from peft_framework.export.memory import release_free_heap
 
@@ -75,7 +81,8 @@ def open_checkpoint(directory: str | os.PathLike[str]) -> Checkpoint:
             return Checkpoint(directory, [SAFE_SINGLE], {SAFE_SINGLE: sorted(f.keys())})
     pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
     hint = (
-        f" (found {', '.join(pickled[:3])}: pickle checkpoints are never loaded; convert them to safetensors)"
+        f" (found {', '.join(pickled[:3])}: pickle weights are loaded only with model.allow_pickle_weights: true, "
+        "since unpickling can run arbitrary code; convert them to safetensors)"
         if pickled
         else ""
     )
@@ -191,7 +198,7 @@ class Adapter:
         directory = Path(directory)
         saved = read_adapter_config(directory)
         method = method_for_saved(saved, str(directory))
-        state = load_file(str(directory / WEIGHTS_NAME), device="cpu")
+        state = read_adapter_weights(directory)
         return cls(directory, method, method.config_from_saved(saved), state)
 
     def bytes(self) -> int:
@@ -211,6 +218,11 @@ def merge_into(model: nn.Module, adapter: Adapter) -> nn.Module:
 def warm_up(model_class: Any, hf_config: Any, adapter: Adapter) -> None:
     """Run every step once on an all-meta model: imports the modelling and adapter code (tens of MB of
     modules) before memory is measured, at no memory cost of its own."""
+    shapes = {k: tuple(v.shape) for k, v in adapter.state.items()}
+    where = str(adapter.directory / WEIGHTS_NAME)
+    check_adapter_shapes(
+        build_skeleton(model_class, hf_config), adapter.method, adapter.config, shapes, where
+    )
     merge_into(build_skeleton(model_class, hf_config), adapter)
 
 

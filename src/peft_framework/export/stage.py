@@ -30,7 +30,8 @@ from peft_framework.errors import StageFailed, UserError
 from peft_framework.export.memory import PeakRSS
 from peft_framework.export.merge import Adapter, open_checkpoint, stream_merge, warm_up
 from peft_framework.export.parity import parity_atol, parity_check, parity_inputs
-from peft_framework.io import atomic_dir, path_sha256, write_json_atomic
+from peft_framework.io import atomic_dir, check_output_dir, path_sha256, temp_prefix, write_json_atomic
+from peft_framework.locking import locked_stage
 from peft_framework.models.quantization import unquantized
 from peft_framework.models.saved_tokenizer import adapter_tokenizer
 from peft_framework.paths import resolve
@@ -67,7 +68,14 @@ def base_checkpoint_dir(config: Config, scratch: Path, label_names, tokenizer) -
     from peft_framework.models.loading import is_builtin, load_base_model
 
     name = config.model.name_or_path
-    if is_builtin(name):
+    # pickle-only weights, opted in (model.allow_pickle_weights): loaded as train/evaluate load them, then
+    # saved as safetensors for the shard-by-shard merge
+    pickle_only = (
+        config.model.allow_pickle_weights
+        and Path(name).is_dir()
+        and not any(Path(name).glob("*.safetensors"))
+    )
+    if is_builtin(name) or pickle_only:
         torch.manual_seed(config.train.seed)  # same seed as training/evaluation for a new head
         model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer)
         model.save_pretrained(str(scratch), max_shard_size=config.export.max_shard_size)
@@ -162,6 +170,7 @@ def trained_quantization(config: Config, adapter_dir: Path) -> dict[str, Any] | 
     return quantization_summary(model_config)
 
 
+@locked_stage("export")
 def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """Merge the trained adapter into the base model and export it (or export the adapter when it cannot
     be merged). Writes `export.output_dir` and `export.report_path`; returns a summary."""
@@ -177,6 +186,7 @@ def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]
         raise StageFailed(
             f"train.output_dir: {adapter_dir} holds no trained adapter ({CONFIG_NAME} missing); run the train stage first"
         )
+    check_output_dir(out_dir, "export.output_dir", root, [adapter_dir, resolve(root, config.data.output_dir)])
     adapter = Adapter.read(adapter_dir)
     method = adapter.method
     tokenizer = adapter_tokenizer(config.model, adapter_dir)
@@ -226,8 +236,8 @@ def export_merged(
     dtype = DTYPES[cfg.dtype]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with (
-        tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.base-", dir=out_dir.parent) as scratch,
-        atomic_dir(out_dir) as tmp,
+        atomic_dir(out_dir, key="export.output_dir", root=root, inputs=[adapter_dir]) as tmp,
+        tempfile.TemporaryDirectory(prefix=temp_prefix(out_dir, "base"), dir=out_dir.parent) as scratch,
     ):
         base_dir = base_checkpoint_dir(config, Path(scratch), label_names, tokenizer)
         checkpoint = open_checkpoint(base_dir)
@@ -332,7 +342,7 @@ def export_unmerged(
         if peft_loadable
         else f"{ours} (adapter type {method_name!r} needs peft-framework at inference)"
     )
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, key="export.output_dir", inputs=[adapter_dir]) as tmp:
         for item in adapter_dir.iterdir():
             if item.name.startswith("."):
                 continue

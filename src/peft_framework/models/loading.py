@@ -9,9 +9,13 @@ Hub ids and local directories go through transformers' Auto classes (`AutoModelF
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from peft_framework.config.schema import BUILTIN_TINY_LLAMA, ModelConfig
@@ -38,6 +42,58 @@ def _check_builtin(name_or_path: str) -> None:
         )
 
 
+try:  # transformers 5 configs are strict dataclasses: a wrong-typed config.json field fails there
+    from huggingface_hub.errors import StrictDataclassError
+
+    _HUB_ERRORS: tuple[type[BaseException], ...] = (StrictDataclassError,)
+except ImportError:  # pragma: no cover - older huggingface_hub
+    _HUB_ERRORS = ()
+
+# failures of a local model directory's own files (wrong-typed config.json fields, truncated or corrupt
+# weights, text that is not UTF-8): the directory's problem, reported as such instead of as a traceback
+_BAD_LOCAL_FILES = (
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    RecursionError,
+    RuntimeError,
+    SafetensorError,
+    *_HUB_ERRORS,
+)
+
+
+def looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id (`org/name`): absolute, ./ ../ ~, a backslash, or 2+ slashes."""
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\")) or "\\" in name or name.count("/") > 1 or name == "."
+    )
+
+
+def _load_problem(name: str, what: str, exc: BaseException) -> str:
+    """The one-line reason why `name` could not be loaded as `what`."""
+    path = Path(name).expanduser()
+    if looks_like_path(name) and not path.exists():
+        return (
+            f"model.name_or_path: cannot load {name!r}: no such local model directory (relative paths are resolved against "
+            "the project root, --root); hub ids look like 'org/name'"
+        )
+    if path.is_dir():
+        pickled = sorted(p.name for p in path.glob("*.bin"))
+        has_safe = any(path.glob("*.safetensors"))
+        if pickled and not has_safe:
+            return (
+                f"model.name_or_path: {name!r} has only pickle weights ({', '.join(pickled[:3])}); they are not "
+                "loaded unless model.allow_pickle_weights is true: unpickling a file can run arbitrary code. "
+                "Convert them to safetensors, or set model.allow_pickle_weights: true for files you trust"
+            )
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return f"model.name_or_path: {path}: cannot load the {what} from this directory ({detail[:1000]})"
+    detail = " ".join(str(exc).split())
+    return f"model.name_or_path: cannot load {what} {name!r}: {detail[:1000]}"
+
+
 def torch_dtype(model_config: ModelConfig) -> torch.dtype | str:
     """`model.dtype` as transformers wants it ('auto' passes through)."""
     return "auto" if model_config.dtype == "auto" else _DTYPES[model_config.dtype]
@@ -55,10 +111,11 @@ def load_tokenizer(model_config: ModelConfig) -> PreTrainedTokenizerBase:
             revision=model_config.revision,
             trust_remote_code=model_config.trust_remote_code,
         )
-    except (OSError, ValueError) as exc:
+    except _BAD_LOCAL_FILES as exc:
+        if not isinstance(exc, (OSError, ValueError)) and not Path(model_config.name_or_path).is_dir():
+            raise  # not a problem of a local directory's files: a bug, keep the traceback
         raise ConfigError(
-            "invalid config",
-            [f"model.name_or_path: cannot load a tokenizer from {model_config.name_or_path!r}: {exc}"],
+            "invalid config", [_load_problem(model_config.name_or_path, "tokenizer", exc)]
         ) from exc
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -130,6 +187,9 @@ def load_base_model(
             trust_remote_code=model_config.trust_remote_code,
             dtype=torch_dtype(model_config),
             **load_kwargs(model_config),
+            # safetensors only, unless the config opts in to pickle (transformers then unpickles with
+            # torch's weights_only=True, which still trusts the file's structure)
+            use_safetensors=None if model_config.allow_pickle_weights else True,
         )
         if task == "sequence_classification":
             auto = AutoModelForSequenceClassification
@@ -141,11 +201,10 @@ def load_base_model(
             auto = AutoModelForCausalLM
         try:
             model = auto.from_pretrained(name, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                "invalid config",
-                [f"model.name_or_path: cannot load {name!r} as a {task} model: {exc}"],
-            ) from exc
+        except _BAD_LOCAL_FILES as exc:
+            if not isinstance(exc, (OSError, ValueError)) and not Path(name).is_dir():
+                raise  # not a problem of a local directory's files: a bug, keep the traceback
+            raise ConfigError("invalid config", [_load_problem(name, f"{task} model", exc)]) from exc
     if task == "sequence_classification":
         if label_names and len(label_names) == n_labels:
             model.config.id2label = dict(enumerate(label_names))
@@ -154,3 +213,16 @@ def load_base_model(
             tokenizer = tokenizer or load_tokenizer(model_config)
             model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def resolve_model_path(config: Any, root: str | os.PathLike[str]) -> Any:
+    """`config` with a relative local `model.name_or_path` resolved against the project root, like every
+    other path in the config (unchanged when it means the same directory from here, or is a hub id)."""
+    name = config.model.name_or_path
+    if is_builtin(name) or Path(name).expanduser().is_absolute():
+        return config
+    candidate = Path(root) / name
+    if not candidate.is_dir() or (Path(name).is_dir() and Path(name).resolve() == candidate.resolve()):
+        return config
+    model = config.model.model_copy(update={"name_or_path": str(candidate.resolve())})
+    return config.model_copy(update={"model": model})

@@ -36,6 +36,9 @@ TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
 CALLBACK_STATE_DIR = "callback_state"
 RUN_FILE = "run.json"
 TRAINER_STATE = "trainer_state.json"
+#: sha256 of the safetensors files of a checkpoint (they carry no checksum of their own; torch's zip
+#: archives do, and are verified member by member), so a bit flip is found before resuming from it
+CHECKSUMS = "checksums.json"
 _STEP_DIR = re.compile(rf"^{PREFIX}(\d+)$")
 
 
@@ -73,10 +76,42 @@ def _zip_problem(path: Path) -> str | None:
         return f"{path.name} missing"
     try:
         with zipfile.ZipFile(path) as archive:
-            archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        return f"{path.name} incomplete ({exc})"
+            bad = archive.testzip()  # reads every member and checks its CRC-32
+    except Exception as exc:  # noqa: BLE001 - zipfile raises several types for damaged archives
+        return f"{path.name} incomplete or corrupt ({type(exc).__name__}: {exc})"
+    if bad is not None:
+        return f"{path.name} corrupt (CRC mismatch in {bad})"
     return None
+
+
+def write_checksums(checkpoint: str | os.PathLike[str], files: list[Path]) -> None:
+    """Record the sha256 of `files` (inside `checkpoint`) in CHECKSUMS."""
+    from peft_framework.io import file_sha256
+
+    root = Path(checkpoint)
+    sums = {f.relative_to(root).as_posix(): file_sha256(f) for f in files}
+    write_json_atomic(root / CHECKSUMS, sums)
+
+
+def _checksum_problems(path: Path) -> list[str]:
+    from peft_framework.io import file_sha256
+
+    file = path / CHECKSUMS
+    if not file.is_file():
+        return []  # written by an older version: the structural checks are all there is
+    try:
+        sums = json.loads(file.read_text(encoding="utf-8"))
+        items = [(str(k), str(v)) for k, v in sums.items()]
+    except (OSError, ValueError, AttributeError) as exc:
+        return [f"{CHECKSUMS} unreadable ({type(exc).__name__})"]
+    problems = []
+    for name, digest in items:
+        target = path / name
+        if not target.is_file():
+            problems.append(f"{name} missing")
+        elif file_sha256(target) != digest:
+            problems.append(f"{name} corrupt (its sha256 differs from {CHECKSUMS})")
+    return problems
 
 
 def _safetensors_problem(path: Path, allow_empty: bool = False) -> str | None:
@@ -118,6 +153,7 @@ def checkpoint_problems(path: str | os.PathLike[str], world_size: int = 1) -> li
         problem = _zip_problem(path / name)
         if problem:
             problems.append(problem)
+    problems.extend(p for p in _checksum_problems(path) if p not in problems)
     rng_files = ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{i}.pth" for i in range(world_size)]
     for name in rng_files:
         problem = _zip_problem(path / name)
@@ -169,3 +205,36 @@ def remove_checkpoint_dir(checkpoint_dir: str | os.PathLike[str]) -> None:
         root.rmdir()
     except OSError:
         pass
+
+
+def _mean_logged_loss(log_history: list[dict[str, Any]], global_step: int) -> float | None:
+    """The mean training loss over all steps, rebuilt from the logged interval means (what Trainer's
+    `training_loss` is, up to the rounding of the logged values)."""
+    total, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            step = int(entry["step"])
+            total += float(entry["loss"]) * (step - last)
+            last = step
+    return total / last if last and last == global_step else None
+
+
+def train_or_finish(trainer: Any, resume_from: Path | None, total_steps: int) -> Any:
+    """`trainer.train(resume_from_checkpoint=...)`, except when that checkpoint already is the run's last
+    step (a re-run with `train.keep_checkpoints`, or a kill between the last checkpoint and the output
+    write): then nothing is left to train, and Trainer would train one step more than planned. The
+    checkpoint's weights and state are loaded instead (and the best checkpoint's weights when training
+    ends on the best model), so the output equals the uninterrupted run's, byte for byte."""
+    if resume_from is None or checkpoint_step(resume_from) < total_steps:
+        return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    log.info("train.resume: %s is the last step (%d); nothing left to train", resume_from, total_steps)
+    trainer._load_from_checkpoint(str(resume_from))
+    trainer.state = TrainerState.load_from_json(str(Path(resume_from) / TRAINER_STATE))
+    best = trainer.state.best_model_checkpoint
+    if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
+        trainer._load_best_model()
+    step = trainer.state.global_step
+    return TrainOutput(step, _mean_logged_loss(trainer.state.log_history, step), {})

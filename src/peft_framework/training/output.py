@@ -119,7 +119,7 @@ def write_output(
     """`train.output_dir`, all or nothing: adapter (peft format), tokenizer, log, manifest (last)."""
     from peft_framework.adapters.checkpoint import WEIGHTS_NAME, save_adapter
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, key="train.output_dir") as tmp:
         save_adapter(
             model,
             method,

@@ -28,6 +28,7 @@ import torch
 
 from peft_framework.config.schema import Config, TrainConfig
 from peft_framework.errors import StageFailed, UserError
+from peft_framework.locking import locked_stage
 from peft_framework.paths import resolve
 from peft_framework.training import checkpoints as ckpts
 from peft_framework.training.determinism import restore_global_determinism
@@ -44,6 +45,7 @@ from peft_framework.training.resume import apply_resume_plan, barrier, choose_re
 log = logging.getLogger(__name__)
 
 
+@locked_stage("train")
 def train(
     config: Config, root: str | os.PathLike[str] = ".", *, callbacks: Sequence[Any] = ()
 ) -> dict[str, Any]:
@@ -97,7 +99,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         # by the process count) would be wrong for models that ignore num_items_in_batch (e.g. BERT)
         trainer.model_accepts_loss_kwargs = False
 
-    output = _fit(trainer, resume_from, checkpoint_dir, args.world_size)
+    output = _fit(trainer, resume_from, checkpoint_dir, args.world_size, plan.total_steps)
     history = trainer.state.log_history
     summary: dict[str, Any] = {
         "output_dir": str(out_dir),
@@ -259,12 +261,14 @@ def _callbacks(
     return callbacks
 
 
-def _fit(trainer: Any, resume_from: Path | None, checkpoint_dir: Path, world_size: int) -> Any:
-    """`trainer.train`, with a non-finite loss reported together with the last good checkpoint."""
+def _fit(
+    trainer: Any, resume_from: Path | None, checkpoint_dir: Path, world_size: int, total_steps: int
+) -> Any:
+    """`trainer.train` (or only the load of a checkpoint already at the last step), with a non-finite loss reported together with the last good checkpoint."""
     from peft_framework.training.trainer import NonFiniteLoss
 
     try:
-        return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        return ckpts.train_or_finish(trainer, resume_from, total_steps)
     except NonFiniteLoss as exc:
         good, _ = ckpts.last_complete_checkpoint(checkpoint_dir, world_size)
         where = (

@@ -26,7 +26,7 @@ from peft_framework.adapters.base import AdapterMethod
 from peft_framework.adapters.state_dict import check_state_dict
 from peft_framework.errors import AdapterError, StageFailed
 from peft_framework.training import loraplus as loraplus_groups
-from peft_framework.training.checkpoints import CALLBACK_STATE_DIR, TRAINABLE_WEIGHTS
+from peft_framework.training.checkpoints import CALLBACK_STATE_DIR, TRAINABLE_WEIGHTS, write_checksums
 from peft_framework.training.kbit import allow_quantized_training
 
 log = logging.getLogger(__name__)
@@ -138,14 +138,16 @@ class AdapterTrainer(Trainer):
         output_dir.mkdir(parents=True, exist_ok=True)
         tensors = {name: p.detach().to("cpu").contiguous().clone() for name, p in self._trainable().items()}
         save_file(tensors, str(output_dir / TRAINABLE_WEIGHTS), metadata={"format": "pt"})
+        written = [output_dir / TRAINABLE_WEIGHTS]
         for callback in self.callback_handler.callbacks:
             get_state = getattr(callback, "checkpoint_state", None)
             if callable(get_state):
                 state = {k: v.detach().to("cpu").contiguous() for k, v in get_state().items()}
                 (output_dir / CALLBACK_STATE_DIR).mkdir(exist_ok=True)
-                save_file(
-                    state, str(output_dir / CALLBACK_STATE_DIR / f"{type(callback).__name__}.safetensors")
-                )
+                file = output_dir / CALLBACK_STATE_DIR / f"{type(callback).__name__}.safetensors"
+                save_file(state, str(file))
+                written.append(file)
+        write_checksums(output_dir, written)
 
     @torch.no_grad()
     def _load_trainable(self, checkpoint: str | os.PathLike[str], model: nn.Module | None = None) -> None:
