@@ -152,6 +152,12 @@ class DataConfig(Section):
     add_eos: bool = Field(
         True, description="Append the EOS token to every training sequence (if not already there)."
     )
+    num_proc: int | None = Field(
+        None,
+        ge=1,
+        description="Processes that format and tokenize rows in prepare (null: one). Not in the data hash: "
+        "the output is the same for any value.",
+    )
     output_dir: str = "data/prepared"
     rejected_path: str = "data/rejected.jsonl"
     report_path: str = "reports/data.json"
