@@ -267,6 +267,15 @@ class TrainConfig(Section):
         "for its 6-layer model on 2 CPU cores with inductor's cache warm, longer cold) and once more when batch "
         "shapes first change.",
     )
+    packing: bool = Field(
+        False,
+        description="causal_lm: each batch is one padding-free sequence (transformers' "
+        "DataCollatorWithFlattening): position_ids restart per row, so attention stays within each row "
+        "(block-diagonal) and the loss covers the same tokens as padded batches.",
+    )
+    group_by_length: bool = Field(
+        False, description="Batch rows of similar length together (less padding; Trainer's group_by_length)."
+    )
     logging_steps: int = Field(5, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="null: evaluate once per epoch")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps into checkpoint_dir.")

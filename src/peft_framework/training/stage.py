@@ -364,7 +364,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         resolve_precision,
     )
     from peft_framework.training.callbacks import dvclive_available, make_dvclive_callback
-    from peft_framework.training.collator import PadCollator
+    from peft_framework.training.collator import make_collator
     from peft_framework.training.trainer import AdapterTrainer, NonFiniteLoss
 
     started = time.perf_counter()
@@ -448,7 +448,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=PadCollator(tokenizer.pad_token_id, padding_side="right"),
+        data_collator=make_collator(tc.packing, config.model.task, tokenizer.pad_token_id),
         callbacks=callbacks,
         adapter_method=method,
     )
