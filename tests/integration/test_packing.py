@@ -67,8 +67,19 @@ def test_packed_training_resumes_mid_epoch_exactly(project: Path) -> None:
     assert again["resumed_from"] == str(ckpt_dir / "checkpoint-3")
     assert again["adapter_sha256"] == full["adapter_sha256"]
 
-    # the same rows padded train (up to float rounding) the same adapter
-    padded = train(make_config("pad", **{**kw, "packing": False}), project)
-    assert padded["adapter_sha256"] != full["adapter_sha256"] or padded == full
-    grouped = train(make_config("group", **{**kw, "packing": False, "group_by_length": True}), project)
-    assert grouped["global_step"] == 6
+
+def test_group_by_length_selects_trainers_length_grouped_sampler(tmp_path: Path) -> None:
+    from peft_framework.config.schema import TrainConfig
+    from peft_framework.training.arguments import build_training_arguments, plan_steps
+
+    tc = TrainConfig(group_by_length=True, report_to="none")
+    args = build_training_arguments(
+        tc,
+        checkpoint_dir=tmp_path,
+        has_eval=False,
+        plan=plan_steps(tc, 64, 1),
+        precision="fp32",
+        deterministic=True,
+        world_size=1,
+    )
+    assert args.train_sampling_strategy == "group_by_length"
