@@ -80,3 +80,26 @@ def test_prepare_outputs_are_pinned_byte_for_byte(tmp_path, kind):
     hashes, report = _outputs(tmp_path, config)
     assert hashes == ARROW_AND_INFO[kind]
     assert report == REPORT[kind]
+
+
+@pytest.mark.slow
+def test_num_proc_does_not_change_the_output(tmp_path):
+    """Tokenising in worker processes (more rows than one batch) writes the same bytes as one process."""
+    write_samples(tmp_path / "raw")
+    sample = (tmp_path / "raw" / "instructions.jsonl").read_bytes()
+    rows = b"".join(
+        json.dumps({"instruction": f"Task {i}: repeat", "output": "word " * (i % 7 + 1)}).encode() + b"\n"
+        for i in range(1100)
+    )
+    (tmp_path / "rows.jsonl").write_bytes(sample + rows + sample)  # the second copy: all duplicates
+    outputs = []
+    for num_proc in (1, 2):
+        root = tmp_path / f"np{num_proc}"
+        config = Config.model_validate(
+            {"data": {"source": str(tmp_path / "rows.jsonl"), "num_proc": num_proc}}
+        )
+        summary = prepare(config, root)
+        outputs.append(
+            (summary["dataset_sha256"], _sha256(root / config.data.rejected_path), summary["rows"])
+        )
+    assert outputs[0] == outputs[1]
