@@ -16,7 +16,7 @@ from peft_framework.data.formatting import IGNORE_INDEX
 from peft_framework.data.pipeline import process
 from peft_framework.data.rows import Reason
 from peft_framework.data.sources import read_source, resolve_sources
-from peft_framework.data.stage import _build_dataset, write_rejected
+from peft_framework.data.stream import run
 from peft_framework.models.tiny import tiny_tokenizer
 
 TOK = tiny_tokenizer()
@@ -108,13 +108,20 @@ def test_every_row_is_kept_or_rejected_exactly_once(lines, picks, kind, dedup):
             else:
                 assert 0 <= enc.labels < len(result.label_names)
 
-        # What is kept can be stored, and what is rejected can be written and read back.
-        dataset = _build_dataset(result, cfg)
-        assert sum(len(split) for split in dataset.values()) == len(result.kept)
-        write_rejected(root / "rejected.jsonl", result.rejected)
+        # The streaming pipeline (what prepare runs) decides every row as the in-memory one does, stores
+        # what it keeps and writes what it rejects, one row per line, in input order.
+        work = root / "work"
+        work.mkdir()
+        (src,) = resolve_sources(cfg.source, cfg.format, root)
+        stats, splits = run(read_source(src), cfg, TOK, work, root / "rejected.jsonl")
+        assert stats.read == result.read and stats.kept == len(result.kept)
+        assert dict(stats.first_reasons) == result.rejected_by_reason()
+        for split, ds in splits.items():
+            assert list(ds["source"]) == [ex.record.where for ex in result.kept if ex.split == split]
+            assert list(ds["input_ids"]) == [ex.encoded.input_ids for ex in result.kept if ex.split == split]
         back = [
             json.loads(x) for x in (root / "rejected.jsonl").read_text(encoding="utf-8").splitlines()
         ]  # one row per line
-        assert [(b["line"], b["reasons"]) for b in back] == [
-            (r.record.line, r.reasons) for r in result.rejected
+        assert [(b["line"], b["row"], b["reasons"], b["details"]) for b in back] == [
+            (r.record.line, r.record.index, r.reasons, r.details) for r in result.rejected
         ]

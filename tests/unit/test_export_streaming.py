@@ -154,5 +154,7 @@ def test_adapter_tensors_follow_their_base_weights_to_meta_or_memory():
 
 def test_pickle_only_checkpoint_is_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
-    with pytest.raises(UserError, match="pickle weights are loaded only with model.allow_pickle_weights: true"):
+    with pytest.raises(
+        UserError, match="pickle weights are loaded only with model.allow_pickle_weights: true"
+    ):
         open_checkpoint(tmp_path)

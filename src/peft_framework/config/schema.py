@@ -203,6 +203,12 @@ class DataConfig(Section):
     add_eos: bool = Field(
         True, description="Append the EOS token to every training sequence (if not already there)."
     )
+    num_proc: int | None = Field(
+        None,
+        ge=1,
+        description="Processes that format and tokenize rows in prepare (null: one). Not in the data hash: "
+        "the output is the same for any value.",
+    )
     output_dir: str = "data/prepared"
     rejected_path: str = "data/rejected.jsonl"
     report_path: str = "reports/data.json"
@@ -320,6 +326,15 @@ class TrainConfig(Section):
         "bench/train_throughput.py --compile: 2-7 % shorter steps on CPU; costs a compile at the start (21-26 s "
         "for its 6-layer model on 2 CPU cores with inductor's cache warm, longer cold) and once more when batch "
         "shapes first change.",
+    )
+    packing: bool = Field(
+        False,
+        description="causal_lm: each batch is one padding-free sequence (transformers' "
+        "DataCollatorWithFlattening): position_ids restart per row, so attention stays within each row "
+        "(block-diagonal) and the loss covers the same tokens as padded batches.",
+    )
+    group_by_length: bool = Field(
+        False, description="Batch rows of similar length together (less padding; Trainer's group_by_length)."
     )
     logging_steps: int = Field(5, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="null: evaluate once per epoch")

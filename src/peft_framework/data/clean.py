@@ -16,13 +16,23 @@ _TRAILING_SPACE = re.compile(r"[ \t]+\n")
 _MANY_BLANK_LINES = re.compile(r"\n{3,}")
 
 
-def _is_control(ch: str) -> bool:
-    return (unicodedata.category(ch) == "Cc" and ch not in _KEEP_CONTROL) or ch in _INVISIBLE
+def _char_class(chars: list[str]) -> re.Pattern[str]:
+    return re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
+
+
+# One regex per character class instead of a Python loop over characters (the hot path of prepare). Control
+# (Cc) and space separator (Zs) characters all lie in the Basic Multilingual Plane.
+_BMP = [chr(i) for i in range(0x10000) if not 0xD800 <= i <= 0xDFFF]
+_CONTROL = _char_class(
+    [c for c in _BMP if unicodedata.category(c) == "Cc" and c not in _KEEP_CONTROL] + sorted(_INVISIBLE)
+)
+_SPACE = _char_class([c for c in _BMP if unicodedata.category(c) == "Zs"])
+del _BMP
 
 
 def _normalize_whitespace(text: str) -> str:
     text = _NEWLINES.sub("\n", text)
-    text = "".join(" " if unicodedata.category(ch) == "Zs" else ch for ch in text)
+    text = _SPACE.sub(" ", text)
     text = _TRAILING_SPACE.sub("\n", text)
     text = _MANY_BLANK_LINES.sub("\n\n", text)
     return text.strip()
@@ -38,7 +48,7 @@ def clean_text(text: str, cfg: CleanConfig) -> tuple[str, set[str]]:
         text = new
     if cfg.remove_control_chars:
         new = _NEWLINES.sub("\n", text)  # a lone CR is a line break, not a character to drop
-        new = "".join(ch for ch in new if not _is_control(ch))
+        new = _CONTROL.sub("", new)
         if new != text:
             changed.add("control_chars_removed")
         text = new
@@ -54,7 +64,7 @@ def normalized_key(text: str) -> str:
     """Text as compared for near-duplicates: NFKC, case-folded, invisible characters dropped,
     whitespace collapsed."""
     text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(ch for ch in text if not _is_control(ch) or ch in _KEEP_CONTROL)
+    text = _CONTROL.sub("", text)
     return " ".join(text.split())
 
 

@@ -210,14 +210,17 @@ class Formatter:
         ids, mask = ids[:max_len], mask[:max_len]
         prompt_tokens = mask.index(1) if 1 in mask else n_tokens
         if self.cfg.train_on_responses_only:
-            labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
+            if mask.count(1) == len(mask) - prompt_tokens:  # one response span at the end: no loop needed
+                labels = [IGNORE_INDEX] * prompt_tokens + ids[prompt_tokens:]
+            else:
+                labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
         else:
             labels = list(ids)
         return Encoded(ids, labels, n_tokens, truncated, text, prompt_tokens)
 
     def no_response_problem(self, enc: Encoded) -> RowProblem | None:
         """A causal-LM row with no label left to train on (after truncation) is useless; say why."""
-        if self.cfg.kind == "classification" or any(label != IGNORE_INDEX for label in enc.labels):
+        if self.cfg.kind == "classification" or enc.labels.count(IGNORE_INDEX) < len(enc.labels):
             return None
         return RowProblem(
             Reason.NO_RESPONSE_TOKENS,

@@ -140,120 +140,154 @@ def _clean_fields(
     return out, changed, problems
 
 
+def allowed_label_set(cfg: DataConfig) -> set[str] | None:
+    if cfg.validate_.labels is None:
+        return None
+    return {normalize_label(x, cfg.clean) for x in cfg.validate_.labels}
+
+
+def screen(
+    rec: Record, cfg: DataConfig, allowed_labels: set[str] | None
+) -> tuple[_Candidate | None, list[tuple[str, str]]]:
+    """The checks that need no tokenizer: parse, fields and types, cleaning, labels, length in characters.
+
+    Returns the cleaned candidate, or None and the problems of the first stage the row fails."""
+    if rec.error is not None:
+        return None, [rec.error]
+    fields, problems = extract_fields(rec.data, cfg)
+    if fields is None:
+        return None, problems
+    fields, changed, problems = _clean_fields(fields, cfg)
+    if problems:
+        return None, problems
+    if cfg.kind == "classification" and allowed_labels is not None and fields["label"] not in allowed_labels:
+        detail = f"label {fields['label']!r} is not allowed; allowed: {sorted(allowed_labels)}"
+        return None, [(Reason.INVALID_LABEL, detail)]
+    n_chars = _n_chars(fields, cfg.kind)
+    if n_chars < cfg.clean.min_chars:
+        return None, [
+            (Reason.TOO_SHORT_CHARS, f"{n_chars} characters, data.clean.min_chars is {cfg.clean.min_chars}")
+        ]
+    if cfg.clean.max_chars is not None and n_chars > cfg.clean.max_chars:
+        return None, [
+            (Reason.TOO_LONG_CHARS, f"{n_chars} characters, data.clean.max_chars is {cfg.clean.max_chars}")
+        ]
+    return _Candidate(rec, fields, changed), []
+
+
+def label_names_for(cfg: DataConfig, allowed_labels: set[str] | None, seen: set[str]) -> list[str] | None:
+    """Class names of classification data: the allowed set, or else every label seen (sorted)."""
+    if cfg.kind != "classification":
+        return None
+    return sorted(allowed_labels if allowed_labels is not None else seen)
+
+
+def token_problem(enc: Encoded, cfg: DataConfig, formatter: Formatter) -> tuple[str, str] | None:
+    """The checks on the tokenized row: length in tokens, and a response token left to train on."""
+    if enc.n_tokens < cfg.clean.min_tokens:
+        return (
+            Reason.TOO_FEW_TOKENS,
+            f"{enc.n_tokens} tokens, data.clean.min_tokens is {cfg.clean.min_tokens}",
+        )
+    if cfg.clean.max_tokens is not None and enc.n_tokens > cfg.clean.max_tokens:
+        return (
+            Reason.TOO_MANY_TOKENS,
+            f"{enc.n_tokens} tokens, data.clean.max_tokens is {cfg.clean.max_tokens}",
+        )
+    problem = formatter.no_response_problem(enc)
+    return None if problem is None else (problem.reason, problem.detail)
+
+
+def _digest(values: list[str]) -> bytes:
+    # ASCII JSON is an injective encoding of the list (lone surrogates included); 128 bits: no collisions
+    return hashlib.blake2b(json.dumps(values).encode("ascii"), digest_size=16).digest()
+
+
+def row_keys(fields: dict[str, Any], cfg: DataConfig) -> tuple[bytes, bytes, str]:
+    """Exact and normalized de-duplication digests of a row, and its split."""
+    values = _text_values(fields, cfg.kind)
+    split_key = json.dumps([normalized_key(v) for v in _prompt_values(fields, cfg.kind)])
+    return _digest(values), _digest([normalized_key(v) for v in values]), assign_split(split_key, cfg)
+
+
+class Deduper:
+    """The rows kept so far, as digests only: each maps to a handle (an int) the caller resolves to a place.
+
+    With `dedup: normalized` one map suffices: kept rows have distinct normalized keys, so an exact copy
+    of a kept row is the row its normalized key maps to, with the same exact digest."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self._exact: dict[bytes, int] = {}
+        self._normalized: dict[bytes, tuple[bytes, int]] = {}
+
+    def check(self, exact: bytes, normalized: bytes) -> tuple[str, int] | None:
+        """(reason, handle of the earlier row) when the row repeats a kept row; None otherwise."""
+        if self.mode == "exact" and exact in self._exact:
+            return Reason.DUPLICATE_EXACT, self._exact[exact]
+        if self.mode == "normalized" and normalized in self._normalized:
+            first_exact, handle = self._normalized[normalized]
+            return (Reason.DUPLICATE_EXACT if first_exact == exact else Reason.DUPLICATE_NORMALIZED), handle
+        return None
+
+    def add(self, exact: bytes, normalized: bytes, handle: int) -> None:
+        if self.mode == "exact":
+            self._exact[exact] = handle
+        elif self.mode == "normalized":
+            self._normalized[normalized] = (exact, handle)
+
+
+def duplicate_detail(reason: str, where: str) -> str:
+    if reason == Reason.DUPLICATE_EXACT:
+        return f"duplicate of {where}"
+    return f"same text after normalization as {where}"
+
+
 def process(
     records: Iterable[Record], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, batch_size: int = 512
 ) -> Result:
-    """Run every record through the pipeline; see the module docstring for the order of the filters."""
+    """Run every record through the pipeline in memory (small data; `prepare` streams through `stream`)."""
     rejected: list[tuple[int, Rejected]] = []  # (position in input order, rejection)
     candidates: list[tuple[int, _Candidate]] = []
     columns_seen: Counter = Counter()
-    allowed_labels = (
-        {normalize_label(x, cfg.clean) for x in cfg.validate_.labels}
-        if cfg.validate_.labels is not None
-        else None
-    )
+    allowed_labels = allowed_label_set(cfg)
     read = 0
     for pos, rec in enumerate(records):
         read += 1
-
-        def reject(reasons: list[tuple[str, str]], rec: Record = rec, pos: int = pos) -> None:
-            rejected.append((pos, Rejected(rec, [r for r, _ in reasons], [d for _, d in reasons])))
-
-        if rec.error is not None:
-            reject([rec.error])
-            continue
-        if isinstance(rec.data, dict):
+        if rec.error is None and isinstance(rec.data, dict):
             columns_seen.update(str(k) for k in rec.data)
-        fields, problems = extract_fields(rec.data, cfg)
-        if fields is None:
-            reject(problems)
-            continue
-        fields, changed, problems = _clean_fields(fields, cfg)
-        if problems:
-            reject(problems)
-            continue
-        if (
-            cfg.kind == "classification"
-            and allowed_labels is not None
-            and fields["label"] not in allowed_labels
-        ):
-            reject(
-                [
-                    (
-                        Reason.INVALID_LABEL,
-                        f"label {fields['label']!r} is not allowed; allowed: {sorted(allowed_labels)}",
-                    )
-                ]
-            )
-            continue
-        n_chars = _n_chars(fields, cfg.kind)
-        if n_chars < cfg.clean.min_chars:
-            reject(
-                [
-                    (
-                        Reason.TOO_SHORT_CHARS,
-                        f"{n_chars} characters, data.clean.min_chars is {cfg.clean.min_chars}",
-                    )
-                ]
-            )
-            continue
-        if cfg.clean.max_chars is not None and n_chars > cfg.clean.max_chars:
-            reject(
-                [
-                    (
-                        Reason.TOO_LONG_CHARS,
-                        f"{n_chars} characters, data.clean.max_chars is {cfg.clean.max_chars}",
-                    )
-                ]
-            )
-            continue
-        candidates.append((pos, _Candidate(rec, fields, changed)))
+        cand, problems = screen(rec, cfg, allowed_labels)
+        if cand is None:
+            rejected.append((pos, Rejected(rec, [r for r, _ in problems], [d for _, d in problems])))
+        else:
+            candidates.append((pos, cand))
 
-    label_names = None
-    if cfg.kind == "classification":
-        seen = {c.fields["label"] for _, c in candidates}
-        label_names = sorted(allowed_labels if allowed_labels is not None else seen)
+    seen = {c.fields["label"] for _, c in candidates} if cfg.kind == "classification" else set()
+    label_names = label_names_for(cfg, allowed_labels, seen)
     formatter = Formatter(cfg, tokenizer, label_names or ())
 
     kept: list[tuple[int, Example]] = []
-    exact_seen: dict[str, Record] = {}
-    normalized_seen: dict[str, Record] = {}
+    deduper = Deduper(cfg.clean.dedup)
     cleaned: Counter = Counter()
     for start in range(0, len(candidates), batch_size):
         batch = candidates[start : start + batch_size]
         encoded = formatter.encode_batch([c.fields for _, c in batch])
         for (pos, cand), enc in zip(batch, encoded):
             rec = cand.record
-            if enc.n_tokens < cfg.clean.min_tokens:
-                detail = f"{enc.n_tokens} tokens, data.clean.min_tokens is {cfg.clean.min_tokens}"
-                rejected.append((pos, Rejected(rec, [Reason.TOO_FEW_TOKENS], [detail])))
-                continue
-            if cfg.clean.max_tokens is not None and enc.n_tokens > cfg.clean.max_tokens:
-                detail = f"{enc.n_tokens} tokens, data.clean.max_tokens is {cfg.clean.max_tokens}"
-                rejected.append((pos, Rejected(rec, [Reason.TOO_MANY_TOKENS], [detail])))
-                continue
-            problem = formatter.no_response_problem(enc)
+            problem = token_problem(enc, cfg, formatter)
             if problem is not None:
-                rejected.append((pos, Rejected(rec, [problem.reason], [problem.detail])))
+                rejected.append((pos, Rejected(rec, [problem[0]], [problem[1]])))
                 continue
-            values = _text_values(cand.fields, cfg.kind)
-            exact = json.dumps(values, ensure_ascii=False)
-            normalized = json.dumps([normalized_key(v) for v in values], ensure_ascii=False)
-            if cfg.clean.dedup != "none" and exact in exact_seen:
-                detail = f"duplicate of {exact_seen[exact].where}"
-                rejected.append((pos, Rejected(rec, [Reason.DUPLICATE_EXACT], [detail])))
+            exact, normalized, split = row_keys(cand.fields, cfg)
+            dup = deduper.check(exact, normalized)
+            if dup is not None:
+                detail = duplicate_detail(dup[0], kept[dup[1]][1].record.where)
+                rejected.append((pos, Rejected(rec, [dup[0]], [detail])))
                 continue
-            if cfg.clean.dedup == "normalized" and normalized in normalized_seen:
-                detail = f"same text after normalization as {normalized_seen[normalized].where}"
-                rejected.append((pos, Rejected(rec, [Reason.DUPLICATE_NORMALIZED], [detail])))
-                continue
-            exact_seen.setdefault(exact, rec)
-            normalized_seen.setdefault(normalized, rec)
-            split_key = json.dumps([normalized_key(v) for v in _prompt_values(cand.fields, cfg.kind)])
-            kept.append((pos, Example(rec, enc, assign_split(split_key, cfg))))
+            deduper.add(exact, normalized, len(kept))
+            kept.append((pos, Example(rec, enc, split)))
             cleaned.update(cand.changed)
 
-    kept.sort(key=lambda item: item[0])
     rejected.sort(key=lambda item: item[0])
     return Result(
         kept=[ex for _, ex in kept],

@@ -13,6 +13,7 @@ import glob
 import gzip
 import io
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -234,8 +235,11 @@ def _read_csv(src: Source) -> Iterator[Record]:
             yield rec
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _has_surrogates(text: str) -> bool:
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+    return _SURROGATE.search(text) is not None
 
 
 def _iter_dataset(src: Source, dataset) -> Iterator[Record]:

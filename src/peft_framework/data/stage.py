@@ -10,22 +10,19 @@ report (status "failed") are written, a previous prepared output is removed, and
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from peft_framework.config.schema import DATA_FIELDS, Config, DataConfig
-from peft_framework.data.pipeline import SPLITS, Result, process
-from peft_framework.data.rows import Rejected
+from peft_framework.data import stream
+from peft_framework.data.pipeline import SPLITS
 from peft_framework.data.sources import Source, read_source, resolve_sources
+from peft_framework.data.stream import Stats
 from peft_framework.errors import ConfigError, DataError
 from peft_framework.io import (
     atomic_dir,
@@ -50,6 +47,7 @@ _SAMPLE_CODE = ("samples.py", "sample_vocab.py")
 def config_sha256(config: Config) -> str:
     """Hash of what the prepared data depends on in the config: the data and model sections."""
     dump = config.to_dict()
+    dump["data"].pop("num_proc")  # how many processes, not what they produce
     return canonical_json_sha256({"data": dump["data"], "model": dump["model"]})
 
 
@@ -72,52 +70,6 @@ def _check_task(config: Config) -> None:
         )
 
 
-# Characters that some readers (str.splitlines, JavaScript) take as line breaks: written escaped, so one
-# rejected row is always one line. They can only occur inside JSON strings, where the escape is equivalent.
-_LINE_BREAK_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
-
-
-#: a rejected row larger than this (as JSON) is kept as a prefix + its length and sha256 in rejected.jsonl
-MAX_REJECTED_ROW_CHARS = 64 * 1024
-_REJECTED_PREFIX_CHARS = 4096
-
-
-def _bounded_rejected(row: dict[str, Any]) -> dict[str, Any]:
-    """`row` with a huge `raw` value cut to a prefix, its full length and sha256 (to find it in the source)."""
-    raw = row.get("raw")
-    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
-    if len(text) <= MAX_REJECTED_ROW_CHARS:
-        return row
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    cut = {"prefix": text[:_REJECTED_PREFIX_CHARS], "chars": len(text), "sha256": digest, "truncated": True}
-    return {**row, "raw": cut}
-
-
-def write_rejected(path: Path, rejected: list[Rejected]) -> None:
-    """rejected.jsonl via a temporary file renamed into place. Lone surrogates are written escaped."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for rej in rejected:
-                row = _bounded_rejected(rej.to_json())
-                try:
-                    line = json.dumps(row, ensure_ascii=False).translate(_LINE_BREAK_ESCAPES)
-                    f.write((line + "\n").encode("utf-8"))
-                except UnicodeEncodeError:  # lone surrogates: only \u escapes can carry them
-                    f.write((json.dumps(row) + "\n").encode("ascii"))
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _remove_stale_output(out_dir: Path) -> bool:
     """Remove a previous prepared output (only if this stage made it), so a failed run leaves none."""
     if not made_by(out_dir, CREATED_BY):
@@ -128,71 +80,46 @@ def _remove_stale_output(out_dir: Path) -> bool:
     return True
 
 
-def _build_dataset(result: Result, dc: DataConfig):
+def _counts(stats: Stats) -> dict[str, int]:
+    return {
+        "read": stats.read,
+        "kept": stats.kept,
+        "rejected": stats.rejected,
+        **{split: stats.splits.get(split, 0) for split in SPLITS},
+    }
+
+
+def _estimate_rows(sources: list[Source]) -> int | None:
+    """Rows to expect, for the progress bar's ETA: the lines of uncompressed text files (blank ones too)."""
+    total = 0
+    for src in sources:
+        if src.path is None or src.format not in ("jsonl", "csv", "tsv") or src.path.suffix == ".gz":
+            return None
+        with open(src.path, "rb") as f:
+            total += sum(chunk.count(b"\n") for chunk in iter(lambda f=f: f.read(1 << 20), b""))
+    return total
+
+
+def _dataset_dict(splits: dict[str, Any], manifest: dict[str, Any]):
+    """The DatasetDict to save. Each split's `datasets` fingerprint (state.json) is derived from what the
+    data depends on (config and input hashes), so a re-run writes the same bytes."""
     import datasets
 
-    causal = dc.kind != "classification"
-    token = datasets.Value("int32")
-    features = {
-        "input_ids": datasets.List(token),
-        "attention_mask": datasets.List(datasets.Value("int8")),
-        "labels": datasets.List(token) if causal else datasets.ClassLabel(names=result.label_names),
-    }
-    text_columns = ("prompt", "response") if causal else ("text", "label_text")
-    features.update({name: datasets.Value("string") for name in (*text_columns, "source")})
-    splits = {}
-    for split in SPLITS:
-        rows = [ex for ex in result.kept if ex.split == split]
-        columns: dict[str, list] = {name: [] for name in features}
-        for ex in rows:
-            enc = ex.encoded
-            columns["input_ids"].append(enc.input_ids)
-            columns["attention_mask"].append([1] * len(enc.input_ids))
-            columns["labels"].append(enc.labels)
-            for name in text_columns:
-                columns[name].append(enc.text[name])
-            columns["source"].append(ex.record.where)
-        if not rows and split != "train":
+    out = {}
+    for split, ds in splits.items():
+        if len(ds) == 0 and split != "train":
             # datasets cannot load an empty split back from disk (IndexError in load_from_disk): leave it
             # out; the manifest's counts still say it is empty and the stages that need it say so
             continue
-        splits[split] = datasets.Dataset.from_dict(columns, features=datasets.Features(features), split=split)
-    return datasets.DatasetDict(splits)
+        ds._split = datasets.NamedSplit(split)
+        ds._fingerprint = canonical_json_sha256(
+            {"split": split, "config": manifest["config_sha256"], "inputs": manifest["inputs"]}
+        )[:16]
+        out[split] = ds
+    return datasets.DatasetDict(out)
 
 
-@contextlib.contextmanager
-def _quiet_datasets():
-    """No progress bars while saving a few hundred rows (restored afterwards)."""
-    import datasets
-
-    enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if enabled:
-            datasets.enable_progress_bars()
-
-
-def _counts(result: Result) -> dict[str, int]:
-    split_counts = Counter(ex.split for ex in result.kept)
-    return {
-        "read": result.read,
-        "kept": len(result.kept),
-        "rejected": len(result.rejected),
-        **{split: split_counts.get(split, 0) for split in SPLITS},
-    }
-
-
-def _token_stats(result: Result) -> dict[str, float]:
-    lengths = [len(ex.encoded.input_ids) for ex in result.kept]
-    if not lengths:
-        return {}
-    total = sum(lengths)
-    return {"min": min(lengths), "max": max(lengths), "mean": round(total / len(lengths), 2), "total": total}
-
-
-def _missing_column_hints(result: Result, dc: DataConfig) -> list[str]:
+def _missing_column_hints(result: Stats, dc: DataConfig) -> list[str]:
     """When a mapped column is in no row at all, say which columns the data does have."""
     if not result.columns_seen:
         return []
@@ -210,7 +137,7 @@ def _missing_column_hints(result: Result, dc: DataConfig) -> list[str]:
     return hints
 
 
-def _report(result: Result, dc: DataConfig, sources: list[Source], counts: dict[str, int]) -> dict[str, Any]:
+def _report(result: Stats, dc: DataConfig, sources: list[Source], counts: dict[str, int]) -> dict[str, Any]:
     """The stage report (`data.report_path`): counts per reason, cleaning, truncation, sources."""
     report: dict[str, Any] = {
         "status": "ok",
@@ -220,11 +147,11 @@ def _report(result: Result, dc: DataConfig, sources: list[Source], counts: dict[
         "splits": {split: counts[split] for split in SPLITS},
         "rejected_fraction": round(counts["rejected"] / counts["read"], 6) if counts["read"] else None,
         "max_rejected_fraction": dc.validate_.max_rejected_fraction,
-        "rejected_by_reason": result.rejected_by_reason(),
-        "reason_counts": result.reason_counts(),
+        "rejected_by_reason": dict(sorted(result.first_reasons.items())),
+        "reason_counts": dict(sorted(result.all_reasons.items())),
         "truncated": result.truncated,
         "cleaned": dict(sorted(result.cleaned.items())),
-        "tokens": _token_stats(result),
+        "tokens": result.token_stats(),
         "sources": [
             {
                 "path": s.display,
@@ -244,8 +171,7 @@ def _report(result: Result, dc: DataConfig, sources: list[Source], counts: dict[
     }
     if result.label_names is not None:
         report["label_names"] = result.label_names
-        label_counts = Counter(ex.encoded.text["label_text"] for ex in result.kept)
-        report["label_counts"] = {name: label_counts.get(name, 0) for name in result.label_names}
+        report["label_counts"] = {name: result.label_counts.get(name, 0) for name in result.label_names}
     for split, fraction in (("validation", dc.split.validation), ("test", dc.split.test)):
         if fraction > 0 and counts[split] == 0:
             report["warnings"].append(
@@ -254,13 +180,13 @@ def _report(result: Result, dc: DataConfig, sources: list[Source], counts: dict[
     return report
 
 
-def _failure(result: Result, dc: DataConfig, counts: dict[str, int]) -> DataError | None:
+def _failure(result: Stats, dc: DataConfig, counts: dict[str, int]) -> DataError | None:
     """Why the prepared data must not be used, if it must not."""
     if counts["read"] == 0:
         return DataError(f"data.source: no rows read from {dc.source!r}")
     fraction = counts["rejected"] / counts["read"]
     if fraction > dc.validate_.max_rejected_fraction:
-        reasons = result.rejected_by_reason()
+        reasons = dict(sorted(result.first_reasons.items()))
         return DataError(
             f"data: {counts['rejected']} of {counts['read']} rows rejected ({fraction:.1%}), more than "
             f"data.validate.max_rejected_fraction = {dc.validate_.max_rejected_fraction:g} allows. "
@@ -276,7 +202,7 @@ def _failure(result: Result, dc: DataConfig, counts: dict[str, int]) -> DataErro
 
 
 def _manifest(
-    config: Config, result: Result, tokenizer, inputs: dict, counts: dict, columns: list[str]
+    config: Config, result: Stats, tokenizer, inputs: dict, counts: dict, columns: list[str]
 ) -> dict:
     """`manifest.json` of the prepared data: only what the data depends on, so re-runs are byte-identical."""
     dc = config.data
@@ -332,31 +258,34 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
     check_output_dir(out_dir, "data.output_dir", root, inputs_paths)
     tokenizer = load_tokenizer(config.model)
     records = (rec for src in sources for rec in read_source(src, dc.hf_split, dc.hf_config))
-    result = process(records, dc, tokenizer)
-    for src in sources:
-        src.sha256 = _source_hash(src)
-    inputs = {src.display: src.sha256 for src in sources}
-    counts = _counts(result)
-    assert counts["kept"] + counts["rejected"] == counts["read"], "row accounting is broken"
-    report = _report(result, dc, sources, counts)
-
-    write_rejected(rejected_path, result.rejected)
-    failure = _failure(result, dc, counts)
-    if failure is not None:
-        removed = _remove_stale_output(out_dir)
-        report.update(status="failed", error=str(failure), removed_stale_output=removed)
-        report["duration_s"] = round(time.perf_counter() - started, 3)
-        write_json_atomic(report_path, report)
-        raise failure
-
-    dataset = _build_dataset(result, dc)
-    manifest = _manifest(config, result, tokenizer, inputs, counts, dataset["train"].column_names)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     with (
-        atomic_dir(out_dir, key="data.output_dir", root=root, inputs=inputs_paths) as tmp,
-        _quiet_datasets(),
+        tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.work-", dir=out_dir.parent) as work,
+        stream.datasets_bars_on_terminal(),
     ):
-        dataset.save_to_disk(str(tmp))
-        write_manifest(tmp, manifest)
+        result, splits = stream.run(
+            records, dc, tokenizer, Path(work), rejected_path, dc.num_proc, _estimate_rows(sources)
+        )
+        for src in sources:
+            src.sha256 = _source_hash(src)
+        inputs = {src.display: src.sha256 for src in sources}
+        counts = _counts(result)
+        assert counts["kept"] + counts["rejected"] == counts["read"], "row accounting is broken"
+        report = _report(result, dc, sources, counts)
+
+        failure = _failure(result, dc, counts)
+        if failure is not None:
+            removed = _remove_stale_output(out_dir)
+            report.update(status="failed", error=str(failure), removed_stale_output=removed)
+            report["duration_s"] = round(time.perf_counter() - started, 3)
+            write_json_atomic(report_path, report)
+            raise failure
+
+        manifest = _manifest(config, result, tokenizer, inputs, counts, splits["train"].column_names)
+        dataset = _dataset_dict(splits, manifest)
+        with atomic_dir(out_dir, key="data.output_dir", root=root, inputs=inputs_paths) as tmp:
+            dataset.save_to_disk(str(tmp))
+            write_manifest(tmp, manifest)
     report.update(dataset_sha256=dir_sha256(out_dir), code_sha256=code_sha256())
     report["duration_s"] = round(time.perf_counter() - started, 3)
     write_json_atomic(report_path, report)

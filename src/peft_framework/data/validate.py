@@ -5,6 +5,7 @@ Problems are collected, not raised one at a time, so a rejected row lists every 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from peft_framework.config.schema import DataConfig
@@ -18,8 +19,11 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text[:40] + '...' if len(text) > 43 else text}"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _has_surrogates(text: str) -> bool:
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+    return _SURROGATE.search(text) is not None
 
 
 def _column(cfg: DataConfig, field: str) -> str:

@@ -127,6 +127,7 @@ def build_training_arguments(
         use_cpu=device == "cpu",
         **_checkpointing_kwargs(train.gradient_checkpointing),
         torch_compile=train.compile,
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         logging_strategy="steps",
         logging_steps=train.logging_steps,
         logging_first_step=True,

@@ -55,3 +55,36 @@ class PadCollator:
             else:
                 batch["labels"] = torch.as_tensor([int(x) for x in labels], dtype=torch.long)
         return batch
+
+
+class FlatteningCollator:
+    """transformers' DataCollatorWithFlattening, plus `use_cache=False` for the forward pass: transformers
+    only reads restarting position_ids as separate rows when the model builds no KV cache, and models
+    such as Llama build one in training too when `config.use_cache` is on (the default)."""
+
+    def __init__(self) -> None:
+        from transformers import DataCollatorWithFlattening
+
+        self._flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**self._flatten(features), "use_cache": False}
+
+
+def make_collator(packing: bool, task: str, pad_token_id: int) -> PadCollator | FlatteningCollator:
+    """The training collator: padded batches, or with `train.packing` one flattened sequence per batch.
+
+    Flattened: the rows are concatenated, position_ids restart at each row and each row's first label is
+    -100. With no attention mask, transformers' masking turns restarting position_ids into a
+    block-diagonal causal mask (sdpa, eager and flash attention), so no row sees another, and the shifted
+    loss covers the same tokens as in a padded batch."""
+    if not packing:
+        return PadCollator(pad_token_id, padding_side="right")
+    if task != "causal_lm":
+        from peft_framework.errors import ConfigError
+
+        raise ConfigError(
+            f"train.packing: true does not fit model.task {task!r}",
+            ["train.packing: allowed only with causal_lm"],
+        )
+    return FlatteningCollator()

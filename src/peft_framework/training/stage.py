@@ -58,7 +58,7 @@ def train(
 
 
 def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, Any]:
-    from peft_framework.training.collator import PadCollator
+    from peft_framework.training.collator import make_collator
     from peft_framework.training.loraplus import loraplus_setting
     from peft_framework.training.trainer import AdapterTrainer
 
@@ -89,7 +89,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         args=args,
         train_dataset=data.train,
         eval_dataset=data.eval,
-        data_collator=PadCollator(tokenizer.pad_token_id, padding_side="right"),
+        data_collator=make_collator(config.train.packing, config.model.task, tokenizer.pad_token_id),
         callbacks=[*callbacks, *extra_callbacks],
         adapter_method=method,
         loraplus=loraplus_setting(config.train),

@@ -1,0 +1,127 @@
+"""prepare at scale vs plain `datasets`: wall time and peak RSS on generated instruction rows.
+
+    python bench/prepare_scale.py --rows 100000 300000 [--num-proc 1] [--json out.json]
+
+Rows: generated instruction/input/output rows (distinct, so none is dropped as a duplicate), about 340 bytes
+of JSON each. Variants, each in a fresh subprocess (peak RSS = the largest process's VmHWM, via
+`getrusage` in the subprocess, itself and its workers; time = load to saved, imports not counted):
+
+- **prepare**: `peft_framework.data.prepare` (parse, validate, clean, filter, format, tokenize, de-duplicate,
+  split, save the DatasetDict, rejected rows and report), builtin tiny-llama tokenizer, defaults otherwise.
+- **baseline**: `load_dataset("json")` -> batched `map` formatting the same Alpaca prompt and tokenizing
+  prompt + response with the same tokenizer (truncated to max_seq_len) -> `save_to_disk`.
+Both use `data.num_proc` / `num_proc` = --num-proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = (
+    "time person year way day thing man world life hand part child eye woman place work week case point "
+    "government company number group problem fact river stone cloud bread apple table window garden music "
+    "answer question reason result change morning evening system program market figure paper history"
+).split()
+
+
+def generate(path: Path, rows: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(rows):
+            instruction = f"Task {i}: " + " ".join(rng.choices(WORDS, k=rng.randint(5, 15)))
+            input_text = " ".join(rng.choices(WORDS, k=rng.randint(0, 20)))
+            output = " ".join(rng.choices(WORDS, k=rng.randint(20, 60)))
+            f.write(json.dumps({"instruction": instruction, "input": input_text, "output": output}) + "\n")
+
+
+def child_prepare(source: Path, work: Path, num_proc: int) -> float:
+    from peft_framework.config.schema import Config
+    from peft_framework.data import prepare
+
+    config = Config.model_validate({"data": {"source": str(source), "num_proc": num_proc}})
+    started = time.perf_counter()
+    summary = prepare(config, work)
+    assert summary["rows"]["kept"] > 0.99 * summary["rows"]["read"], summary["rows"]
+    return time.perf_counter() - started
+
+
+def child_baseline(source: Path, work: Path, num_proc: int) -> float:
+    import datasets
+
+    from peft_framework.config.schema import Config
+    from peft_framework.data.formatting import format_instruction
+    from peft_framework.models.loading import load_tokenizer
+
+    config = Config()
+    tok = load_tokenizer(config.model)
+    max_len, eos = config.data.max_seq_len, tok.eos_token_id
+    datasets.disable_progress_bars()
+
+    def tokenize(batch):
+        prompts = [format_instruction(i, x, "alpaca") for i, x in zip(batch["instruction"], batch["input"])]
+        texts = [p + r for p, r in zip(prompts, batch["output"])]
+        ids = [x[: max_len - 1] + [eos] for x in tok(texts, verbose=False)["input_ids"]]
+        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": ids}
+
+    started = time.perf_counter()
+    ds = datasets.load_dataset("json", data_files=str(source), split="train", cache_dir=str(work / "cache"))
+    ds = ds.map(tokenize, batched=True, num_proc=num_proc if num_proc > 1 else None)
+    ds.save_to_disk(str(work / "out"))
+    return time.perf_counter() - started
+
+
+def run_child(variant: str, source: Path, num_proc: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as work:
+        cmd = [sys.executable, __file__, "--child", variant, "--source", str(source), "--work", work]
+        cmd += ["--num-proc", str(num_proc)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ})
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"seconds": round(got["seconds"], 1), "peak_rss_gb": round(got["peak_kb"] / 2**20, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, nargs="+", default=[100_000])
+    ap.add_argument("--num-proc", type=int, default=1)
+    ap.add_argument("--json")
+    ap.add_argument("--child", choices=["prepare", "baseline"])
+    ap.add_argument("--source")
+    ap.add_argument("--work")
+    args = ap.parse_args()
+    if args.child:
+        fn = child_prepare if args.child == "prepare" else child_baseline
+        seconds = fn(Path(args.source), Path(args.work), args.num_proc)
+        peak_kb = max(  # this process, and its largest worker (num_proc)
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        )
+        print(json.dumps({"seconds": seconds, "peak_kb": peak_kb}))
+        return
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-rows-") as tmp:
+        for rows in args.rows:
+            source = Path(tmp) / f"rows-{rows}.jsonl"
+            generate(source, rows)
+            entry = {"rows": rows, "mb": round(source.stat().st_size / 1e6, 1)}
+            for variant in ("baseline", "prepare"):
+                entry[variant] = run_child(variant, source, args.num_proc)
+            entry["time_ratio"] = round(entry["prepare"]["seconds"] / entry["baseline"]["seconds"], 2)
+            print(json.dumps(entry), flush=True)
+            results.append(entry)
+            source.unlink()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
