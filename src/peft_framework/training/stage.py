@@ -34,6 +34,8 @@ from peft_framework.config.schema import Config
 from peft_framework.errors import DataError, StageFailed, UserError
 from peft_framework.io import atomic_dir, canonical_json_sha256, dir_sha256, file_sha256, write_json_atomic
 from peft_framework.training import checkpoints as ckpts
+from peft_framework.training.distributed import identity as distributed_identity
+from peft_framework.training.distributed import materialize_trainable
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +157,7 @@ def run_fingerprint(config: Config, data_sha256: str, world_size: int) -> dict[s
     return {
         "created_by": CREATED_BY,
         "fingerprint": canonical_json_sha256(
-            {"config": learned, "data": data_sha256, "world_size": world_size}
+            {"config": learned, "data": data_sha256, **distributed_identity(config.train, world_size)}
         ),
         "data_sha256": data_sha256,
         "world_size": world_size,
@@ -470,6 +472,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     history = trainer.state.log_history
     eval_loss = _final_eval_loss(trainer, history) if eval_ds is not None else None
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    materialize_trainable(unwrapped)  # FSDP/ZeRO-3: whole adapter tensors before writing (every process)
 
     summary: dict[str, Any] = {
         "output_dir": str(out_dir),
