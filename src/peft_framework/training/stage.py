@@ -160,7 +160,7 @@ def run_fingerprint(config: Config, data_sha256: str, world_size: int) -> dict[s
             {"config": learned, "data": data_sha256, **distributed_identity(config.train, world_size)}
         ),
         "data_sha256": data_sha256,
-        "world_size": world_size,
+        **distributed_identity(config.train, world_size),
     }
 
 
