@@ -90,8 +90,10 @@ def pool_stage(stage: str, lock: dict[str, Any] | None = None) -> dict[str, Any]
     started = time.perf_counter()
     if lock:
         write_lock(root, lock)
-        upstream = [name for name in ORDER if name in lock]
-        _dvc(root, "pull", "--allow-missing", *upstream)
+        # the stages before this one (its inputs) and this one (present outputs let DVC skip it)
+        needed = [name for name in ORDER[: ORDER.index(stage) + 1] if name in lock]
+        if needed:
+            _dvc(root, "pull", "--allow-missing", *needed)
     timings["pull_s"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
