@@ -118,17 +118,13 @@ def check_runnable(train: TrainConfig, device: str) -> None:
         if device != "cuda":
             problems.append(
                 f"train.distributed: 'deepspeed' needs CUDA GPUs and this machine has {device} only; "
-                "allowed here: ddp, fsdp"
+                "allowed here: ddp"
             )
         elif importlib.util.find_spec("deepspeed") is None:
             problems.append(
                 "train.distributed: 'deepspeed' needs the deepspeed package (`pip install deepspeed`); "
                 "allowed without it: ddp, fsdp"
             )
-    if train.distributed == "fsdp" and train.compile:
-        problems.append(
-            "train.compile: true with train.distributed 'fsdp' is not supported here; allowed: false"
-        )
     if problems:
         raise ConfigError("invalid config", problems)
 
