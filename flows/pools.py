@@ -29,7 +29,7 @@ import flows  # noqa: F401  # isort: skip -- applies the project's Prefect setti
 import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.states import Failed
+from prefect.states import Failed, State
 from tasks.stages import ORDER
 
 POOLS: dict[str, str] = {
@@ -133,7 +133,7 @@ def _stage_result(flow_run_id: Any, stage: str) -> dict[str, Any]:
 
 
 @flow(name="peft-pool-pipeline", description="Every stage as a deployment on its work pool, in order")
-def pool_pipeline(root: str = ".", poll_interval: float = 2.0) -> dict[str, Any] | Failed:
+def pool_pipeline(root: str = ".", poll_interval: float = 2.0) -> dict[str, Any] | State[Any]:
     """Run sample_data -> prepare -> train -> evaluate -> export, each on its pool; returns per stage the
     flow run, its pool, whether it ran or was skipped, and how long it took. Starts from root/dvc.lock
     (so unchanged stages are skipped) and writes the merged lock back there."""
