@@ -145,7 +145,7 @@ def origin(project: Project, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     remote as the default (`dvc remote add -d`; S3/GCS/SSH remotes take the same commands, docs/scaling.md)."""
     where = tmp_path_factory.mktemp("origin")
     git, storage = where / "project.git", where / "dvc-storage"
-    project.run("git", "init", "-q", "--bare", str(git))
+    project.run("git", "init", "-q", "--bare", "-b", "main", str(git))
     project.run("dvc", "remote", "add", "-d", "storage", str(storage))
     # earlier tests re-made outputs through the flows, not DVC: record the workspace as it is
     project.run("dvc", "commit", "--force")
