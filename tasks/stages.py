@@ -45,6 +45,11 @@ class Stage:
 
     def run(self, config: Config, root: Path) -> dict[str, Any]:
         """Call the library function; returns its summary as plain JSON data (paths as strings)."""
+        if self.name == "train":
+            from tasks import launch
+
+            if launch.wanted(config):  # train.devices x train.nodes > 1: the job runs under torchrun
+                return launch.train(config, root)
         module, func = self.target.split(":")
         fn = getattr(importlib.import_module(module), func)
         return json.loads(json.dumps(fn(config, root=str(root)), default=str))

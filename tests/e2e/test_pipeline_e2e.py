@@ -8,14 +8,17 @@ test changes the workspace, so it comes last.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from pipeline_project import Project, Server, stages_run
+from pipeline_project import Project, Server, base_env, stages_run
 from tasks.stages import ORDER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -93,7 +96,7 @@ def test_scheduled_deployment_runs_on_a_server(project: Project, server: Server,
     with SyncPrefectClient(server.api_url) as client:
         template = ProcessWorker.get_default_base_job_template()
         client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
-    project.run("prefect", "--no-prompt", "deploy", "--all", env=api(server))
+    project.run("prefect", "--no-prompt", "deploy", "--name", spec["name"], env=api(server))
 
     with SyncPrefectClient(server.api_url) as client:
         deployment = client.read_deployment_by_name(f"peft-pipeline/{spec['name']}")
@@ -135,6 +138,144 @@ def test_bad_data_fails_the_stage_with_one_message(
     assert not (project.root / "data" / "prepared-bad").exists()
 
 
+# ------------------------------------------------------------------------ DVC remote (the normal workflow)
+@pytest.fixture(scope="module")
+def origin(project: Project, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The reproduced project committed and pushed: a bare git repo as `origin` and a local-directory DVC
+    remote as the default (`dvc remote add -d`; S3/GCS/SSH remotes take the same commands, docs/scaling.md)."""
+    where = tmp_path_factory.mktemp("origin")
+    git, storage = where / "project.git", where / "dvc-storage"
+    project.run("git", "init", "-q", "--bare", "-b", "main", str(git))
+    project.run("dvc", "remote", "add", "-d", "storage", str(storage))
+    # earlier tests re-made outputs through the flows, not DVC: record the workspace as it is
+    project.run("dvc", "commit", "--force")
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-q", "-m", "reproduced pipeline, DVC remote")
+    project.run("git", "remote", "add", "origin", str(git))
+    project.run("git", "push", "-q", "origin", "main")
+    project.run("dvc", "push")
+    return {"git": git, "storage": storage}
+
+
+def _clone(origin: dict[str, Path], dest: Path) -> Project:
+    clone = Project(dest, base_env(dest))
+    subprocess.run(["git", "clone", "-q", str(origin["git"]), str(dest)], check=True, env=clone.env)
+    return clone
+
+
+def test_push_clone_pull_is_up_to_date_and_generates(
+    project: Project, reproduced: dict[str, Any], origin: dict[str, Path], tmp_path: Path
+):
+    clone = _clone(origin, tmp_path / "clone")
+    assert not (clone.root / "models" / "adapter").exists()
+    clone.run("dvc", "pull")
+    assert "up to date" in clone.run("dvc", "status").stdout
+    again = clone.run("dvc", "repro")
+    assert stages_run(again.stdout + again.stderr) == [] and "up to date" in again.stdout
+    adapter = clone.root / "models" / "adapter"
+    assert (adapter / "adapter_model.safetensors").read_bytes() == (
+        project.root / "models" / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
+    out = clone.run(
+        "peft-framework", "generate", "--base", "params.yaml", "--adapter", f"pulled={adapter}",
+        "--use", "pulled", "--prompt", "Repeat red 2 times.", "--max-new-tokens", "4", "--json",
+    )  # fmt: skip
+    [generated] = json.loads(out.stdout)
+    assert isinstance(generated, (str, dict)) and generated
+
+
+# ------------------------------------------------------------------- stages on Prefect work pools
+def test_stages_run_on_their_work_pools_through_the_dvc_remote(
+    project: Project, server: Server, reproduced: dict[str, Any], origin: dict[str, Path], tmp_path: Path
+):
+    """Two process pools (`cpu`, `gpu`), one worker each in its own clone, an empty local-directory DVC
+    remote; `python -m flows.pools` from a third clone runs every stage on its pool. The outputs equal the
+    single-machine `dvc repro` of the same params (fixture `reproduced`), and a second run skips all."""
+    from flows.pools import POOLS
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.workers.process import ProcessWorker
+
+    storage = tmp_path / "pool-storage"
+    clones: dict[str, Project] = {}
+    for name in ("cpu", "gpu", "user"):
+        clones[name] = clone = _clone(origin, tmp_path / name)
+        clone.run("dvc", "remote", "add", "--local", "-d", "pools", str(storage))
+        (clone.root / "dvc.lock").unlink()  # nothing known: every stage runs, on its pool
+    with SyncPrefectClient(server.api_url) as client:
+        for pool in ("cpu", "gpu"):
+            template = ProcessWorker.get_default_base_job_template()
+            template["variables"]["properties"]["working_dir"]["default"] = str(clones[pool].root)
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
+    names = [arg for stage in POOLS for arg in ("--name", stage)]
+    clones["user"].run("prefect", "--no-prompt", "deploy", *names, env=api(server))
+
+    workers = []
+    try:
+        for pool in ("cpu", "gpu"):
+            log = open(tmp_path / f"worker-{pool}.log", "wb")  # noqa: SIM115 - closed with the worker
+            env = {**clones[pool].env, **api(server), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+            workers.append(
+                (
+                    subprocess.Popen(
+                        ["prefect", "worker", "start", "--pool", pool],
+                        cwd=clones[pool].root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    ),
+                    log,
+                )
+            )  # fmt: skip
+        summaries = []
+        for run in ("first", "second"):
+            out = tmp_path / f"{run}.json"
+            clones["user"].run(
+                "python", "-m", "flows.pools", "--summary-json", str(out), env=api(server), timeout=1500
+            )
+            summaries.append(json.loads(out.read_text())["stages"])
+    finally:
+        for process, log in workers:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+            log.close()
+    first, second = summaries
+    print("pools, first run:", {s: (v["work_pool"], v["seconds"], v["repro_s"]) for s, v in first.items()})
+    print("pools, second run:", {s: (v["work_pool"], v["seconds"]) for s, v in second.items()})
+    assert sorted(first) == sorted(ORDER) and sorted(second) == sorted(ORDER)
+    assert all(first[s]["ran"] for s in ORDER), first
+    assert not any(second[s]["ran"] for s in ORDER), second  # unchanged: DVC skips every stage
+
+    # each stage ran on a worker of its pool, by the API's record
+    with SyncPrefectClient(server.api_url) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["peft-pool-stage"])))
+    assert len(runs) == 2 * len(ORDER)
+    for run in runs:
+        assert run.state is not None and run.state.is_completed(), run.state
+        assert run.work_pool_name == POOLS[run.parameters["stage"]], (run.name, run.work_pool_name)
+
+    # the user's clone pulls every output; they equal the single-machine run's
+    user = clones["user"]
+    user.run("dvc", "pull")
+    single = yaml.safe_load((project.root / "dvc.lock").read_text())["stages"]
+    pooled = yaml.safe_load((user.root / "dvc.lock").read_text())["stages"]
+    for stage, path in (
+        ("sample_data", "data/raw"),
+        ("prepare", "data/prepared"),
+        ("prepare", "data/rejected.jsonl"),
+    ):
+        md5 = {o["path"]: o["md5"] for o in pooled[stage]["outs"]}
+        assert md5[path] == {o["path"]: o["md5"] for o in single[stage]["outs"]}[path], path
+    for rel in (
+        "models/adapter/adapter_model.safetensors",
+        "reports/eval_predictions.jsonl",
+        "models/merged/model.safetensors",
+    ):
+        assert (user.root / rel).read_bytes() == (project.root / rel).read_bytes(), rel
+
+
 def _experiments(rows: Any) -> Iterator[dict[str, Any]]:
     """Every entry of `dvc exp show --json` output that carries params/metrics data."""
     if isinstance(rows, dict):
@@ -163,6 +304,23 @@ def test_experiment_reruns_only_what_the_param_feeds(
     ]
     metrics = exp["data"]["metrics"][eval_report]["data"]
     assert metrics and all(isinstance(v, (int, float, dict)) for v in metrics.values())
+
+
+def test_experiment_push_and_pull_through_the_remotes(
+    project: Project, origin: dict[str, Path], tmp_path: Path
+):
+    """After test_experiment_reruns_only_what_the_param_feeds: its experiment goes to the git remote (refs)
+    and the DVC remote (outputs); a clone pulls it and gets its adapter."""
+    names = project.run("dvc", "exp", "ls", "--name-only").stdout.split()
+    assert names, "no experiment to push"
+    project.run("dvc", "exp", "push", "origin", *names)
+    clone = _clone(origin, tmp_path / "clone")
+    clone.run("dvc", "exp", "pull", "origin", *names)
+    assert set(clone.run("dvc", "exp", "ls", "--name-only").stdout.split()) == set(names)
+    clone.run("dvc", "exp", "apply", names[0])
+    clone.run("dvc", "checkout")
+    config = json.loads((clone.root / "models" / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 32
 
 
 def test_qlora_experiment_from_yaml_alone(project: Project, server: Server):

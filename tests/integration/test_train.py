@@ -502,24 +502,23 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(project: Path) -> Non
 
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(project: Path) -> None:
-    """The same `peft-framework train` command, plain and under torchrun (DDP, gloo on CPU)."""
+    """The same config as `peft-framework train` in one process, and as the pipeline's train stage with
+    train.devices 2, which starts the job under torchrun itself (DDP, gloo on CPU)."""
+    from tasks.stages import STAGES
+
     common = dict(max_steps=10, save_steps=5, eval_steps=5)
-    files = {}
-    for name, batch in (("ddp1", 4), ("ddp2", 2)):
-        files[name] = project / f"{name}.json"
-        files[name].write_text(
-            json.dumps(make_config(name, batch_size=batch, **common).model_dump(mode="json", by_alias=True))
-        )
-    cli = ["-m", "peft_framework", "train"]
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
-    if not Path(torchrun).exists():
-        torchrun = shutil.which("torchrun") or pytest.skip("torchrun not found")
-    for cmd in (
-        [sys.executable, *cli, str(files["ddp1"]), "--root", str(project)],
-        [torchrun, "--standalone", "--nproc_per_node", "2", *cli, str(files["ddp2"]), "--root", str(project)],
-    ):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+    config = make_config("ddp1", batch_size=4, **common)
+    (project / "ddp1.json").write_text(json.dumps(config.model_dump(mode="json", by_alias=True)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "peft_framework", "train", str(project / "ddp1.json"), "--root", str(project)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = STAGES["train"].run(make_config("ddp2", batch_size=2, devices=2, **common), project)
+    assert summary["world_size"] == 2 and "--standalone --nproc_per_node 2" in summary["launcher"]
     single = json.loads((project / "out/ddp1/adapter/manifest.json").read_text())["training"]
     double = json.loads((project / "out/ddp2/adapter/manifest.json").read_text())["training"]
     assert (single["world_size"], single["global_batch_size"]) == (1, 4)

@@ -371,6 +371,25 @@ class TrainConfig(Section):
         False,
         description="DDP only: set true for adapters whose trainable parameters are not all used every step.",
     )
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp",
+        description="How one training job spreads over processes: ddp (every process holds the whole model), "
+        "fsdp (FSDP2: weights, gradients and optimizer state sharded; runs on CPU/gloo too), deepspeed "
+        "(ZeRO stage zero_stage; CUDA and the deepspeed package needed).",
+    )
+    zero_stage: Literal[2, 3] = Field(
+        2, description="deepspeed only: ZeRO stage (2: gradients + optimizer state sharded; 3: weights too)."
+    )
+    offload_optimizer: bool = Field(False, description="deepspeed only: optimizer state in CPU memory.")
+    offload_params: bool = Field(
+        False, description="fsdp, or deepspeed with zero_stage 3: parameters in CPU memory between uses."
+    )
+    devices: int = Field(
+        1, ge=1, description="Processes per node; > 1: the pipeline's train stage runs under torchrun."
+    )
+    nodes: int = Field(
+        1, ge=1, description="Nodes (machines); > 1: torchrun --nnodes, rendezvous from PET_* variables."
+    )
 
     @model_validator(mode="after")
     def _early_stopping_needs_step_evaluation(self) -> TrainConfig:

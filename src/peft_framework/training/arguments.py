@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from peft_framework.config.schema import TrainConfig
 from peft_framework.errors import ConfigError
+from peft_framework.training import distributed
 
 
 def device_kind() -> str:
@@ -107,6 +108,9 @@ def build_training_arguments(
             ],
         )
     eval_strategy = "no" if not has_eval else ("steps" if train.eval_steps else "epoch")
+    distributed.check_runnable(train, device)
+    if train.distributed == "deepspeed":  # Trainer reads the file: written beside the checkpoints
+        distributed.write_deepspeed_config(train, checkpoint_dir)
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=train.batch_size,
@@ -147,4 +151,5 @@ def build_training_arguments(
         remove_unused_columns=False,  # the collator picks the model's columns
         ddp_find_unused_parameters=train.ddp_find_unused_parameters,
         ddp_backend="gloo" if device == "cpu" and world_size > 1 else None,
+        **distributed.training_arguments_kwargs(train, checkpoint_dir),
     )

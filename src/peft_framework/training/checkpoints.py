@@ -35,6 +35,8 @@ TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
 #: `load_checkpoint_state(dict[str, Tensor])` (e.g. a rank allocator's running statistics)
 CALLBACK_STATE_DIR = "callback_state"
 RUN_FILE = "run.json"
+#: the DeepSpeed config a deepspeed run generates here (training/distributed.py)
+GENERATED_CONFIG = "deepspeed_config.json"
 TRAINER_STATE = "trainer_state.json"
 #: sha256 of the safetensors files of a checkpoint (they carry no checksum of their own; torch's zip
 #: archives do, and are verified member by member), so a bit flip is found before resuming from it
@@ -149,7 +151,9 @@ def checkpoint_problems(path: str | os.PathLike[str], world_size: int = 1) -> li
         problem = _safetensors_problem(weights, allow_empty=weights.parent.name == CALLBACK_STATE_DIR)
         if problem:
             problems.append(problem)
-    for name in ("optimizer.pt", "scheduler.pt"):
+    # FSDP runs: accelerate writes the gathered optimizer state as optimizer.bin (a torch archive too)
+    optimizer = "optimizer.bin" if (path / "optimizer.bin").is_file() else "optimizer.pt"
+    for name in (optimizer, "scheduler.pt"):
         problem = _zip_problem(path / name)
         if problem:
             problems.append(problem)
@@ -188,12 +192,13 @@ def write_run(checkpoint_dir: str | os.PathLike[str], run: dict[str, Any]) -> No
 
 
 def remove_checkpoints(checkpoint_dir: str | os.PathLike[str]) -> int:
-    """Delete the `checkpoint-N` directories and `run.json` (nothing else in the directory)."""
+    """Delete the `checkpoint-N` directories, `run.json` and a generated DeepSpeed config (nothing else)."""
     removed = 0
     for ckpt in list_checkpoints(checkpoint_dir):
         shutil.rmtree(ckpt.path, ignore_errors=True)
         removed += 1
     (Path(checkpoint_dir) / RUN_FILE).unlink(missing_ok=True)
+    (Path(checkpoint_dir) / GENERATED_CONFIG).unlink(missing_ok=True)
     return removed
 
 

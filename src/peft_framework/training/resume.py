@@ -21,6 +21,7 @@ from peft_framework.errors import UserError
 from peft_framework.io import canonical_json_sha256
 from peft_framework.paths import resolve
 from peft_framework.training import checkpoints as ckpts
+from peft_framework.training.distributed import identity as distributed_identity
 from peft_framework.training.output import CREATED_BY
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,10 @@ def run_fingerprint(config: Config, data_sha256: str, world_size: int) -> dict[s
     return {
         "created_by": CREATED_BY,
         "fingerprint": canonical_json_sha256(
-            {"config": learned, "data": data_sha256, "world_size": world_size}
+            {"config": learned, "data": data_sha256, **distributed_identity(config.train, world_size)}
         ),
         "data_sha256": data_sha256,
-        "world_size": world_size,
+        **distributed_identity(config.train, world_size),
     }
 
 

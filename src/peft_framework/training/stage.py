@@ -32,6 +32,7 @@ from peft_framework.locking import locked_stage
 from peft_framework.paths import resolve
 from peft_framework.training import checkpoints as ckpts
 from peft_framework.training.determinism import restore_global_determinism
+from peft_framework.training.distributed import materialize_trainable
 from peft_framework.training.output import (
     MANIFEST,
     build_manifest,
@@ -113,6 +114,8 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         "world_size": args.world_size,
         "written": is_main,
     }
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    materialize_trainable(unwrapped)  # FSDP/ZeRO-3: whole adapter tensors before writing (every process)
     if is_main:
         manifest = build_manifest(
             config,
@@ -125,7 +128,6 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
             summary=summary,
             wall_time_s=round(time.perf_counter() - started, 3),
         )
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         write_output(out_dir, unwrapped, method, config, tokenizer, history, manifest)
         summary["adapter_sha256"] = manifest["adapter"]["sha256"]
         summary["manifest_path"] = str(out_dir / MANIFEST)

@@ -27,6 +27,7 @@ from peft_framework.adapters.state_dict import check_state_dict
 from peft_framework.errors import AdapterError, StageFailed
 from peft_framework.training import loraplus as loraplus_groups
 from peft_framework.training.checkpoints import CALLBACK_STATE_DIR, TRAINABLE_WEIGHTS, write_checksums
+from peft_framework.training.distributed import check_strategy_applied, gather_full, scatter_full
 from peft_framework.training.kbit import allow_quantized_training
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class AdapterTrainer(Trainer):
         self.loraplus_groups: dict[str, dict[str, Any]] | None = None
         with allow_quantized_training(kwargs.get("model", args[0] if args else None)):
             super().__init__(*args, **kwargs)
+        check_strategy_applied(self.args, self.accelerator.state)
 
     # --- optimizer -------------------------------------------------------------------------------
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -125,18 +127,29 @@ class AdapterTrainer(Trainer):
         model = self.accelerator.unwrap_model(model if model is not None else self.model)
         return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Under FSDP or DeepSpeed, gather the trainable tensors only (every process takes part), not the
+        whole model as Trainer would; then write them from the main process."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            self._save(output_dir, state_dict=gather_full(self._trainable()))
+            return
+        super().save_model(output_dir, _internal_call=_internal_call)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """A step checkpoint's weights: the trainable tensors under their in-memory names (safetensors).
 
         Not the peft-format adapter: some types save a transformed adapter (AdaLoRA cuts its matrices to the
         ranks kept so far) that cannot be trained on from; this is the exact training state, for any type.
         Callbacks with `checkpoint_state()` have their tensors saved beside it. Only the main process writes.
+        `state_dict`: the trainable tensors already gathered whole (sharded runs, see `save_model`).
         """
         output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
         if not self.args.should_save:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
-        tensors = {name: p.detach().to("cpu").contiguous().clone() for name, p in self._trainable().items()}
+        if state_dict is None:
+            state_dict = self._trainable()
+        tensors = {name: p.detach().to("cpu").contiguous().clone() for name, p in state_dict.items()}
         save_file(tensors, str(output_dir / TRAINABLE_WEIGHTS), metadata={"format": "pt"})
         written = [output_dir / TRAINABLE_WEIGHTS]
         for callback in self.callback_handler.callbacks:
@@ -159,8 +172,7 @@ class AdapterTrainer(Trainer):
         check_state_dict(
             params, state, str(path), "the model's trainable parameters (another adapter config?)"
         )
-        for name, param in params.items():
-            param.copy_(state[name])
+        scatter_full(params, state)  # sharded parameters take their slice of the whole tensor
 
     def _load_callback_states(self, checkpoint: str | os.PathLike[str]) -> None:
         for callback in self.callback_handler.callbacks:
