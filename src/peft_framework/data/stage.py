@@ -26,11 +26,21 @@ from peft_framework.data.pipeline import SPLITS, Result, process
 from peft_framework.data.rows import Rejected
 from peft_framework.data.sources import Source, read_source, resolve_sources
 from peft_framework.errors import ConfigError, DataError
-from peft_framework.io import atomic_dir, canonical_json_sha256, dir_sha256, file_sha256, write_json_atomic
+from peft_framework.io import (
+    atomic_dir,
+    canonical_json_sha256,
+    dir_sha256,
+    file_sha256,
+    numbers_only,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+DETAILS = "report.json"
+"""The full data report (sources and their hashes, rejects by reason, cleaning, label counts), inside
+`data.output_dir`; `data.report_path` holds its numbers only (`data_metrics`)."""
 CREATED_BY = "peft_framework.data.prepare"
 FORMAT_VERSION = 1
 
@@ -237,6 +247,22 @@ def _report(result: Result, dc: DataConfig, sources: list[Source], counts: dict[
     return report
 
 
+def data_metrics(report: dict[str, Any]) -> dict[str, int | float]:
+    """The numbers of the data report, flat and in a fixed layout (`data.report_path`, a DVC metric)."""
+    tokens = report.get("tokens") or {}
+    return numbers_only(
+        {
+            **{f"rows_{k}": v for k, v in report["rows"].items()},
+            "rejected_fraction": report["rejected_fraction"],
+            "truncated": report["truncated"],
+            **{f"split_{k}": v for k, v in report["splits"].items()},
+            "tokens_mean": tokens.get("mean"),
+            "tokens_max": tokens.get("max"),
+            "tokens_total": tokens.get("total"),
+        }
+    )
+
+
 def _failure(result: Result, dc: DataConfig, counts: dict[str, int]) -> DataError | None:
     """Why the prepared data must not be used, if it must not."""
     if counts["read"] == 0:
@@ -334,9 +360,10 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
     with atomic_dir(out_dir) as tmp, _quiet_datasets():
         dataset.save_to_disk(str(tmp))
         write_json_atomic(tmp / MANIFEST, manifest)
+        write_json_atomic(tmp / DETAILS, report)
     report.update(dataset_sha256=dir_sha256(out_dir), code_sha256=code_sha256())
     report["duration_s"] = round(time.perf_counter() - started, 3)
-    write_json_atomic(report_path, report)
+    write_json_atomic(report_path, data_metrics(report))
     log.info(
         "prepared %d of %d rows into %s in %.1fs",
         counts["kept"],
