@@ -163,3 +163,72 @@ def test_experiment_reruns_only_what_the_param_feeds(
     ]
     metrics = exp["data"]["metrics"][eval_report]["data"]
     assert metrics and all(isinstance(v, (int, float, dict)) for v in metrics.values())
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1400,1000",
+)
+
+
+@pytest.fixture()
+def browser() -> Iterator[Any]:
+    """Headless Debian chromium driven by Selenium (nothing downloaded: the system binary and driver)."""
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip(f"no {CHROMIUM} / {CHROMEDRIVER}: apt-get install chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_browser_shows_the_stage_runs_and_the_eval_table(
+    server: Server, reproduced: dict[str, Any], browser: Any, tmp_path: Path
+):
+    """The Prefect UI of the loopback server, in a real browser: the evaluate stage's flow run page lists
+    its eval table artifact, which opens as a table of metrics; the runs page shows every stage Completed."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with SyncPrefectClient(server.api_url) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["evaluate"])))
+    evaluate = runs[0]  # the `dvc repro` stage run (or an experiment's): each publishes the eval table
+    ui = server.api_url.removesuffix("/api")
+    wait = WebDriverWait(browser, 120)
+
+    def text() -> str:
+        return browser.find_element(By.TAG_NAME, "body").text
+
+    browser.get(f"{ui}/runs/flow-run/{evaluate.id}")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "li.p-tab#artifacts") and "Completed" in text())
+    browser.find_element(By.CSS_SELECTOR, "li.p-tab#artifacts").click()
+    links = wait.until(lambda d: d.find_elements(By.XPATH, "//a[contains(@href, '/artifacts/artifact/')]"))
+    assert any("eval-base-vs-adapter" in link.text for link in links), [link.text for link in links]
+    browser.save_screenshot(str(tmp_path / "flow-run-artifacts.png"))
+
+    browser.get(next(link for link in links if "eval-base-vs-adapter" in link.text).get_attribute("href"))
+    wait.until(lambda d: "adapter" in text() and "delta" in text() and "accuracy" in text())
+    browser.save_screenshot(str(tmp_path / "eval-table.png"))
+
+    browser.get(f"{ui}/runs")
+    wait.until(lambda d: all(name in text() for name in ORDER))
+    assert text().count("Completed") >= len(ORDER)
+    browser.save_screenshot(str(tmp_path / "runs.png"))

