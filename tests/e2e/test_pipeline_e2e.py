@@ -57,6 +57,17 @@ def test_dvc_repro_runs_every_stage_then_nothing(
     assert sorted(runs) == sorted(ORDER)
     assert all(state is not None and state.is_completed() for state in runs.values())
 
+    # training reported live progress (tasks/progress.py): a progress artifact that ended at 100 %
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with SyncPrefectClient(server.api_url) as client:
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-progress"]))
+        )
+    assert progress and progress[-1].type == "progress", progress
+    assert float(progress[-1].data) == 100.0 and "step" in (progress[-1].description or "")
+
 
 def _pipeline(project: Project, summary: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     """`python -m flows.pipeline`; {stage: final state name} from its summary."""
