@@ -313,8 +313,11 @@ class TrainConfig(Section):
     metrics_dir: str = Field(
         "reports/train", description="dvclive output: metrics.json and plots/metrics/*.tsv"
     )
-    report_to: Literal["auto", "dvclive", "none"] = Field(
-        "auto", description="Metric logging: dvclive (into metrics_dir); auto: dvclive when it is installed."
+    report_to: Literal["auto", "dvclive", "mlflow", "none"] = Field(
+        "auto",
+        description="Metric logging: dvclive (into metrics_dir); auto: dvclive when it is installed; mlflow: an "
+        "MLflow run (MLFLOW_TRACKING_URI, default <project>/mlruns) with params, per-step metrics and the adapter as "
+        "an artifact, plus dvclive when it is installed (dvc.yaml's train metrics).",
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     ddp_find_unused_parameters: bool = Field(
@@ -373,6 +376,23 @@ class EvalConfig(Section):
 
 
 # -------------------------------------------------------------------------------------------- export
+class PromoteConfig(Section):
+    """When an exported adapter is registered as a new model version (`python -m tasks.promote`)."""
+
+    metric: str = Field(
+        "accuracy",
+        description="Metric of eval.report_path compared: adapter.<metric> - base.<metric> must reach min_delta "
+        "(e.g. accuracy, f1_macro, exact_match, rougeL, loss with lower_is_better).",
+    )
+    min_delta: float = Field(0.0, description="Smallest adapter - base gain on `metric` that promotes.")
+    lower_is_better: bool = Field(
+        False, description="true for metrics such as loss: the gain is base - adapter."
+    )
+    require_parity: bool = Field(
+        True, description="Also require the export parity check passed (export.report_path: parity_passed)."
+    )
+
+
 class ExportConfig(Section):
     output_dir: str = "models/merged"
     report_path: str = "reports/export.json"
@@ -398,6 +418,10 @@ class ExportConfig(Section):
         description="Largest allowed |logit difference| between the exported model and base + adapter; above it the "
         "stage fails. null: by export.dtype, 1e-3 for float32; for float16 max(1e-2, 3% of the largest |logit|), for "
         "bfloat16 max(5e-2, 10% of it) (low-precision weights shift logits in proportion to their size).",
+    )
+    promote: PromoteConfig | None = Field(
+        None,
+        description="Promotion rules for the model registry (GTO tags, `python -m tasks.promote`); null: off.",
     )
 
 

@@ -363,7 +363,12 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         plan_steps,
         resolve_precision,
     )
-    from peft_framework.training.callbacks import dvclive_available, make_dvclive_callback
+    from peft_framework.training.callbacks import (
+        dvclive_available,
+        make_dvclive_callback,
+        make_mlflow_callback,
+        mlflow_available,
+    )
     from peft_framework.training.collator import PadCollator
     from peft_framework.training.trainer import AdapterTrainer, NonFiniteLoss
 
@@ -384,7 +389,12 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
             "train.report_to: 'dvclive' but dvclive is not installed; allowed: auto, none "
             "(or `pip install dvclive`)"
         )
-    use_dvclive = tc.report_to == "dvclive" or (tc.report_to == "auto" and dvclive_available())
+    if tc.report_to == "mlflow" and not mlflow_available():
+        raise UserError(
+            "train.report_to: 'mlflow' but mlflow is not installed; allowed: auto, dvclive, none "
+            "(or `pip install mlflow`)"
+        )
+    use_dvclive = tc.report_to == "dvclive" or (tc.report_to in ("auto", "mlflow") and dvclive_available())
 
     # data
     dataset, data_manifest, data_dir = load_prepared(config, root)
@@ -441,6 +451,9 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     if use_dvclive:
         resume_step = ckpts.checkpoint_step(resume_from) if resume_from is not None else None
         callbacks.append(make_dvclive_callback(metrics_dir, resume_step))
+    mlflow_cb = make_mlflow_callback(config, root) if tc.report_to == "mlflow" else None
+    if mlflow_cb is not None:
+        callbacks.append(mlflow_cb)
     callbacks.extend(extra_callbacks)
 
     trainer = AdapterTrainer(
@@ -531,6 +544,8 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         write_output(out_dir, unwrapped, method, config, tokenizer, history, manifest)
         summary["adapter_sha256"] = manifest["adapter"]["sha256"]
         summary["manifest_path"] = str(out_dir / MANIFEST)
+        if mlflow_cb is not None:
+            mlflow_cb.log_adapter(out_dir)
         if not tc.keep_checkpoints:
             ckpts.remove_checkpoint_dir(checkpoint_dir)
     _barrier()
