@@ -158,6 +158,36 @@ def _experiments(rows: Any) -> Iterator[dict[str, Any]]:
             yield from _experiments(value)
 
 
+PROMOTE_RULES = {"metric": "accuracy", "lower_is_better": False, "require_parity": True}
+
+
+def test_promotion_registers_a_version_only_when_the_rules_hold(project: Project, reproduced: dict[str, Any]):
+    """tasks/promote.py on the committed results of the real stages: a rule the numbers cannot meet
+    (accuracy gain >= 2) registers nothing and says why; one they meet registers both artifacts in GTO."""
+    from peft_framework.config import config_hash, load_config
+
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    for name, min_delta in (("promote-fail.yaml", 2.0), ("promote-pass.yaml", -1.0)):
+        params["export"]["promote"] = {**PROMOTE_RULES, "min_delta": min_delta}
+        (project.root / name).write_text(yaml.safe_dump(params, sort_keys=False))
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-q", "-m", "pipeline results")
+
+    failed = project.run("python", "-m", "tasks.promote", "--params", "promote-fail.yaml", check=False)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "nothing registered" in failed.stderr and "FAILED: accuracy" in failed.stderr
+    assert "< min_delta 2" in failed.stderr
+    assert project.run("git", "tag").stdout.strip() == ""
+
+    ok = project.run("python", "-m", "tasks.promote", "--params", "promote-pass.yaml")
+    assert "registered: adapter@v0.0.1, merged-model@v0.0.1" in ok.stdout, ok.stdout
+    shown = json.loads(project.run("gto", "show", "--json").stdout)
+    assert {a: v["version"] for a, v in shown.items()} == {"adapter": "v0.0.1", "merged-model": "v0.0.1"}
+    expected = config_hash(load_config(project.root / "promote-pass.yaml"))
+    message = project.run("git", "tag", "-l", "--format=%(contents)", "adapter@v0.0.1").stdout
+    assert f"config_sha256={expected}" in message and "ok: export parity: passed" in message
+
+
 def test_experiment_reruns_only_what_the_param_feeds(
     project: Project, server: Server, reproduced: dict[str, Any]
 ):
@@ -174,6 +204,13 @@ def test_experiment_reruns_only_what_the_param_feeds(
     ]
     metrics = exp["data"]["metrics"][eval_report]["data"]
     assert metrics and all(isinstance(v, (int, float, dict)) for v in metrics.values())
+
+    # a `dvc exp` run is promoted by its commit, from the results committed in it
+    if (project.root / "promote-pass.yaml").exists():  # written by the promotion test
+        ok = project.run(
+            "python", "-m", "tasks.promote", "--ref", exp["rev"], "--params", "promote-pass.yaml"
+        )
+        assert "registered: adapter@v0.0.2, merged-model@v0.0.2" in ok.stdout, ok.stdout
 
 
 CHROMIUM = Path("/usr/bin/chromium")
