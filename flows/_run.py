@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.states import Failed, State
+from tasks import local_api
 from tasks.fingerprint import resolve
 from tasks.run import STAGE_TASKS
 
@@ -88,15 +89,20 @@ def cli(
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    state = run(args)
+    with local_api.session():  # one local Prefect API for all stages unless PREFECT_API_URL is set
+        return _report(run(args), args.summary_json)
+
+
+def _report(state: State[Any], summary_json: Path | None) -> int:
+    """Exit code and console lines for a finished run (and its --summary-json file)."""
     if not state.is_completed():
         error = user_error_of(state)
         print(f"error: {error if error is not None else state.message}", file=sys.stderr)
         return error.exit_code if error is not None else 1
     summary = state.result()
-    if args.summary_json:
-        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        args.summary_json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if summary_json:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for name, stage in summary["stages"].items():
         print(f"{name}: {'cache hit' if stage['state'] == 'Cached' else 'ran'} ({stage['seconds']:.1f} s)")
     return 0

@@ -85,8 +85,15 @@ def parity_headline(report: dict[str, Any]) -> str:
     )
 
 
+# The full reports sit in the stages' outputs (the metric files hold their numbers only).
+DATA_DETAILS = "report.json"
+EXPORT_DETAILS = "export_report.json"
+
+
 def _data_report(config: Config, root: Path) -> None:
-    rel = config.data.report_path
+    rel = f"{config.data.output_dir.rstrip('/')}/{DATA_DETAILS}"
+    if not resolve(root, rel).is_file():
+        rel = config.data.report_path
     if (report := _load(resolve(root, rel))) is not None:
         create_markdown_artifact(
             markdown_table("Data report", report, rel, data_headline(report)),
@@ -104,7 +111,9 @@ def _eval_table(config: Config, root: Path) -> None:
 
 
 def _export_parity(config: Config, root: Path) -> None:
-    rel = config.export.report_path
+    rel = f"{config.export.output_dir.rstrip('/')}/{EXPORT_DETAILS}"
+    if not resolve(root, rel).is_file():
+        rel = config.export.report_path
     if (report := _load(resolve(root, rel))) is not None:
         create_markdown_artifact(
             markdown_table("Export and parity", report, rel, parity_headline(report)),

@@ -57,13 +57,23 @@ def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any
     return isinstance(exc, BaseException) and is_transient(exc)
 
 
+def _stage_kwargs(name: str) -> dict[str, Any]:
+    """Extra arguments of a stage's library function: train reports live progress to the Prefect UI.
+    Imported here, not at the top: the callback needs transformers, which the other stages may not load."""
+    if name != "train":
+        return {}
+    from tasks.progress import PrefectProgressCallback
+
+    return {"callbacks": [PrefectProgressCallback()]}
+
+
 def _make_task(name: str) -> Task[..., dict[str, Any]]:
     stage = STAGES[name]
 
     def run_stage(config: Config, root: str = ".") -> dict[str, Any] | State[Any]:
         root_path = Path(root).resolve()
         try:
-            summary = stage.run(config, root_path)
+            summary = stage.run(config, root_path, **_stage_kwargs(name))
         except UserError as exc:
             # A user mistake: fail with its message, no traceback in the run log (and no retry).
             return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)

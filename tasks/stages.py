@@ -43,8 +43,9 @@ class Stage:
     """Local files/directories the stage reads, given the config and the project root."""
     outputs: Callable[[Config], list[str]]
 
-    def run(self, config: Config, root: Path) -> dict[str, Any]:
-        """Call the library function; returns its summary as plain JSON data (paths as strings)."""
+    def run(self, config: Config, root: Path, **kwargs: Any) -> dict[str, Any]:
+        """Call the library function (with `kwargs`, e.g. train's `callbacks`); returns its summary as
+        plain JSON data (paths as strings)."""
         if self.name == "train":
             from tasks import launch
 
@@ -52,7 +53,7 @@ class Stage:
                 return launch.train(config, root)
         module, func = self.target.split(":")
         fn = getattr(importlib.import_module(module), func)
-        return json.loads(json.dumps(fn(config, root=str(root)), default=str))
+        return json.loads(json.dumps(fn(config, root=str(root), **kwargs), default=str))
 
 
 def write_sample_data(config: Config, root: str = ".") -> dict[str, Any]:

@@ -267,3 +267,18 @@ def canonical_json_sha256(data: Any) -> str:
     """Hash of JSON-able data independent of key order and formatting."""
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def numbers_only(values: dict[str, Any]) -> dict[str, int | float]:
+    """The numeric entries of a flat mapping, booleans as 0/1: what a metrics file (DVC) should hold.
+
+    Paths, hashes, names and versions belong in a manifest beside the outputs, not in the metrics that
+    `dvc metrics show/diff` and `dvc exp show` lay out as columns.
+    """
+    out: dict[str, int | float] = {}
+    for key, value in values.items():
+        if isinstance(value, bool):
+            out[key] = int(value)
+        elif isinstance(value, (int, float)):
+            out[key] = value
+    return out

@@ -129,8 +129,9 @@ class Server:
     log: Path
 
 
-def start_server(home: Path, env: Mapping[str, str], timeout: float = 180) -> Server:
-    """`prefect server start` on a free loopback port with its own PREFECT_HOME; waits until healthy."""
+def start_server(home: Path, env: Mapping[str, str], timeout: float = 180, ui: bool = False) -> Server:
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME (and the UI when `ui`);
+    waits until healthy."""
     port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     log = home / "server.log"
@@ -139,7 +140,8 @@ def start_server(home: Path, env: Mapping[str, str], timeout: float = 180) -> Se
         "PREFECT_HOME": str(home),
         "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true" if ui else "false",
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",  # the UI defaults to port 4200
     }
     with open(log, "wb") as out:
         process = subprocess.Popen(

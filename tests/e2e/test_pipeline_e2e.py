@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,17 @@ def test_dvc_repro_runs_every_stage_then_nothing(
     runs = reproduced["stage_runs"]
     assert sorted(runs) == sorted(ORDER)
     assert all(state is not None and state.is_completed() for state in runs.values())
+
+    # training reported live progress (tasks/progress.py): a progress artifact that ended at 100 %
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with SyncPrefectClient(server.api_url) as client:
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-progress"]))
+        )
+    assert progress and progress[-1].type == "progress", progress
+    assert float(progress[-1].data) == 100.0 and "step" in (progress[-1].description or "")
 
 
 def _pipeline(project: Project, summary: Path, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -288,6 +300,38 @@ def _experiments(rows: Any) -> Iterator[dict[str, Any]]:
             yield from _experiments(value)
 
 
+PROMOTE_RULES = {"metric": "accuracy", "lower_is_better": False, "require_parity": True}
+
+
+def test_promotion_registers_a_version_only_when_the_rules_hold(project: Project, reproduced: dict[str, Any]):
+    """tasks/promote.py on the committed results of the real stages: a rule the numbers cannot meet
+    (accuracy gain >= 2) registers nothing and says why; one they meet registers both artifacts in GTO."""
+    from peft_framework.config import config_hash, load_config
+
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    for name, min_delta in (("promote-fail.yaml", 2.0), ("promote-pass.yaml", -1.0)):
+        params["export"]["promote"] = {**PROMOTE_RULES, "min_delta": min_delta}
+        (project.root / name).write_text(yaml.safe_dump(params, sort_keys=False))
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-q", "-m", "pipeline results")
+
+    failed = project.run("python", "-m", "tasks.promote", "--params", "promote-fail.yaml", check=False)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "nothing registered" in failed.stderr and "FAILED: accuracy" in failed.stderr
+    assert "< min_delta 2" in failed.stderr
+    assert project.run("git", "tag").stdout.strip() == ""
+
+    ok = project.run("python", "-m", "tasks.promote", "--params", "promote-pass.yaml")
+    assert "registered: adapter@v0.0.1, merged-model@v0.0.1" in ok.stdout, ok.stdout
+    shown = json.loads(project.run("gto", "show", "--json").stdout)
+    assert {a: v["version"] for a, v in shown.items()} == {"adapter": "v0.0.1", "merged-model": "v0.0.1"}
+    with warnings.catch_warnings():  # the demo's params.yaml lists keys of every adapter type
+        warnings.simplefilter("ignore")
+        expected = config_hash(load_config(project.root / "promote-pass.yaml"))
+    message = project.run("git", "tag", "-l", "--format=%(contents)", "adapter@v0.0.1").stdout
+    assert f"config_sha256={expected}" in message and "ok: export parity: passed" in message
+
+
 def test_experiment_reruns_only_what_the_param_feeds(
     project: Project, server: Server, reproduced: dict[str, Any]
 ):
@@ -304,6 +348,12 @@ def test_experiment_reruns_only_what_the_param_feeds(
     ]
     metrics = exp["data"]["metrics"][eval_report]["data"]
     assert metrics and all(isinstance(v, (int, float, dict)) for v in metrics.values())
+    # a `dvc exp` run is promoted by its commit, from the results committed in it
+    if (project.root / "promote-pass.yaml").exists():  # written by the promotion test
+        ok = project.run(
+            "python", "-m", "tasks.promote", "--ref", exp["rev"], "--params", "promote-pass.yaml"
+        )
+        assert "registered: adapter@v0.0.2, merged-model@v0.0.2" in ok.stdout, ok.stdout
 
 
 def test_experiment_push_and_pull_through_the_remotes(
@@ -332,6 +382,77 @@ def test_qlora_experiment_from_yaml_alone(project: Project, server: Server):
     params = yaml.safe_load((project.root / "params.yaml").read_text())
     manifest = json.loads((project.root / params["train"]["output_dir"] / "manifest.json").read_text())
     assert manifest["config"]["model"]["quantization"]["bits"] == 4
-    export = json.loads((project.root / params["export"]["report_path"]).read_text())
+    assert json.loads((project.root / params["export"]["report_path"]).read_text())["parity_passed"] == 1
+    # the full export report (not a metric: it holds text) lies in the export output
+    export = json.loads((project.root / params["export"]["output_dir"] / "export_report.json").read_text())
     assert export["trained_on_quantized_base"]["bits"] == 4 and export["parity_passed"]
     assert json.loads((project.root / params["eval"]["report_path"]).read_text())["num_examples"] > 0
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1400,1000",
+)
+
+
+@pytest.fixture()
+def browser() -> Iterator[Any]:
+    """Headless Debian chromium driven by Selenium (nothing downloaded: the system binary and driver)."""
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip(f"no {CHROMIUM} / {CHROMEDRIVER}: apt-get install chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_browser_shows_the_stage_runs_and_the_eval_table(
+    server: Server, reproduced: dict[str, Any], browser: Any, tmp_path: Path
+):
+    """The Prefect UI of the loopback server, in a real browser: the evaluate stage's flow run page lists
+    its eval table artifact, which opens as a table of metrics; the runs page shows every stage Completed."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with SyncPrefectClient(server.api_url) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["evaluate"])))
+    evaluate = runs[0]  # the `dvc repro` stage run (or an experiment's): each publishes the eval table
+    ui = server.api_url.removesuffix("/api")
+    wait = WebDriverWait(browser, 120)
+
+    def text() -> str:
+        return browser.find_element(By.TAG_NAME, "body").text
+
+    browser.get(f"{ui}/runs/flow-run/{evaluate.id}")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "li.p-tab#artifacts") and "Completed" in text())
+    browser.find_element(By.CSS_SELECTOR, "li.p-tab#artifacts").click()
+    links = wait.until(lambda d: d.find_elements(By.XPATH, "//a[contains(@href, '/artifacts/artifact/')]"))
+    assert any("eval-base-vs-adapter" in link.text for link in links), [link.text for link in links]
+    browser.save_screenshot(str(tmp_path / "flow-run-artifacts.png"))
+
+    browser.get(next(link for link in links if "eval-base-vs-adapter" in link.text).get_attribute("href"))
+    wait.until(lambda d: "adapter" in text() and "delta" in text() and "accuracy" in text())
+    browser.save_screenshot(str(tmp_path / "eval-table.png"))
+
+    browser.get(f"{ui}/runs")
+    wait.until(lambda d: all(name in text() for name in ORDER))
+    assert text().count("Completed") >= len(ORDER)
+    browser.save_screenshot(str(tmp_path / "runs.png"))

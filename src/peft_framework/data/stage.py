@@ -30,6 +30,7 @@ from peft_framework.io import (
     check_output_dir,
     dir_sha256,
     file_sha256,
+    numbers_only,
     write_json_atomic,
 )
 from peft_framework.locking import locked_stage
@@ -38,6 +39,9 @@ from peft_framework.provenance import made_by, write_manifest
 
 log = logging.getLogger(__name__)
 
+DETAILS = "report.json"
+"""The full data report (sources and their hashes, rejects by reason, cleaning, label counts), inside
+`data.output_dir`; `data.report_path` holds its numbers only (`data_metrics`)."""
 CREATED_BY = "peft_framework.data.prepare"
 FORMAT_VERSION = 1
 #: the sample-data generator: not code that `prepare` runs, so not in its code hash
@@ -180,6 +184,22 @@ def _report(result: Stats, dc: DataConfig, sources: list[Source], counts: dict[s
     return report
 
 
+def data_metrics(report: dict[str, Any]) -> dict[str, int | float]:
+    """The numbers of the data report, flat and in a fixed layout (`data.report_path`, a DVC metric)."""
+    tokens = report.get("tokens") or {}
+    return numbers_only(
+        {
+            **{f"rows_{k}": v for k, v in report["rows"].items()},
+            "rejected_fraction": report["rejected_fraction"],
+            "truncated": report["truncated"],
+            **{f"split_{k}": v for k, v in report["splits"].items()},
+            "tokens_mean": tokens.get("mean"),
+            "tokens_max": tokens.get("max"),
+            "tokens_total": tokens.get("total"),
+        }
+    )
+
+
 def _failure(result: Stats, dc: DataConfig, counts: dict[str, int]) -> DataError | None:
     """Why the prepared data must not be used, if it must not."""
     if counts["read"] == 0:
@@ -286,9 +306,10 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
         with atomic_dir(out_dir, key="data.output_dir", root=root, inputs=inputs_paths) as tmp:
             dataset.save_to_disk(str(tmp))
             write_manifest(tmp, manifest)
+            write_json_atomic(tmp / DETAILS, report)
     report.update(dataset_sha256=dir_sha256(out_dir), code_sha256=code_sha256())
     report["duration_s"] = round(time.perf_counter() - started, 3)
-    write_json_atomic(report_path, report)
+    write_json_atomic(report_path, data_metrics(report))
     log.info(
         "prepared %d of %d rows into %s in %.1fs",
         counts["kept"],

@@ -30,7 +30,14 @@ from peft_framework.errors import StageFailed, UserError
 from peft_framework.export.memory import PeakRSS
 from peft_framework.export.merge import Adapter, open_checkpoint, stream_merge, warm_up
 from peft_framework.export.parity import parity_atol, parity_check, parity_inputs
-from peft_framework.io import atomic_dir, check_output_dir, path_sha256, temp_prefix, write_json_atomic
+from peft_framework.io import (
+    atomic_dir,
+    check_output_dir,
+    numbers_only,
+    path_sha256,
+    temp_prefix,
+    write_json_atomic,
+)
 from peft_framework.locking import locked_stage
 from peft_framework.models.quantization import unquantized
 from peft_framework.models.saved_tokenizer import adapter_tokenizer
@@ -42,6 +49,21 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BASE_REFERENCE = "base_model.json"
 EXPORT_MANIFEST = "peft_framework_export.json"
+EXPORT_REPORT = "export_report.json"
+"""The full export report (paths, hashes, dtypes, tensor lists, timings) inside `export.output_dir`;
+`export.report_path` holds its numbers only (`export_metrics`). Its `output_sha256` is the hash of the
+directory before this file was added."""
+EXPORT_METRICS = (
+    "merged",
+    "parity_passed",
+    "parity_max_abs_diff",
+    "parity_mean_abs_diff",
+    "parity_top1_agreement",
+    "parity_atol",
+    "adapter_bytes",
+    "model_bytes",
+    "num_shards",
+)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -225,8 +247,14 @@ def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]
         )
     report["output_sha256"] = path_sha256(out_dir)
     report["total_seconds"] = round(time.perf_counter() - started, 3)
-    write_json_atomic(report_path, report)
+    write_json_atomic(out_dir / EXPORT_REPORT, report)
+    write_json_atomic(report_path, export_metrics(report))
     return {"output_dir": str(out_dir), "report_path": str(report_path), **report}
+
+
+def export_metrics(report: dict[str, Any]) -> dict[str, int | float]:
+    """The numbers of the export report in a fixed layout (`export.report_path`, a DVC metric)."""
+    return numbers_only({key: report.get(key) for key in EXPORT_METRICS})
 
 
 def export_merged(

@@ -64,3 +64,64 @@ def make_dvclive_callback(metrics_dir: str | os.PathLike[str], resume_step: int 
             return super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
     return _StepDVCLiveCallback(log_model=False)
+
+
+def mlflow_available() -> bool:
+    return importlib.util.find_spec("mlflow") is not None
+
+
+def make_mlflow_callback(config: Any, root: str | os.PathLike[str]) -> TrainerCallback:
+    """transformers' MLflowCallback, plus our config as params and the adapter as an artifact.
+
+    The run goes to MLFLOW_TRACKING_URI, or when it is unset to a local SQLite store in `<root>/mlruns`
+    (`mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`; artifacts in mlruns/artifacts),
+    experiment MLFLOW_EXPERIMENT_NAME or 'peft-framework'. (MLflow 3 refuses new plain-file stores.) Besides the TrainingArguments the callback logs, the
+    resolved peft-framework config is logged flattened (`cfg.adapter.r`, ...). The callback ends the run
+    when training ends, so `log_adapter(out_dir)` reopens it by id to upload the written adapter.
+    """
+    from transformers.integrations import MLflowCallback
+
+    flat: dict[str, Any] = {}
+
+    def _flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                _flatten(f"{prefix}.{k}", v)
+        else:
+            flat[prefix] = value
+
+    for section, value in config.to_dict().items():
+        _flatten(f"cfg.{section}", value)
+
+    class _AdapterMLflowCallback(MLflowCallback):
+        run_id: str | None = None
+
+        def setup(self, args: Any, state: Any, model: Any) -> None:
+            if state.is_world_process_zero:  # always: a URI set earlier in this process would win otherwise
+                uri = os.environ.get("MLFLOW_TRACKING_URI")
+                if uri:
+                    self._ml_flow.set_tracking_uri(uri)
+                else:  # the local store, its artifacts beside it (not in the working directory)
+                    store = Path(root).resolve() / "mlruns"
+                    store.mkdir(parents=True, exist_ok=True)
+                    self._ml_flow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+                    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "peft-framework"
+                    if self._ml_flow.get_experiment_by_name(name) is None:
+                        self._ml_flow.create_experiment(
+                            name, artifact_location=(store / "artifacts").as_uri()
+                        )
+                    self._ml_flow.set_experiment(name)
+            super().setup(args, state, model)
+            run = self._ml_flow.active_run() if state.is_world_process_zero else None
+            if run is not None:
+                self.run_id = run.info.run_id
+                items = [(k, str(v)[:6000]) for k, v in flat.items()]
+                for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                    self._ml_flow.log_params(dict(items[i : i + 100]))
+
+        def log_adapter(self, out_dir: str | os.PathLike[str]) -> None:
+            """Upload the adapter directory as the run's `adapter/` artifact (main process only)."""
+            if self.run_id is not None:
+                self._ml_flow.MlflowClient().log_artifacts(self.run_id, str(out_dir), artifact_path="adapter")
+
+    return _AdapterMLflowCallback()

@@ -59,6 +59,7 @@ def train(
 
 
 def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, Any]:
+    from peft_framework.training.callbacks import make_mlflow_callback
     from peft_framework.training.collator import make_collator
     from peft_framework.training.loraplus import loraplus_setting
     from peft_framework.training.trainer import AdapterTrainer
@@ -85,13 +86,14 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     callbacks = _callbacks(
         config, model, method, plan.total_steps, metrics_dir if use_dvclive else None, resume_from
     )
+    mlflow_cb = make_mlflow_callback(config, root) if tc.report_to == "mlflow" else None
     trainer = AdapterTrainer(
         model=model,
         args=args,
         train_dataset=data.train,
         eval_dataset=data.eval,
         data_collator=make_collator(config.train.packing, config.model.task, tokenizer.pad_token_id),
-        callbacks=[*callbacks, *extra_callbacks],
+        callbacks=[*callbacks, *([mlflow_cb] if mlflow_cb else []), *extra_callbacks],
         adapter_method=method,
         loraplus=loraplus_setting(config.train),
     )
@@ -131,6 +133,8 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         write_output(out_dir, unwrapped, method, config, tokenizer, history, manifest)
         summary["adapter_sha256"] = manifest["adapter"]["sha256"]
         summary["manifest_path"] = str(out_dir / MANIFEST)
+        if mlflow_cb is not None:
+            mlflow_cb.log_adapter(out_dir)
         if not tc.keep_checkpoints:
             ckpts.remove_checkpoint_dir(checkpoint_dir)
     barrier()
@@ -196,14 +200,19 @@ def _arguments(tc: TrainConfig, data: PreparedData, checkpoint_dir: Path) -> tup
 
 def _use_dvclive(tc: TrainConfig) -> bool:
     """Whether to log with dvclive per `train.report_to`; UserError when asked for and not installed."""
-    from peft_framework.training.callbacks import dvclive_available
+    from peft_framework.training.callbacks import dvclive_available, mlflow_available
 
     if tc.report_to == "dvclive" and not dvclive_available():
         raise UserError(
             "train.report_to: 'dvclive' but dvclive is not installed; allowed: auto, none "
             "(or `pip install dvclive`)"
         )
-    return tc.report_to == "dvclive" or (tc.report_to == "auto" and dvclive_available())
+    if tc.report_to == "mlflow" and not mlflow_available():
+        raise UserError(
+            "train.report_to: 'mlflow' but mlflow is not installed; allowed: auto, dvclive, none "
+            "(or `pip install mlflow`)"
+        )
+    return tc.report_to == "dvclive" or (tc.report_to in ("auto", "mlflow") and dvclive_available())
 
 
 def _model_with_adapter(config: Config, label_names: list[str] | None) -> tuple[torch.nn.Module, Any, Any]:

@@ -1,0 +1,293 @@
+"""One local Prefect API per project, shared by the pipeline's processes: started on first use, stopped
+when idle.
+
+Without `PREFECT_API_URL`, Prefect starts a temporary API server inside every process that runs a flow
+(its "ephemeral" mode) and stops it when the process exits. `dvc repro` runs every stage in its own
+process, so a five-stage pipeline started five servers (7-15 s each on a small machine). Here the first
+stage starts one Prefect server (Prefect's own `SubprocessASGIServer`, the ephemeral server, on a free
+loopback port) in a small detached supervisor process, records its address in
+`$PREFECT_HOME/local-api.json`, and the following stages (and `python -m flows.pipeline`) reuse it.
+
+Lifetime: every process using the server holds a shared `flock` on `$PREFECT_HOME/local-api.clients`
+for as long as it runs (the kernel drops the lock when the process ends, however it ends). The supervisor
+stops the server once nobody has held that lock for `PEFT_LOCAL_API_IDLE_SECONDS` (default 300 s), or on
+`python -m tasks.local_api stop`. Starting and stopping are serialised by `$PREFECT_HOME/local-api.lock`,
+so two processes never start two servers and a server never stops under a process that just found it.
+
+`PREFECT_API_URL` set (your own server or Prefect Cloud): nothing is started. `PEFT_LOCAL_API=off`:
+Prefect's per-process ephemeral API, as before.
+
+    python -m tasks.local_api status|stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import tasks  # noqa: F401  -- the project's Prefect settings (PREFECT_HOME) before anything reads them
+
+STATE_FILE = "local-api.json"
+LOCK_FILE = "local-api.lock"
+CLIENTS_FILE = "local-api.clients"
+LOG_FILE = "local-api.log"
+IDLE_ENV = "PEFT_LOCAL_API_IDLE_SECONDS"
+SWITCH_ENV = "PEFT_LOCAL_API"
+DEFAULT_IDLE_S = 300.0
+POLL_S = 0.5
+
+_client_lock: IO[bytes] | None = None
+"""This process's shared lock on the clients file: held until the process exits."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+
+    @property
+    def state(self) -> Path:
+        return self.home / STATE_FILE
+
+    @property
+    def lock(self) -> Path:
+        return self.home / LOCK_FILE
+
+    @property
+    def clients(self) -> Path:
+        return self.home / CLIENTS_FILE
+
+    @property
+    def log(self) -> Path:
+        return self.home / LOG_FILE
+
+
+def prefect_home() -> Path:
+    return Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser().resolve()
+
+
+@contextlib.contextmanager
+def _locked(path: Path, mode: int) -> Iterator[IO[bytes]]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield f
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _read_state(paths: Paths) -> dict[str, object] | None:
+    try:
+        state = json.loads(paths.state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_api(paths: Paths) -> str | None:
+    """The recorded server's API URL if its supervisor lives and it answers, else None."""
+    state = _read_state(paths)
+    if state and _alive(state.get("pid")) and _healthy(str(state.get("api_url"))):
+        return str(state["api_url"])
+    return None
+
+
+def _hold_client_lock(paths: Paths) -> None:
+    global _client_lock
+    if _client_lock is None:
+        _client_lock = open(paths.clients, "ab")  # noqa: SIM115 -- held for the process lifetime
+        fcntl.flock(_client_lock, fcntl.LOCK_SH)
+
+
+def _startup_timeout() -> float:
+    return float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+
+
+def ensure(home: Path | None = None) -> str | None:
+    """The API URL this process should use: None when PREFECT_API_URL is set or the switch is off;
+    else the project's local server, started now if none runs. Marks this process as its client."""
+    if os.environ.get("PREFECT_API_URL") or os.environ.get(SWITCH_ENV, "").lower() in ("off", "0", "false"):
+        return None
+    paths = Paths(home or prefect_home())
+    with _locked(paths.lock, fcntl.LOCK_EX):
+        api_url = running_api(paths)
+        if api_url is None:
+            api_url = _start(paths)
+        _hold_client_lock(paths)  # before the start lock goes: the server cannot stop under us
+    return api_url
+
+
+@contextlib.contextmanager
+def session() -> Iterator[str | None]:
+    """Run the enclosed flow runs against the project's local API (see `ensure`); yields its URL."""
+    api_url = ensure()
+    if api_url is None:
+        yield None
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    os.environ["PREFECT_API_URL"] = api_url  # subprocesses (e.g. a stage's workers) use it too
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+def _start(paths: Paths) -> str:
+    """Spawn the detached supervisor and wait until its server answers (caller holds the start lock)."""
+    paths.state.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    with open(paths.log, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tasks.local_api", "serve", "--home", str(paths.home)],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives this process; not killed by the terminal's Ctrl-C
+        )
+    deadline = time.monotonic() + _startup_timeout() + 30
+    while time.monotonic() < deadline:
+        state = _read_state(paths)
+        if state and state.get("pid") == proc.pid and _healthy(str(state["api_url"])):
+            return str(state["api_url"])
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    if proc.poll() is None:
+        proc.terminate()
+    tail = paths.log.read_text(encoding="utf-8", errors="replace")[-3000:]
+    raise RuntimeError(f"the local Prefect API did not start (log {paths.log}):\n{tail}")
+
+
+def _idle_seconds() -> float:
+    return float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S))
+
+
+def _clients_busy(paths: Paths) -> bool:
+    with open(paths.clients, "ab") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def serve(home: Path) -> int:
+    """The supervisor: run Prefect's ephemeral server until idle or told to stop."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    paths = Paths(home)
+    paths.clients.touch()
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server = SubprocessASGIServer()
+    server.start(timeout=int(_startup_timeout()))
+    state = {"api_url": server.api_url, "pid": os.getpid(), "started": time.time()}
+    tmp = paths.state.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state) + "\n", encoding="utf-8")
+    tmp.replace(paths.state)
+    print(f"local Prefect API on {server.api_url} (supervisor pid {os.getpid()})", flush=True)
+    idle_s, last_busy = _idle_seconds(), time.monotonic()
+    try:
+        while not stopping:
+            time.sleep(POLL_S)
+            if _clients_busy(paths):
+                last_busy = time.monotonic()
+            elif time.monotonic() - last_busy > idle_s:
+                with _locked(paths.lock, fcntl.LOCK_EX):
+                    if not _clients_busy(paths):  # nobody found us while we waited for the lock
+                        _forget(paths)
+                        break
+                last_busy = time.monotonic()
+    finally:
+        with _locked(paths.lock, fcntl.LOCK_EX):
+            _forget(paths)
+            server.stop()
+    print(f"local Prefect API on {server.api_url} stopped", flush=True)
+    return 0
+
+
+def _forget(paths: Paths) -> None:
+    """Remove the state file if it is this supervisor's."""
+    state = _read_state(paths)
+    if state and state.get("pid") == os.getpid():
+        paths.state.unlink(missing_ok=True)
+
+
+def stop(home: Path | None = None, timeout: float = 30) -> bool:
+    """Stop the project's local server, if one runs; True when one was stopped."""
+    paths = Paths(home or prefect_home())
+    state = _read_state(paths)
+    pid = state.get("pid") if state else None
+    if not _alive(pid):
+        return False
+    assert isinstance(pid, int)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.local_api", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser("serve", help="(internal) run the supervisor in the foreground")
+    serve_p.add_argument("--home", type=Path, required=True)
+    sub.add_parser("status", help="print the running local API's URL, if any")
+    sub.add_parser("stop", help="stop the project's local API")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args.home)
+    if args.command == "status":
+        url = running_api(Paths(prefect_home()))
+        print(url or "no local Prefect API running")
+        return 0
+    print("stopped" if stop() else "no local Prefect API running")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Live training progress in the Prefect UI: a transformers TrainerCallback that keeps a Prefect progress
+artifact up to date (step/total, loss, ETA) while the train stage runs.
+
+The library stays free of Prefect: the train task passes this callback to `peft_framework.training.train`
+through its `callbacks` argument. Outside a Prefect run (a notebook, the CLI) it does nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import FlowRunContext, TaskRunContext
+from transformers import TrainerCallback
+
+PROGRESS_KEY = "train-progress"
+MIN_INTERVAL_S = 2.0
+"""At most one API update per this many seconds (the last step always updates)."""
+
+
+def describe(step: int, total: int, loss: float | None, eta_s: float | None) -> str:
+    """The progress line shown beside the bar, e.g. 'step 12/40 · loss 0.513 · ETA 0:21'."""
+    parts = [f"step {step}/{total}"]
+    if loss is not None:
+        parts.append(f"loss {loss:.4g}")
+    if eta_s is not None:
+        minutes, seconds = divmod(int(round(eta_s)), 60)
+        parts.append(f"ETA {minutes}:{seconds:02d}")
+    return "Training: " + " · ".join(parts)
+
+
+class PrefectProgressCallback(TrainerCallback):
+    """Creates the `train-progress` artifact at the start of training and updates it as steps finish."""
+
+    def __init__(self, key: str = PROGRESS_KEY, min_interval_s: float = MIN_INTERVAL_S) -> None:
+        self.key = key
+        self.min_interval_s = min_interval_s
+        self.artifact_id: Any = None
+        self.loss: float | None = None
+        self._started = 0.0
+        self._first_step = 0
+        self._last_update = 0.0
+
+    @staticmethod
+    def _in_run() -> bool:
+        return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self._in_run():
+            return
+        self._started = time.monotonic()
+        self._first_step = state.global_step  # a resumed run starts past 0
+        self.artifact_id = create_progress_artifact(
+            progress=self._percent(state),
+            key=self.key,
+            description=describe(state.global_step, state.max_steps, None, None),
+        )
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
+        if logs and isinstance(logs.get("loss"), (int, float)):
+            self.loss = float(logs["loss"])
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if time.monotonic() - self._last_update >= self.min_interval_s:
+            self._update(state)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._update(state, done=True)
+
+    def _percent(self, state: Any) -> float:
+        return 100.0 * state.global_step / state.max_steps if state.max_steps else 0.0
+
+    def eta_s(self, state: Any) -> float | None:
+        done = state.global_step - self._first_step
+        if done <= 0 or not state.max_steps:
+            return None
+        return (time.monotonic() - self._started) / done * (state.max_steps - state.global_step)
+
+    def _update(self, state: Any, done: bool = False) -> None:
+        if self.artifact_id is None:
+            return
+        self._last_update = time.monotonic()
+        eta = 0.0 if done else self.eta_s(state)
+        update_progress_artifact(
+            artifact_id=self.artifact_id,
+            progress=100.0 if done else self._percent(state),
+            description=describe(state.global_step, state.max_steps, self.loss, eta),
+        )
