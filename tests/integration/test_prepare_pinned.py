@@ -41,7 +41,7 @@ ARROW_AND_INFO = {
         "rejected": "6a36bda7d534815c0b77b824fbe121876f386a5289ee2f0dd20f22e36f41d023",
     },
 }
-# reports/data.json less what changes with the code or the run: duration, code hash, output directory hash
+# the full data report (data.output_dir/report.json) less what changes with the code or the run
 REPORT = {
     "instruction": "c480de6d4bfedb6be902fdf289096122d2cc5b1f7ca7fe90907866f9587e4063",
     "classification": "19f7c847ea83044003f14e18807529376a5623cc932efc4cc4d48c75cd20e134",
@@ -50,7 +50,8 @@ VOLATILE = ("duration_s", "code_sha256", "dataset_sha256")
 # The manifest is pinned as JSON less `config_sha256`: that hashes the WHOLE config, so every key the schema
 # gains (in any section) changes it; the data section and everything the manifest says of the data stay.
 MANIFEST_VOLATILE = ("config_sha256",)
-NOT_DATA = (".peft-framework-output",)  # the framework's output marker (tests/faults), not prepared data
+# the framework's output marker (tests/faults) and the full data report (pinned as REPORT): not data
+NOT_DATA = (".peft-framework-output", "report.json")
 
 
 def _sha256(path: Path) -> str:
@@ -69,9 +70,10 @@ def _outputs(root: Path, config: Config) -> tuple[dict[str, str], str]:
         manifest.pop(key)
     hashes["manifest.json"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     hashes["rejected"] = _sha256(root / config.data.rejected_path)
-    report = json.loads((root / config.data.report_path).read_text())
+    # the full report (data.report_path holds only its numbers, a DVC metric); written before the volatile keys
+    report = json.loads((out / "report.json").read_text())
     for key in VOLATILE:
-        report.pop(key)
+        report.pop(key, None)
     return hashes, hashlib.sha256(json.dumps(report, sort_keys=True).encode()).hexdigest()
 
 
