@@ -11,8 +11,6 @@ import re
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationInfo,
@@ -20,14 +18,18 @@ from pydantic import (
     model_validator,
 )
 
+from peft_framework.config.data_schema import (  # noqa: F401  (re-exported: the schema's one import point)
+    DATA_FIELDS,
+    CleanConfig,
+    DataConfig,
+    SplitConfig,
+    ValidateConfig,
+)
+from peft_framework.config.section import Section
+from peft_framework.config.train_schema import TrainConfig
+
 BUILTIN_TINY_LLAMA = "builtin:tiny-llama"
 PACKAGE_PREFIX = "pkg:"
-
-
-class Section(BaseModel):
-    """Base for every config model: strict, immutable, hashable by content."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -122,146 +124,6 @@ class ModelConfig(Section):
         return {} if value is None else value
 
 
-# ---------------------------------------------------------------------------------------------- data
-DATA_FIELDS: dict[str, tuple[str, ...]] = {
-    "instruction": ("instruction", "input", "output"),
-    "chat": ("messages", "role", "content"),
-    "text": ("text",),
-    "classification": ("text", "label"),
-}
-"""Canonical field names per `data.kind`: the keys `data.columns` may map to other column names."""
-
-
-class CleanConfig(Section):
-    unicode_normalization: Literal["NFC", "NFKC", "none"] = Field(
-        "NFC", description="Unicode normal form applied to every text field ('none' keeps text as read)."
-    )
-    normalize_whitespace: bool = Field(
-        True,
-        description="CRLF -> LF, exotic spaces -> ' ', trailing spaces per line and 3+ blank lines removed, "
-        "fields stripped. Indentation inside lines is kept.",
-    )
-    remove_control_chars: bool = Field(
-        True,
-        description="Drop control characters (not tab or newline) and invisible ones (zero-width space, BOM)",
-    )
-    drop_empty: bool = Field(True, description="Reject rows whose required fields are empty after cleaning.")
-    dedup: Literal["none", "exact", "normalized"] = Field(
-        "normalized",
-        description="'exact': drop rows identical (once cleaned) to an earlier row; 'normalized': also rows "
-        "equal after NFKC, case folding and whitespace collapsing. The first occurrence is kept.",
-    )
-    min_chars: int = Field(1, ge=0, description="Minimum characters over all text fields.")
-    max_chars: int | None = Field(20000, ge=1, description="Maximum characters over all text fields.")
-    min_tokens: int = Field(0, ge=0, description="Minimum tokens of the formatted row (before truncation).")
-    max_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="Reject rows with more tokens than this (before truncation); null: truncate instead.",
-    )
-    label_case: Literal["lower", "upper", "none"] = "lower"
-    label_aliases: dict[str, str] = Field(
-        default_factory=dict, description="classification: label -> canonical label, e.g. {pos: positive}."
-    )
-    role_aliases: dict[str, str] = Field(
-        default_factory=dict, description="chat: role -> canonical role, e.g. {human: user, gpt: assistant}."
-    )
-
-
-class ValidateConfig(Section):
-    max_rejected_fraction: float = Field(
-        0.5,
-        ge=0.0,
-        le=1.0,
-        description="Fail the stage when more than this fraction of the rows read is rejected.",
-    )
-    allowed_roles: list[str] = Field(default_factory=lambda: ["system", "user", "assistant"])
-    labels: list[str] | None = Field(
-        None,
-        description="classification: the allowed label set (after normalization); null: every label seen.",
-    )
-
-
-class SplitConfig(Section):
-    validation: float = Field(0.1, ge=0.0, lt=1.0)
-    test: float = Field(0.1, ge=0.0, lt=1.0)
-    seed: int = Field(42, description="Rows are assigned by a hash of seed + normalized content (stable).")
-
-    @model_validator(mode="after")
-    def _fractions_leave_training_data(self) -> SplitConfig:
-        if self.validation + self.test >= 1.0:
-            raise ValueError(
-                f"validation + test = {self.validation + self.test:g} leaves no training data; allowed: sum < 1"
-            )
-        return self
-
-
-class DataConfig(Section):
-    source: str | list[str] = Field(
-        "data/raw/instructions.jsonl",
-        description="File, glob, directory, list of those, or a HuggingFace dataset id ('hf:owner/name').",
-    )
-    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet"] = Field(
-        "auto",
-        description="'auto': from the file extension (.jsonl/.ndjson, .json, .csv, .tsv, .parquet, + .gz).",
-    )
-    kind: Literal["instruction", "chat", "text", "classification"] = "instruction"
-    columns: dict[str, str] = Field(
-        default_factory=dict,
-        description="Canonical field -> column name in the source, e.g. {output: answer}.",
-    )
-    hf_split: str = "train"
-    hf_config: str | None = Field(None, description="Config (subset) name of a HuggingFace dataset.")
-    clean: CleanConfig = Field(default_factory=CleanConfig)
-    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    template: Literal["auto", "alpaca", "chat_template", "plain"] = Field(
-        "auto",
-        description="Prompt format. instruction data: 'alpaca' (default for 'auto'), 'chat_template' (the "
-        "tokenizer's), or 'plain' (instruction and input joined by newlines); chat data always uses the "
-        "tokenizer's chat template.",
-    )
-    train_on_responses_only: bool = Field(
-        True, description="Labels -100 on prompt tokens (loss on responses only)."
-    )
-    max_seq_len: int = Field(512, ge=8, description="Longer rows are truncated (counted in the report).")
-    add_eos: bool = Field(
-        True, description="Append the EOS token to every training sequence (if not already there)."
-    )
-    num_proc: int | None = Field(
-        None,
-        ge=1,
-        description="Processes that format and tokenize rows in prepare (null: one). Not in the data hash: "
-        "the output is the same for any value.",
-    )
-    output_dir: str = "data/prepared"
-    rejected_path: str = "data/rejected.jsonl"
-    report_path: str = "reports/data.json"
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, populate_by_name=True)
-
-    @model_validator(mode="after")
-    def _columns_and_template_fit_kind(self) -> DataConfig:
-        problems = []
-        allowed = DATA_FIELDS[self.kind]
-        for field, column in self.columns.items():
-            if field not in allowed:
-                problems.append(
-                    f"data.columns: unknown field {field!r} for kind {self.kind!r}; "
-                    f"allowed: {', '.join(allowed)}"
-                )
-            elif not column:
-                problems.append(f"data.columns.{field}: empty column name")
-        if self.kind == "chat" and self.template in ("alpaca", "plain"):
-            problems.append(
-                f"data.template: {self.template!r} cannot format chat data; "
-                "allowed for kind 'chat': auto, chat_template"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
 # ------------------------------------------------------------------------------------------- adapter
 class AdapterConfigBase(Section):
     """Keys every adapter type has. Each registered type subclasses this with its own keys."""
@@ -298,142 +160,6 @@ class AdapterConfigBase(Section):
                     f"{key}: {value!r} is not a valid regex ({exc}); allowed: a Python regex"
                 ) from None
         return value
-
-
-# --------------------------------------------------------------------------------------------- train
-class TrainConfig(Section):
-    output_dir: str = Field(
-        "models/adapter", description="The trained adapter (peft format) + manifest.json + logs + tokenizer."
-    )
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; > 0 overrides epochs.")
-    batch_size: int = Field(
-        8, ge=1, description="Per device (process); the global batch is this x processes x grad_accum."
-    )
-    eval_batch_size: int | None = Field(None, ge=1, description="null: same as batch_size")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps per optimizer step.")
-    learning_rate: float = Field(2e-4, gt=0)
-    scheduler: Literal[
-        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
-    ] = "linear"
-    warmup_ratio: float = Field(
-        0.0, ge=0.0, le=1.0, description="Fraction of the steps; used when warmup_steps is 0."
-    )
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    loraplus_lr_ratio: float | None = Field(
-        None,
-        gt=0,
-        description="LoRA+: lr of the B matrices (and 1-d tensors such as DoRA magnitudes) = learning_rate x this "
-        "ratio (peft's create_loraplus_optimizer groups; the paper suggests 2-16); null: one lr for all.",
-    )
-    loraplus_lr_embedding: float = Field(
-        1e-6, gt=0, description="LoRA+: lr of LoRA tensors on embedding layers (peft's default 1e-6)."
-    )
-    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping; 0 turns it off.")
-    seed: int = 42
-    data_seed: int | None = Field(None, description="Seed of the data order; null: same as seed.")
-    deterministic: bool | None = Field(
-        None,
-        description="Deterministic algorithms (transformers' full_determinism); null: on for CPU runs, off on "
-        "accelerators (where deterministic kernels cost speed).",
-    )
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
-        "fp32",
-        description="Mixed precision for training. bf16: CPU or a GPU with bf16; fp16: GPU only; auto: bf16 if "
-        "the GPU has it, else fp16 on GPU, fp32 on CPU.",
-    )
-    gradient_checkpointing: bool = False
-    compile: bool = Field(
-        False,
-        description="torch.compile the model for training (Trainer's torch_compile, inductor backend): fuses the "
-        "elementwise work around the matmuls (norms, rotary embedding, activations, the LoRA branch). "
-        "bench/train_throughput.py --compile: 2-7 % shorter steps on CPU; costs a compile at the start (21-26 s "
-        "for its 6-layer model on 2 CPU cores with inductor's cache warm, longer cold) and once more when batch "
-        "shapes first change.",
-    )
-    packing: bool = Field(
-        False,
-        description="causal_lm: each batch is one padding-free sequence (transformers' "
-        "DataCollatorWithFlattening): position_ids restart per row, so attention stays within each row "
-        "(block-diagonal) and the loss covers the same tokens as padded batches.",
-    )
-    group_by_length: bool = Field(
-        False, description="Batch rows of similar length together (less padding; Trainer's group_by_length)."
-    )
-    logging_steps: int = Field(5, ge=1)
-    eval_steps: int | None = Field(None, ge=1, description="null: evaluate once per epoch")
-    save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps into checkpoint_dir.")
-    save_total_limit: int | None = Field(
-        2, ge=1, description="Checkpoints kept (the best one is always kept)."
-    )
-    early_stopping_patience: int | None = Field(
-        None,
-        ge=1,
-        description="Stop after this many evaluations without a lower validation loss; the best adapter is the "
-        "output. Needs eval_steps, and save_steps a multiple of it.",
-    )
-    early_stopping_threshold: float = Field(
-        0.0, ge=0.0, description="Minimum decrease of the loss that counts."
-    )
-    resume: str = Field(
-        "auto",
-        description="'auto': continue from the latest complete checkpoint of the same config and data; "
-        "'never': start fresh (removes old checkpoints); or a checkpoint directory.",
-    )
-    checkpoint_dir: str = "models/checkpoints"
-    keep_checkpoints: bool = Field(
-        False, description="Keep checkpoint_dir after a successful run (default: removed)."
-    )
-    metrics_dir: str = Field(
-        "reports/train", description="dvclive output: metrics.json and plots/metrics/*.tsv"
-    )
-    report_to: Literal["auto", "dvclive", "mlflow", "none"] = Field(
-        "auto",
-        description="Metric logging: dvclive (into metrics_dir); auto: dvclive when it is installed; mlflow: an "
-        "MLflow run (MLFLOW_TRACKING_URI, default <project>/mlruns) with params, per-step metrics and the adapter as "
-        "an artifact, plus dvclive when it is installed (dvc.yaml's train metrics).",
-    )
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
-    ddp_find_unused_parameters: bool = Field(
-        False,
-        description="DDP only: set true for adapters whose trainable parameters are not all used every step.",
-    )
-    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
-        "ddp",
-        description="How one training job spreads over processes: ddp (every process holds the whole model), "
-        "fsdp (FSDP2: weights, gradients and optimizer state sharded; runs on CPU/gloo too), deepspeed "
-        "(ZeRO stage zero_stage; CUDA and the deepspeed package needed).",
-    )
-    zero_stage: Literal[2, 3] = Field(
-        2, description="deepspeed only: ZeRO stage (2: gradients + optimizer state sharded; 3: weights too)."
-    )
-    offload_optimizer: bool = Field(False, description="deepspeed only: optimizer state in CPU memory.")
-    offload_params: bool = Field(
-        False, description="fsdp, or deepspeed with zero_stage 3: parameters in CPU memory between uses."
-    )
-    devices: int = Field(
-        1, ge=1, description="Processes per node; > 1: the pipeline's train stage runs under torchrun."
-    )
-    nodes: int = Field(
-        1, ge=1, description="Nodes (machines); > 1: torchrun --nnodes, rendezvous from PET_* variables."
-    )
-
-    @model_validator(mode="after")
-    def _early_stopping_needs_step_evaluation(self) -> TrainConfig:
-        if self.early_stopping_patience is None:
-            return self
-        if self.eval_steps is None:
-            raise ValueError(
-                "train.eval_steps: null, but train.early_stopping_patience is set; allowed: an integer >= 1 "
-                "(evaluation every N steps)"
-            )
-        if self.save_steps % self.eval_steps:
-            raise ValueError(
-                f"train.save_steps: {self.save_steps} is not a multiple of train.eval_steps ({self.eval_steps}); "
-                "early stopping keeps the best checkpoint, so checkpoints must fall on evaluation steps"
-            )
-        return self
 
 
 # ---------------------------------------------------------------------------------------------- eval

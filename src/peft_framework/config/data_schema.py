@@ -1,0 +1,148 @@
+"""The `data` section of the config: sources, cleaning, validation, split and formatting."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from peft_framework.config.section import Section
+
+# ---------------------------------------------------------------------------------------------- data
+DATA_FIELDS: dict[str, tuple[str, ...]] = {
+    "instruction": ("instruction", "input", "output"),
+    "chat": ("messages", "role", "content"),
+    "text": ("text",),
+    "classification": ("text", "label"),
+}
+"""Canonical field names per `data.kind`: the keys `data.columns` may map to other column names."""
+
+
+class CleanConfig(Section):
+    unicode_normalization: Literal["NFC", "NFKC", "none"] = Field(
+        "NFC", description="Unicode normal form applied to every text field ('none' keeps text as read)."
+    )
+    normalize_whitespace: bool = Field(
+        True,
+        description="CRLF -> LF, exotic spaces -> ' ', trailing spaces per line and 3+ blank lines removed, "
+        "fields stripped. Indentation inside lines is kept.",
+    )
+    remove_control_chars: bool = Field(
+        True,
+        description="Drop control characters (not tab or newline) and invisible ones (zero-width space, BOM)",
+    )
+    drop_empty: bool = Field(True, description="Reject rows whose required fields are empty after cleaning.")
+    dedup: Literal["none", "exact", "normalized"] = Field(
+        "normalized",
+        description="'exact': drop rows identical (once cleaned) to an earlier row; 'normalized': also rows "
+        "equal after NFKC, case folding and whitespace collapsing. The first occurrence is kept.",
+    )
+    min_chars: int = Field(1, ge=0, description="Minimum characters over all text fields.")
+    max_chars: int | None = Field(20000, ge=1, description="Maximum characters over all text fields.")
+    min_tokens: int = Field(0, ge=0, description="Minimum tokens of the formatted row (before truncation).")
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Reject rows with more tokens than this (before truncation); null: truncate instead.",
+    )
+    label_case: Literal["lower", "upper", "none"] = "lower"
+    label_aliases: dict[str, str] = Field(
+        default_factory=dict, description="classification: label -> canonical label, e.g. {pos: positive}."
+    )
+    role_aliases: dict[str, str] = Field(
+        default_factory=dict, description="chat: role -> canonical role, e.g. {human: user, gpt: assistant}."
+    )
+
+
+class ValidateConfig(Section):
+    max_rejected_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Fail the stage when more than this fraction of the rows read is rejected.",
+    )
+    allowed_roles: list[str] = Field(default_factory=lambda: ["system", "user", "assistant"])
+    labels: list[str] | None = Field(
+        None,
+        description="classification: the allowed label set (after normalization); null: every label seen.",
+    )
+
+
+class SplitConfig(Section):
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = Field(42, description="Rows are assigned by a hash of seed + normalized content (stable).")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> SplitConfig:
+        if self.validation + self.test >= 1.0:
+            raise ValueError(
+                f"validation + test = {self.validation + self.test:g} leaves no training data; allowed: sum < 1"
+            )
+        return self
+
+
+class DataConfig(Section):
+    source: str | list[str] = Field(
+        "data/raw/instructions.jsonl",
+        description="File, glob, directory, list of those, or a HuggingFace dataset id ('hf:owner/name').",
+    )
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet"] = Field(
+        "auto",
+        description="'auto': from the file extension (.jsonl/.ndjson, .json, .csv, .tsv, .parquet, + .gz).",
+    )
+    kind: Literal["instruction", "chat", "text", "classification"] = "instruction"
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Canonical field -> column name in the source, e.g. {output: answer}.",
+    )
+    hf_split: str = "train"
+    hf_config: str | None = Field(None, description="Config (subset) name of a HuggingFace dataset.")
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    template: Literal["auto", "alpaca", "chat_template", "plain"] = Field(
+        "auto",
+        description="Prompt format. instruction data: 'alpaca' (default for 'auto'), 'chat_template' (the "
+        "tokenizer's), or 'plain' (instruction and input joined by newlines); chat data always uses the "
+        "tokenizer's chat template.",
+    )
+    train_on_responses_only: bool = Field(
+        True, description="Labels -100 on prompt tokens (loss on responses only)."
+    )
+    max_seq_len: int = Field(512, ge=8, description="Longer rows are truncated (counted in the report).")
+    add_eos: bool = Field(
+        True, description="Append the EOS token to every training sequence (if not already there)."
+    )
+    num_proc: int | None = Field(
+        None,
+        ge=1,
+        description="Processes that format and tokenize rows in prepare (null: one). Not in the data hash: "
+        "the output is the same for any value.",
+    )
+    output_dir: str = "data/prepared"
+    rejected_path: str = "data/rejected.jsonl"
+    report_path: str = "reports/data.json"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _columns_and_template_fit_kind(self) -> DataConfig:
+        problems = []
+        allowed = DATA_FIELDS[self.kind]
+        for field, column in self.columns.items():
+            if field not in allowed:
+                problems.append(
+                    f"data.columns: unknown field {field!r} for kind {self.kind!r}; "
+                    f"allowed: {', '.join(allowed)}"
+                )
+            elif not column:
+                problems.append(f"data.columns.{field}: empty column name")
+        if self.kind == "chat" and self.template in ("alpaca", "plain"):
+            problems.append(
+                f"data.template: {self.template!r} cannot format chat data; "
+                "allowed for kind 'chat': auto, chat_template"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
