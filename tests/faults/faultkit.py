@@ -53,9 +53,9 @@ Run = Callable[..., tuple[int, str, str]]
 
 
 def new_project(root: Path) -> Path:
-    """params.yaml (the repository's) and the raw data; nothing prepared or trained yet."""
+    """params.yaml (the tiny-Llama preset) and the raw data; nothing prepared or trained yet."""
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    shutil.copy(REPO / "params" / "tiny-llama.yaml", root / "params.yaml")  # the built-in tiny Llama
     write_raw(root / "data" / "raw" / "instructions.jsonl")
     return root
 

@@ -72,7 +72,9 @@ def test_a_relative_model_path_resolves_against_the_root(
 def test_evaluate_outputs_name_the_adapter_they_score(cli: Run, project_copy: Path) -> None:
     code, _, err = cli("evaluate", project_copy)
     assert code == 0, err
-    report = json.loads((project_copy / "reports/eval.json").read_text())
+    report = json.loads((project_copy / "reports/plots/manifest.json").read_text())  # eval.plots_dir
+    metrics = json.loads((project_copy / "reports/eval.json").read_text())
+    assert all(isinstance(v, (int, float)) for v in metrics.values()), "eval.json holds numbers only"
     predictions = project_copy / "reports/eval_predictions.jsonl"
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     adapter = path_sha256(project_copy / "models/adapter")

@@ -2,12 +2,13 @@
 
 Outputs (all written atomically):
 - `eval.report_path` (reports/eval.json): flat keys `base.<metric>`, `adapter.<metric>`, `delta.<metric>`
-  (adapter minus base) plus `num_examples`, for `dvc metrics show` / `dvc exp show`; and `adapter_sha256`,
-  `predictions_sha256`, which tie the report to the adapter and to the predictions file.
+  (adapter minus base) plus `num_examples`: numbers only, for `dvc metrics show` / `dvc exp show`.
 - `eval.predictions_path` (jsonl): one line per test example with both models' outputs and `adapter_sha256`.
 - `eval.plots_dir`: `eval_comparison.json`, rows {metric, model, value, series} for a DVC bar plot
   (`template: bar_horizontal, x: value, y: series`); classification adds `confusion_base.json` and
-  `confusion_adapter.json`, rows {actual, predicted} for DVC's `confusion` template.
+  `confusion_adapter.json`, rows {actual, predicted} for DVC's `confusion` template; and `manifest.json`
+  with `adapter_sha256` and `predictions_sha256`, which tie this run's outputs to the adapter they score
+  and to the predictions file (a run killed between two writes leaves a visibly mismatched pair).
 
 Metrics: causal LM loss and perplexity over the labelled (response) tokens, token-weighted; for
 instruction/chat data with `eval.generate`, greedy generation from `prompt` scored against `response`
@@ -37,7 +38,7 @@ from peft_framework.io import atomic_dir, check_output_dir, path_sha256, write_j
 from peft_framework.locking import locked_stage
 from peft_framework.models.saved_tokenizer import adapter_tokenizer
 from peft_framework.paths import resolve
-from peft_framework.provenance import read_manifest
+from peft_framework.provenance import read_manifest, write_manifest
 from peft_framework.runtime import pick_device
 
 log = logging.getLogger(__name__)
@@ -301,6 +302,13 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
     report = flat_report(results, len(test))
     predictions = prediction_rows(test, config, per_model, label_names)
 
+    # the plots' manifest and every prediction row name the adapter they score, and the manifest the
+    # predictions' hash: a run killed between the writes leaves a pair that visibly does not belong together
+    adapter_sha = path_sha256(adapter_dir)
+    text = "".join(
+        json.dumps({**row, "adapter_sha256": adapter_sha}, ensure_ascii=False, sort_keys=True) + "\n"
+        for row in predictions
+    )
     plots_dir = resolve(root, cfg.plots_dir)
     with atomic_dir(plots_dir, key="eval.plots_dir", root=root, inputs=[adapter_dir]) as tmp:
         write_json_atomic(tmp / COMPARISON_PLOT, comparison_rows(results))
@@ -311,20 +319,18 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
                     for row in predictions
                 ]
                 write_json_atomic(tmp / f"confusion_{model_name}.json", confusion)
-    # both files name the adapter they score, and the report the predictions' hash: a run killed between the
-    # two writes leaves a pair that visibly does not belong together
-    adapter_sha = path_sha256(adapter_dir)
+        write_manifest(
+            tmp,
+            {
+                "adapter_dir": config.train.output_dir,
+                "adapter_sha256": adapter_sha,
+                "predictions_path": cfg.predictions_path,
+                "predictions_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "num_examples": len(test),
+            },
+        )
     predictions_path = resolve(root, cfg.predictions_path)
-    text = "".join(
-        json.dumps({**row, "adapter_sha256": adapter_sha}, ensure_ascii=False, sort_keys=True) + "\n"
-        for row in predictions
-    )
     write_text_atomic(predictions_path, text)
-    report = {
-        **report,
-        "adapter_sha256": adapter_sha,
-        "predictions_sha256": hashlib.sha256(text.encode()).hexdigest(),
-    }
     report_path = write_json_atomic(resolve(root, cfg.report_path), report)
     log.info("eval report: %s", ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)))
     return {
