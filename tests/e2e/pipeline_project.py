@@ -105,6 +105,9 @@ def make_project(dest: Path, params: Mapping = TINY_PARAMS) -> Project:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, target)
     if params:
+        # shrunk runs start from the built-in tiny Llama (causal LM: generate, QLoRA, no downloads), not
+        # the MiniLM demo of params.yaml, which `params={}` keeps (bench/pipeline_cache.py without --tiny)
+        shutil.copy2(ROOT / "params" / "tiny-llama.yaml", dest / "params.yaml")
         path = dest / "params.yaml"
         path.write_text(
             yaml.safe_dump(deep_update(yaml.safe_load(path.read_text()), params), sort_keys=False)

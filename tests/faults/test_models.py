@@ -12,7 +12,7 @@ import pytest
 import torch
 from faultkit import Run, summary
 
-from peft_framework.io import path_sha256
+from peft_framework.io import file_sha256
 
 
 def _pickle_only_model(path: Path) -> Path:
@@ -77,6 +77,6 @@ def test_evaluate_outputs_name_the_adapter_they_score(cli: Run, project_copy: Pa
     assert all(isinstance(v, (int, float)) for v in metrics.values()), "eval.json holds numbers only"
     predictions = project_copy / "reports/eval_predictions.jsonl"
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
-    adapter = path_sha256(project_copy / "models/adapter")
+    adapter = file_sha256(project_copy / "models/adapter/adapter_model.safetensors")  # the weights
     assert report["adapter_sha256"] == adapter and {r["adapter_sha256"] for r in rows} == {adapter}
     assert report["predictions_sha256"] == hashlib.sha256(predictions.read_bytes()).hexdigest()

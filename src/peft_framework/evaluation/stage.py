@@ -34,7 +34,7 @@ from peft_framework.config.schema import Config
 from peft_framework.errors import DataError, StageFailed
 from peft_framework.evaluation import runner
 from peft_framework.evaluation.metric_modules import compute
-from peft_framework.io import atomic_dir, check_output_dir, path_sha256, write_json_atomic, write_text_atomic
+from peft_framework.io import atomic_dir, check_output_dir, file_sha256, write_json_atomic, write_text_atomic
 from peft_framework.locking import locked_stage
 from peft_framework.models.saved_tokenizer import adapter_tokenizer
 from peft_framework.paths import resolve
@@ -250,7 +250,7 @@ def prediction_rows(test, config: Config, per_model: dict[str, list[dict]], labe
 def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """Score the base model and base + the trained adapter on the test split; write the report,
     per-example predictions and plot data. Returns a summary (paths, hashes, the flat metrics)."""
-    from peft_framework.adapters.checkpoint import CONFIG_NAME, load_adapter
+    from peft_framework.adapters.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_adapter
     from peft_framework.models.loading import load_base_model
 
     cfg = config.eval
@@ -304,7 +304,7 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
 
     # the plots' manifest and every prediction row name the adapter they score, and the manifest the
     # predictions' hash: a run killed between the writes leaves a pair that visibly does not belong together
-    adapter_sha = path_sha256(adapter_dir)
+    adapter_sha = file_sha256(adapter_dir / WEIGHTS_NAME)  # the weights' hash, as the train manifest has it
     text = "".join(
         json.dumps({**row, "adapter_sha256": adapter_sha}, ensure_ascii=False, sort_keys=True) + "\n"
         for row in predictions
