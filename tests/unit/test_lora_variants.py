@@ -15,12 +15,12 @@ import pytest
 import torch
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from peft_framework.adapters import get_adapter
 from peft_framework.adapters.checkpoint import load_adapter, save_adapter
 from peft_framework.adapters.lora import LoraConfig, LoraLinear, LoraMethod, fast
 from peft_framework.errors import AdapterError
+from tiny_models import tiny_gpt2, tiny_llama
 
 TOL = 1e-5
 
@@ -33,28 +33,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64)
-    return GPT2LMHeadModel(cfg).eval()
-
-
-_BASES = {"llama": tiny_llama(), "gpt2": tiny_gpt2()}
+_BASES = {"llama": tiny_llama(hidden=64), "gpt2": tiny_gpt2()}  # the shared factories (tests/tiny_models.py)
 
 
 def base(kind: str) -> torch.nn.Module:
