@@ -11,7 +11,8 @@ their in/out features and weight are read is decided here, once for every adapte
   int8 with row scales), so in/out features come from the layer's attributes. The base layer's own forward
   dequantizes; adapters add to or scale around it, so their maths is unchanged. Adapter tensors on them are
   fp32 (as peft's), and nothing is merged into a quantized weight (the update would be lost to a lossy
-  requantization): export merges into the unquantized base instead.
+  requantization): export merges into the unquantized base instead. Maths that needs the weight itself
+  (DoRA's row norm) reads `dequantized_weight`, as peft's `dequantize_module_weight`.
 
 A new kind of base layer is added to `BASE_LAYER_KINDS` (or `quantized_kinds`) and `linear_features` /
 `base_weight`, and every adapter type wraps it.
@@ -79,6 +80,25 @@ def linear_features(base: nn.Module) -> tuple[int, int, bool]:
 def base_weight(base: nn.Module) -> torch.Tensor:
     """The base layer's weight as stored ((out, in), or (in, out) for Conv1D)."""
     return base.weight
+
+
+@torch.no_grad()
+def dequantized_weight(base: nn.Module) -> torch.Tensor:
+    """The base layer's weight as floats: the stored weight, or for a bitsandbytes layer its dequantized
+    (out, in) weight, computed as peft's `dequantize_bnb_weight` does (DoRA needs ‖W + s·BA‖ per row).
+    A new tensor for quantized layers (never written back), the stored one otherwise."""
+    kind = quantization(base)
+    if kind is None:
+        return base_weight(base)
+    import bitsandbytes.functional as bnbf
+
+    weight = base.weight
+    if kind == "4bit":
+        return bnbf.dequantize_4bit(weight.data, weight.quant_state)
+    state = getattr(base, "state", None)  # 8-bit: int8 rows times their absmax / 127
+    scb = getattr(state, "SCB", None)
+    scb = weight.SCB if scb is None else scb
+    return bnbf.int8_vectorwise_dequant(weight.data, scb.to(weight.device))
 
 
 def adapter_factory(reference: torch.Tensor | None) -> dict[str, Any]:

@@ -11,6 +11,9 @@ which is the fused LoRA node (`fast.LoraLinearFunction`, without the bias) times
 `forward_fused`. With dropout active peft feeds the dropped-out input to the rescaled base term too,
 `forward_reference` writes that out as peft does. `m` starts at ‖W + s·BA‖ (so the layer starts as the base).
 Merge: W ← (m / ‖W + s·BA‖) ⊙ (W + s·BA), the norm kept for unmerge (peft's merge/unmerge).
+On a bitsandbytes 4-/8-bit base W is the dequantized weight (peft's `dequantize_module_weight`), the base
+term the quantized layer's own output; nothing merges into a quantized weight (export merges into the
+unquantized base).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peft_framework.adapters.layer import dequantized_weight
 from peft_framework.adapters.lora import fast
 
 if TYPE_CHECKING:
@@ -97,7 +101,7 @@ def forward_reference(
     fan_in_fan_out: bool,
 ) -> torch.Tensor:
     """peft's DoraLinearLayer.forward added to `result` (= base(x)), in the adapter's dtype."""
-    weight = base.weight.to(x.dtype)
+    weight = dequantized_weight(base).to(x.dtype)  # a bitsandbytes base: dequantized, as peft
     norm = weight_norm(weight, lora_a.weight, lora_b.weight, scaling, fan_in_fan_out).to(x.dtype)
     mag_norm_scale = (magnitude / norm).view(1, -1)
     if isinstance(dropout, nn.Identity) or not dropout.training:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from peft_framework.adapters.layer import LinearAdapterLayer
+from peft_framework.adapters.layer import LinearAdapterLayer, dequantized_weight
 from peft_framework.adapters.lora import dora, fast
 from peft_framework.adapters.lora import init as lora_init
 from peft_framework.errors import AdapterError
@@ -78,7 +78,8 @@ class LoraLinear(LinearAdapterLayer):
         self.reset_parameters(name, init)
         if use_dora:  # m starts at ‖W + s·BA‖: the layer starts as the base
             a, b = self.lora_A[name].weight, self.lora_B[name].weight
-            norm = dora.weight_norm(self.weight, a, b, self.scaling[name], self.fan_in_fan_out)
+            weight = dequantized_weight(self.base_layer)  # a 4-/8-bit base's weight as floats
+            norm = dora.weight_norm(weight, a, b, self.scaling[name], self.fan_in_fan_out)
             self.lora_magnitude_vector[name] = nn.Parameter(norm.to(a.dtype))
 
     @torch.no_grad()
