@@ -1,13 +1,17 @@
 """DoRA, LoRA+, PiSSA and OLoRA through the stages on the built-in tiny Llama: train (from config alone),
-resume from a checkpoint to the same adapter, the saved adapter loaded by HuggingFace peft on the ORIGINAL
+resume after a SIGKILL to the uninterrupted run's adapter, the saved adapter loaded by HuggingFace peft on the ORIGINAL
 base reproducing the reported validation loss, evaluate, export with the parity check, and switching between
 variant adapters in one model."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -91,11 +95,24 @@ def validation_loss(model: torch.nn.Module, root: Path) -> float:
 _SUMMARIES: dict[str, dict] = {}
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one CPU thread (the tiny model barely uses more), so that runs in other processes, such as
+    the SIGKILLed ones, sum in the same order and can be compared bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def trained(project: Path, variant: str) -> tuple[Config, dict]:
-    """The variant's config and train summary (trained once per module)."""
+    """The variant's config and train summary (trained once per module, on one thread)."""
     config = make_config(variant, *VARIANTS[variant])
     if variant not in _SUMMARIES:
-        _SUMMARIES[variant] = train(config, project)
+        with one_thread():
+            _SUMMARIES[variant] = train(config, project)
     return config, _SUMMARIES[variant]
 
 
@@ -122,16 +139,80 @@ def test_variant_trains_and_loads_in_peft_on_the_original_base(project: Path, va
     assert validation_loss(loaded, project) == pytest.approx(summary["eval_loss"], abs=1e-5)
 
 
-# the variants with state beyond the adapter tensors: LoRA+'s optimizer groups, PiSSA's residual base
-@pytest.mark.parametrize("variant", ["loraplus", "pissa"])
-def test_variant_resumes_to_the_same_adapter(project: Path, variant: str) -> None:
-    config, summary = trained(project, variant)
-    ckpt_dir = project / f"out/{variant}/ckpt"
-    assert [c.step for c in list_checkpoints(ckpt_dir)] == [4, 8]
-    shutil.rmtree(ckpt_dir / "checkpoint-8")
-    again = train(config, project)
-    assert again["resumed_from"] == str(ckpt_dir / "checkpoint-4")
-    assert again["adapter_sha256"] == summary["adapter_sha256"]
+# ---------------------------------------------------------------------------------- SIGKILL and resume
+# Runs of the real train stage, each in its own process, that SIGKILL themselves one step after
+# checkpoint-4 (so that step's work is lost), as `kill -9` or an OOM kill would; the same config resumed
+# must reach the uninterrupted run's adapter. What each variant adds to the state: DoRA its magnitudes,
+# LoRA+ its two optimizer groups, PiSSA/OLoRA a residual base rebuilt from the original weights at start
+# (the SVD/QR init must come out the same, never applied on top of an already-residual base) and the A₀, B₀
+# the saved rank-2r adapter is converted with. One driver process imports the libraries once and forks
+# a child per run (before torch has started any thread), which saves three imports of CI time.
+KILL_DRIVER = """
+import json, os, signal, sys
+import torch
+torch.set_num_threads(1)
+from transformers import TrainerCallback
+from peft_framework.adapters.lora import LoraConfig
+from peft_framework.config.schema import Config
+from peft_framework.training import train
+
+class KillAfter(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 5:  # checkpoint-4 is complete, step 5 is done but not saved
+            os.kill(os.getpid(), signal.SIGKILL)
+
+children = {}
+for path in sys.argv[2:]:
+    raw = json.loads(open(path).read())
+    raw["adapter"] = LoraConfig(**raw["adapter"])
+    pid = os.fork()
+    if pid == 0:
+        train(Config.model_validate(raw), sys.argv[1], callbacks=[KillAfter()])
+        os._exit(0)  # not killed: the parent reports exit 0
+    children[pid] = path
+ends = {}
+for _ in children:
+    pid, status = os.wait()
+    ends[children[pid]] = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+print("ENDS " + json.dumps(ends))
+"""
+
+
+def test_each_variant_resumes_after_sigkill_to_the_uninterrupted_adapter(project: Path) -> None:
+    from tests.integration.test_train import _env, adapter_tensors, max_abs_diff
+
+    from peft_framework.training.checkpoints import checkpoint_problems
+
+    driver = project / "kill_driver.py"
+    driver.write_text(KILL_DRIVER)
+    configs = {v: make_config(f"{v}-kill", *VARIANTS[v]) for v in sorted(VARIANTS)}
+    files = {}
+    for variant, config in configs.items():
+        files[variant] = project / f"{variant}-kill.json"
+        files[variant].write_text(json.dumps(config.model_dump(mode="json", by_alias=True)))
+    proc = subprocess.run(
+        [sys.executable, str(driver), str(project), *map(str, files.values())],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and "ENDS " in proc.stdout, proc.stderr[-3000:]
+    ends = json.loads(proc.stdout.split("ENDS ", 1)[1])
+
+    with one_thread():  # as the killed runs and the references: the same sums, bit for bit
+        for variant, config in configs.items():
+            assert ends[str(files[variant])] == -signal.SIGKILL, (variant, proc.stderr[-3000:])
+            ckpt_dir = project / config.train.checkpoint_dir
+            assert [c.step for c in list_checkpoints(ckpt_dir)] == [4], variant
+            assert not checkpoint_problems(ckpt_dir / "checkpoint-4")
+            assert not (project / config.train.output_dir).exists(), "a killed run leaves no adapter"
+
+            resumed = train(config, project)
+            assert resumed["resumed_from"] == str(ckpt_dir / "checkpoint-4")
+            assert resumed["global_step"] == 8
+            reference = adapter_tensors(project / trained(project, variant)[0].train.output_dir)
+            assert max_abs_diff(adapter_tensors(project / config.train.output_dir), reference) == 0.0, variant
 
 
 @pytest.mark.parametrize("variant", ["dora", "pissa"])
