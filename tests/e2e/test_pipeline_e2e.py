@@ -300,6 +300,14 @@ def _experiments(rows: Any) -> Iterator[dict[str, Any]]:
             yield from _experiments(value)
 
 
+def _dora_magnitudes(adapter_dir: Path) -> int:
+    """How many DoRA magnitude vectors (peft's `lora_magnitude_vector` keys) the saved adapter holds."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as f:
+        return sum(key.endswith("lora_magnitude_vector") for key in f.keys())  # noqa: SIM118
+
+
 PROMOTE_RULES = {"metric": "loss", "lower_is_better": True, "require_parity": True}
 
 
@@ -335,19 +343,25 @@ def test_promotion_registers_a_version_only_when_the_rules_hold(project: Project
 def test_experiment_reruns_only_what_the_param_feeds(
     project: Project, server: Server, reproduced: dict[str, Any]
 ):
-    proc = project.run("dvc", "exp", "run", "-S", "adapter.r=32", env=api(server), timeout=900)
+    # a DoRA experiment (issue 14): one more -S on the same run, no extra stage runs
+    proc = project.run(
+        "dvc", "exp", "run", "-S", "adapter.r=32", "-S", "adapter.use_dora=true", env=api(server), timeout=900
+    )
     assert stages_run(proc.stdout + proc.stderr) == ["train", "evaluate", "export"]
 
     shown = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
-    eval_report = yaml.safe_load((project.root / "params.yaml").read_text())["eval"]["report_path"]
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
     [exp] = [
         e
         for e in _experiments(shown)
         if e.get("rev") != "workspace"
         and e["data"]["params"]["params.yaml"]["data"]["adapter"].get("r") == 32
     ]
-    metrics = exp["data"]["metrics"][eval_report]["data"]
+    assert exp["data"]["params"]["params.yaml"]["data"]["adapter"]["use_dora"] is True
+    metrics = exp["data"]["metrics"][params["eval"]["report_path"]]["data"]
     assert metrics and all(isinstance(v, (int, float, dict)) for v in metrics.values())
+    assert _dora_magnitudes(project.root / params["train"]["output_dir"]) > 0
+    assert json.loads((project.root / params["export"]["report_path"]).read_text())["parity_passed"] == 1
     # a `dvc exp` run is promoted by its commit, from the results committed in it
     if (project.root / "promote-pass.yaml").exists():  # written by the promotion test
         ok = project.run(
@@ -372,7 +386,8 @@ def test_experiment_push_and_pull_through_the_remotes(
     clone.run("dvc", "exp", "apply", names[0])
     clone.run("dvc", "checkout")
     config = json.loads((clone.root / "models" / "adapter" / "adapter_config.json").read_text())
-    assert config["r"] == 32
+    assert config["r"] == 32 and config["use_dora"] is True
+    assert _dora_magnitudes(clone.root / "models" / "adapter") > 0
 
 
 def test_qlora_experiment_from_yaml_alone(project: Project, server: Server):

@@ -215,7 +215,8 @@ def test_each_variant_resumes_after_sigkill_to_the_uninterrupted_adapter(project
             assert max_abs_diff(adapter_tensors(project / config.train.output_dir), reference) == 0.0, variant
 
 
-@pytest.mark.parametrize("variant", ["dora", "pissa"])
+# LoRA+ changes only the optimizer: its adapter is a plain LoRA, evaluated and exported as one
+@pytest.mark.parametrize("variant", ["dora", "pissa", "olora"])
 def test_variant_evaluates_and_exports_with_parity(project: Path, variant: str) -> None:
     config, summary = trained(project, variant)
     metrics = evaluate(config, project)["metrics"]
@@ -229,7 +230,7 @@ def test_variant_evaluates_and_exports_with_parity(project: Path, variant: str) 
 
 
 def test_switching_between_variant_adapters(project: Path) -> None:
-    dirs = {v: project / f"out/{v}/adapter" for v in ("dora", "pissa")}
+    dirs = {v: project / f"out/{v}/adapter" for v in sorted(VARIANTS)}
     for v in dirs:
         trained(project, v)
     model = MultiAdapterModel.from_base("builtin:tiny-llama", device="cpu")
