@@ -66,7 +66,7 @@ def write_sample_data(config: Config, root: str = ".") -> dict[str, Any]:
 def data_sources(config: Config) -> list[str]:
     """`data.source` as a list of entries (file, directory, glob or 'hf:owner/name')."""
     source = config.data.source
-    return [source] if isinstance(source, str) else list(source)
+    return [source] if isinstance(source, str) else [e if isinstance(e, str) else e.path for e in source]
 
 
 def local_sources(config: Config, root: Path) -> list[str]:
