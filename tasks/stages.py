@@ -102,7 +102,10 @@ STAGES: dict[str, Stage] = {
             target="peft_framework.training:train",
             sections=("model", "data", "adapter", "train"),
             code=("training", *_CORE),
-            inputs=lambda c, root: [c.data.output_dir],
+            inputs=lambda c, root: [
+                c.data.output_dir,
+                *([c.train.init_adapter] if c.train.init_adapter else []),
+            ],
             outputs=lambda c: [c.train.output_dir, c.train.metrics_dir],
         ),
         Stage(
