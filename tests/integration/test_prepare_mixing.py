@@ -106,3 +106,13 @@ def test_bad_entries_name_the_entry_the_value_and_what_is_allowed(entry, message
     with pytest.raises(ConfigError) as info:
         resolve_config({"data": {"source": ["b.jsonl", entry]}})
     assert message in str(info.value)
+
+
+def test_multiplicities_are_exact_passes_plus_a_seeded_sample():
+    from peft_framework.data.mixing import multiplicities
+
+    m = multiplicities(7, 17, seed=42, index=1)
+    assert m.sum() == 17 and sorted(set(m.tolist())) == [2, 3] and (m == 3).sum() == 3
+    assert (multiplicities(7, 17, seed=42, index=1) == m).all()
+    assert multiplicities(7, 3, seed=42, index=1).tolist().count(1) == 3
+    assert multiplicities(0, 5, seed=42, index=0).size == 0

@@ -96,6 +96,7 @@ def test_init_adapter_that_does_not_match_names_the_tensors(project: Path) -> No
         train(make_config("warm_bad", max_steps=1, init_adapter="nowhere"), project)
 
 
+@pytest.mark.slow
 def test_raising_epochs_continues_the_finished_run(project: Path, caplog) -> None:
     """1 epoch, then train.epochs raised to 2, equals a 2-epoch run: exactly, with a constant learning
     rate (a decaying schedule depends on the planned length; see training/extend.py)."""
@@ -112,6 +113,7 @@ def test_raising_epochs_continues_the_finished_run(project: Path, caplog) -> Non
     assert max_abs_diff(a, b) == 0.0
 
 
+@pytest.mark.slow
 def test_raising_epochs_without_checkpoints_says_it_starts_over(project: Path, caplog) -> None:
     common = dict(max_steps=-1, eval_steps=None)
     train(make_config("over", epochs=1, **common), project)

@@ -147,3 +147,6 @@ def add_to_report(report: dict[str, Any], mixing: list[dict[str, Any]] | None) -
         return
     report["mixing"] = mixing
     report["rows"]["sampled"] = sum(row["sampled"] for row in mixing)  # -> rows_sampled in data.json
+    for i, row in enumerate(mixing):
+        if row["kept"] == 0 and (row.get("count") or row.get("weight")):
+            report["warnings"].append(f"data.source[{i}] ({row['path']}): no row kept, nothing to sample")

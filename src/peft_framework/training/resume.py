@@ -110,10 +110,10 @@ def choose_resume(
     if not existing:
         return ResumePlan(None, (), extend.finished_without_checkpoints(config, root, run))
     recorded = ckpts.read_run(checkpoint_dir)
-    longer = extend.continue_longer(config, checkpoint_dir, recorded, run, world_size)
-    if longer is not None and recorded.get("fingerprint") != run["fingerprint"]:
-        return ResumePlan(*longer)
     if recorded is None or recorded.get("fingerprint") != run["fingerprint"]:
+        longer = extend.continue_longer(config, checkpoint_dir, recorded, run, world_size)
+        if longer is not None:  # the same run, trained longer (train.epochs raised)
+            return ResumePlan(*longer)
         return ResumePlan(
             None,
             existing,
