@@ -11,7 +11,7 @@ import pytest
 from peft_framework.config.loading import resolve_config
 from peft_framework.config.schema import Config
 from peft_framework.data import prepare
-from peft_framework.errors import ConfigError
+from peft_framework.errors import ConfigError, DataError
 
 
 def _rows(prefix: str, n: int) -> bytes:
@@ -106,6 +106,13 @@ def test_bad_entries_name_the_entry_the_value_and_what_is_allowed(entry, message
     with pytest.raises(ConfigError) as info:
         resolve_config({"data": {"source": ["b.jsonl", entry]}})
     assert message in str(info.value)
+
+
+def test_a_missing_weighted_entry_names_its_index(tmp_path):
+    config = Config.model_validate({"data": {"source": ["a.jsonl", {"path": "gone.jsonl", "count": 3}]}})
+    (tmp_path / "a.jsonl").write_bytes(_rows("alpha", 3))
+    with pytest.raises(DataError, match=r"data.source\[1\]: data.source: 'gone.jsonl' does not exist"):
+        prepare(config, tmp_path)
 
 
 def test_multiplicities_are_exact_passes_plus_a_seeded_sample():

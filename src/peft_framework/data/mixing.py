@@ -33,6 +33,7 @@ import numpy as np
 from peft_framework.config.schema import DataConfig
 from peft_framework.data.pipeline import SPLITS
 from peft_framework.data.sources import Source, resolve_sources
+from peft_framework.errors import DataError
 
 _BATCH = 10_000
 
@@ -45,6 +46,18 @@ def entry_path(entry: Any) -> str:
 def source_paths(source: Any) -> str | list[str]:
     """`data.source` with weighted entries reduced to their paths (what `resolve_sources` takes)."""
     return source if isinstance(source, str) else [entry_path(e) for e in source]
+
+
+def resolve(dc: DataConfig, root: Path) -> list[Source]:
+    """`resolve_sources` of `data.source`; with weighted entries, an entry that names no data is an error
+    naming `data.source[i]`."""
+    if is_mixed(dc):
+        for i, entry in enumerate(dc.source):
+            try:
+                resolve_sources(entry_path(entry), dc.format, root)
+            except DataError as exc:
+                raise DataError(f"data.source[{i}]: {exc.args[0]}", exc.problems) from None
+    return resolve_sources(source_paths(dc.source), dc.format, root)
 
 
 def is_mixed(dc: DataConfig) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 from peft_framework.config.schema import DATA_FIELDS, Config, DataConfig
 from peft_framework.data import mixing, stream
 from peft_framework.data.pipeline import SPLITS
-from peft_framework.data.sources import Source, read_source, resolve_sources
+from peft_framework.data.sources import Source, read_source
 from peft_framework.data.stream import Stats
 from peft_framework.errors import ConfigError, DataError
 from peft_framework.io import (
@@ -273,7 +273,7 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
         resolve(root, p) for p in (dc.output_dir, dc.rejected_path, dc.report_path)
     )
 
-    sources = resolve_sources(mixing.source_paths(dc.source), dc.format, root)
+    sources = mixing.resolve(dc, root)  # data.source, weighted entries too
     inputs_paths = [src.path for src in sources]
     check_output_dir(out_dir, "data.output_dir", root, inputs_paths)
     tokenizer = load_tokenizer(config.model)
