@@ -161,5 +161,10 @@ def add_to_report(report: dict[str, Any], mixing: list[dict[str, Any]] | None) -
     report["mixing"] = mixing
     report["rows"]["sampled"] = sum(row["sampled"] for row in mixing)  # -> rows_sampled in data.json
     for i, row in enumerate(mixing):
-        if row["kept"] == 0 and (row.get("count") or row.get("weight")):
+        if row["files"] == 0:
+            report["warnings"].append(
+                f"data.source[{i}] ({row['path']}): every file it names belongs to an earlier entry "
+                "(a file is read once, for the first entry naming it); nothing sampled for it"
+            )
+        elif row["kept"] == 0 and (row.get("count") or row.get("weight")):
             report["warnings"].append(f"data.source[{i}] ({row['path']}): no row kept, nothing to sample")
