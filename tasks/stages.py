@@ -66,7 +66,7 @@ def write_sample_data(config: Config, root: str = ".") -> dict[str, Any]:
 def data_sources(config: Config) -> list[str]:
     """`data.source` as a list of entries (file, directory, glob or 'hf:owner/name')."""
     source = config.data.source
-    return [source] if isinstance(source, str) else list(source)
+    return [source] if isinstance(source, str) else [e if isinstance(e, str) else e.path for e in source]
 
 
 def local_sources(config: Config, root: Path) -> list[str]:
@@ -102,7 +102,10 @@ STAGES: dict[str, Stage] = {
             target="peft_framework.training:train",
             sections=("model", "data", "adapter", "train"),
             code=("training", *_CORE),
-            inputs=lambda c, root: [c.data.output_dir],
+            inputs=lambda c, root: [
+                c.data.output_dir,
+                *([c.train.init_adapter] if c.train.init_adapter else []),
+            ],
             outputs=lambda c: [c.train.output_dir, c.train.metrics_dir],
         ),
         Stage(

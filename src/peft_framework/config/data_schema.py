@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from peft_framework.config.section import Section
 
@@ -82,10 +82,38 @@ class SplitConfig(Section):
         return self
 
 
+class SourceEntry(Section):
+    """One weighted entry of `data.source` (see `peft_framework.data.mixing` for the exact semantics)."""
+
+    path: str = Field(description="File, glob, directory or 'hf:owner/name', as a plain data.source entry.")
+    weight: float | None = Field(
+        None,
+        gt=0,
+        description="The entry's kept rows times this (round half up): 2 = every row twice, 0.5 = half of "
+        "them, sampled without replacement (seeded by data.split.seed).",
+    )
+    count: int | None = Field(
+        None,
+        ge=1,
+        description="Exactly this many rows of the entry's kept rows: whole passes over them, the rest "
+        "sampled without replacement (seeded by data.split.seed).",
+    )
+
+    @model_validator(mode="after")
+    def _weight_or_count(self) -> SourceEntry:
+        if self.weight is not None and self.count is not None:
+            raise ValueError(
+                f"both weight ({self.weight:g}) and count ({self.count}) given; allowed: one of them"
+            )
+        return self
+
+
 class DataConfig(Section):
-    source: str | list[str] = Field(
+    source: str | list[str | SourceEntry] = Field(
         "data/raw/instructions.jsonl",
-        description="File, glob, directory, list of those, or a HuggingFace dataset id ('hf:owner/name').",
+        description="File, glob, directory, list of those, or a HuggingFace dataset id ('hf:owner/name'). "
+        "A list entry may be {path: ..., weight: W} or {path: ..., count: N} to mix sources "
+        "(plain entries count once).",
     )
     format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet"] = Field(
         "auto",
@@ -125,6 +153,14 @@ class DataConfig(Section):
     report_path: str = "reports/data.json"
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, populate_by_name=True)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_entries(cls, value: Any) -> Any:
+        """One clear message per bad entry (pydantic's union errors list every member's failure)."""
+        from peft_framework.config.source_entries import check_source_entries
+
+        return check_source_entries(value)
 
     @model_validator(mode="after")
     def _columns_and_template_fit_kind(self) -> DataConfig:

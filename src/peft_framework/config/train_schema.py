@@ -94,6 +94,11 @@ class TrainConfig(Section):
     keep_checkpoints: bool = Field(
         False, description="Keep checkpoint_dir after a successful run (default: removed)."
     )
+    init_adapter: str | None = Field(
+        None,
+        description="Start from the weights of this adapter directory (ours or peft's save_pretrained); "
+        "its tensors must match adapter.* exactly. null: a fresh adapter.",
+    )
     metrics_dir: str = Field(
         "reports/train", description="dvclive output: metrics.json and plots/metrics/*.tsv"
     )

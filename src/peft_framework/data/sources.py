@@ -69,10 +69,11 @@ def _is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and any((path / m).is_file() for m in _SAVED_DATASET_MARKERS)
 
 
-def resolve_sources(source: str | list[str], fmt: str, root: str | Path) -> list[Source]:
+def resolve_sources(source: str | list[Any], fmt: str, root: str | Path) -> list[Source]:
     """Expand files, globs, directories and `hf:` ids into a sorted, de-duplicated list of sources."""
     root = Path(root)
-    entries = [source] if isinstance(source, str) else list(source)
+    # weighted entries ({path, weight|count}: data/mixing.py) are read like their path
+    entries = [source] if isinstance(source, str) else [getattr(e, "path", e) for e in source]
     if not entries:
         raise DataError(
             "data.source is empty; allowed: a file, glob, directory, list of those, or 'hf:owner/name'"

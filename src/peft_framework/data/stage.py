@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from peft_framework.config.schema import DATA_FIELDS, Config, DataConfig
-from peft_framework.data import stream
+from peft_framework.data import mixing, stream
 from peft_framework.data.pipeline import SPLITS
-from peft_framework.data.sources import Source, read_source, resolve_sources
+from peft_framework.data.sources import Source, read_source
 from peft_framework.data.stream import Stats
 from peft_framework.errors import ConfigError, DataError
 from peft_framework.io import (
@@ -273,7 +273,7 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
         resolve(root, p) for p in (dc.output_dir, dc.rejected_path, dc.report_path)
     )
 
-    sources = resolve_sources(dc.source, dc.format, root)
+    sources = mixing.resolve(dc, root)  # data.source, weighted entries too
     inputs_paths = [src.path for src in sources]
     check_output_dir(out_dir, "data.output_dir", root, inputs_paths)
     tokenizer = load_tokenizer(config.model)
@@ -286,12 +286,14 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
         result, splits = stream.run(
             records, dc, tokenizer, Path(work), rejected_path, dc.num_proc, _estimate_rows(sources)
         )
+        splits, mixed = mixing.apply(splits, result, sources, dc, root)  # weighted data.source entries
         for src in sources:
             src.sha256 = _source_hash(src)
         inputs = {src.display: src.sha256 for src in sources}
         counts = _counts(result)
         assert counts["kept"] + counts["rejected"] == counts["read"], "row accounting is broken"
         report = _report(result, dc, sources, counts)
+        mixing.add_to_report(report, mixed)
 
         failure = _failure(result, dc, counts)
         if failure is not None:

@@ -21,6 +21,7 @@ from peft_framework.errors import UserError
 from peft_framework.io import canonical_json_sha256
 from peft_framework.paths import resolve
 from peft_framework.training import checkpoints as ckpts
+from peft_framework.training import extend
 from peft_framework.training.distributed import identity as distributed_identity
 from peft_framework.training.output import CREATED_BY
 
@@ -47,19 +48,23 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def run_fingerprint(config: Config, data_sha256: str, world_size: int) -> dict[str, Any]:
-    """What must match for checkpoints to be continued: everything that changes the learned weights."""
+def run_fingerprint(
+    config: Config, data_sha256: str, world_size: int, init_sha256: str | None = None
+) -> dict[str, Any]:
+    """What must match for checkpoints to be continued: everything that changes the learned weights
+    (`init_sha256`: the weights of `train.init_adapter`, when set)."""
     train = {k: v for k, v in section_dict(config, "train").items() if k not in _BOOKKEEPING_KEYS}
     learned = {
         "model": section_dict(config, "model"),
         "adapter": section_dict(config, "adapter"),
         "train": train,
     }
+    init = {"init_adapter_sha256": init_sha256} if init_sha256 is not None else {}
+    what = {"config": learned, "data": data_sha256, **distributed_identity(config.train, world_size), **init}
     return {
         "created_by": CREATED_BY,
-        "fingerprint": canonical_json_sha256(
-            {"config": learned, "data": data_sha256, **distributed_identity(config.train, world_size)}
-        ),
+        "fingerprint": canonical_json_sha256(what),
+        "lineage": extend.lineage(what),  # the same run at another length (train.epochs raised)
         "data_sha256": data_sha256,
         **distributed_identity(config.train, world_size),
     }
@@ -103,9 +108,12 @@ def choose_resume(
             )
         return ResumePlan(path, (), notes)
     if not existing:
-        return ResumePlan(None, (), ())
+        return ResumePlan(None, (), extend.finished_without_checkpoints(config, root, run))
     recorded = ckpts.read_run(checkpoint_dir)
     if recorded is None or recorded.get("fingerprint") != run["fingerprint"]:
+        longer = extend.continue_longer(config, checkpoint_dir, recorded, run, world_size)
+        if longer is not None:  # the same run, trained longer (train.epochs raised)
+            return ResumePlan(*longer)
         return ResumePlan(
             None,
             existing,
@@ -137,7 +145,8 @@ def apply_resume_plan(plan: ResumePlan, checkpoint_dir: Path, run: dict[str, Any
     barrier()  # everyone has decided before anything is deleted
     if is_main:
         for note in plan.notes:
-            level = logging.WARNING if "skipping" in note or "another" in note else logging.INFO
+            warn = "skipping" in note or "another config" in note or extend.STARTS_OVER in note
+            level = logging.WARNING if warn else logging.INFO
             log.log(level, note)
         for path in plan.remove:
             shutil.rmtree(path, ignore_errors=True)

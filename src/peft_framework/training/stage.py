@@ -31,6 +31,7 @@ from peft_framework.errors import StageFailed, UserError
 from peft_framework.locking import locked_stage
 from peft_framework.paths import resolve
 from peft_framework.training import checkpoints as ckpts
+from peft_framework.training import warm_start
 from peft_framework.training.determinism import restore_global_determinism
 from peft_framework.training.distributed import materialize_trainable
 from peft_framework.training.output import (
@@ -73,12 +74,13 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     is_main = args.process_index == 0  # touching args sets up the process group under torchrun
 
     model, tokenizer, method = _model_with_adapter(config, data.label_names)
+    init = warm_start.load_init_adapter(model, method, config, root)  # train.init_adapter
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise StageFailed(f"adapter: {config.adapter.type!r} left no trainable parameters in the model")
 
     # checkpoints: continue this run's, or start fresh
-    run = run_fingerprint(config, data.sha256, args.world_size)
+    run = run_fingerprint(config, data.sha256, args.world_size, warm_start.init_sha256(init))
     resume_plan = choose_resume(config, root, checkpoint_dir, run, args.world_size)
     apply_resume_plan(resume_plan, checkpoint_dir, run, is_main)
     resume_from = resume_plan.checkpoint
@@ -130,6 +132,9 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
             summary=summary,
             wall_time_s=round(time.perf_counter() - started, 3),
         )
+        manifest["run_lineage"] = run["lineage"]  # raising train.epochs later: training/extend.py
+        if init is not None:
+            manifest["init_adapter"] = init
         write_output(out_dir, unwrapped, method, config, tokenizer, history, manifest)
         summary["adapter_sha256"] = manifest["adapter"]["sha256"]
         summary["manifest_path"] = str(out_dir / MANIFEST)
