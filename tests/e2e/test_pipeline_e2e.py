@@ -47,9 +47,11 @@ def reproduced(project: Project, server: Server) -> dict[str, Any]:
 def test_dvc_repro_runs_every_stage_then_nothing(
     project: Project, server: Server, reproduced: dict[str, Any]
 ):
-    assert stages_run(reproduced["output"]) == list(ORDER), reproduced["output"]
+    # promote: the gate after export (tasks/promote_stage.py), plain Python, not a Prefect flow run
+    assert stages_run(reproduced["output"]) == [*ORDER, "promote"], reproduced["output"]
     lock = yaml.safe_load((project.root / "dvc.lock").read_text())
-    assert list(lock["stages"]) == list(ORDER)
+    assert list(lock["stages"]) == [*ORDER, "promote"]
+    assert set(json.loads((project.root / "reports" / "promote.json").read_text())) >= {"promote", "gain"}
     assert lock["stages"]["train"]["params"]["params.yaml"]["adapter"]["type"]  # params recorded per stage
 
     again = project.run("dvc", "repro", env=api(server))
@@ -336,7 +338,7 @@ def test_experiment_reruns_only_what_the_param_feeds(
     project: Project, server: Server, reproduced: dict[str, Any]
 ):
     proc = project.run("dvc", "exp", "run", "-S", "adapter.r=32", env=api(server), timeout=900)
-    assert stages_run(proc.stdout + proc.stderr) == ["train", "evaluate", "export"]
+    assert stages_run(proc.stdout + proc.stderr) == ["train", "evaluate", "export", "promote"]
 
     shown = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
     eval_report = yaml.safe_load((project.root / "params.yaml").read_text())["eval"]["report_path"]
