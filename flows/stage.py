@@ -13,11 +13,17 @@ import sys
 from typing import Any
 
 import flows  # noqa: F401  # isort: skip -- applies the project's Prefect settings before Prefect is imported
-from prefect import flow
-from prefect.states import State
-from tasks.stages import ORDER
 
-from flows._run import cli, load_in_flow, run_stages
+if __name__ == "__main__":  # the command: the local Prefect API boots while this process imports Prefect
+    from tasks.local_api import prestart
+
+    prestart()
+
+from prefect import flow  # noqa: E402
+from prefect.states import State  # noqa: E402
+from tasks.stages import ORDER  # noqa: E402
+
+from flows._run import cli, load_in_flow, run_stages  # noqa: E402
 
 
 @flow(name="peft-stage", flow_run_name="{stage}", description="One pipeline stage (a dvc.yaml command)")

@@ -4,9 +4,14 @@ when idle.
 Without `PREFECT_API_URL`, Prefect starts a temporary API server inside every process that runs a flow
 (its "ephemeral" mode) and stops it when the process exits. `dvc repro` runs every stage in its own
 process, so a five-stage pipeline started five servers (7-15 s each on a small machine). Here the first
-stage starts one Prefect server (Prefect's own `SubprocessASGIServer`, the ephemeral server, on a free
-loopback port) in a small detached supervisor process, records its address in
+stage starts one Prefect server (Prefect's ephemeral API app, `create_app(ephemeral=True)`: no UI, no
+background services, served by uvicorn in the supervisor process itself, as `prefect server start` does,
+on a free loopback port) in a small detached supervisor process, records its address in
 `$PREFECT_HOME/local-api.json`, and the following stages (and `python -m flows.pipeline`) reuse it.
+
+Start-up cost: the server imports Prefect's whole server stack (about 8 s of CPU on a small machine), so
+the pipeline commands call `prestart()` before they import Prefect themselves: the supervisor then boots
+while the stage process imports Prefect and loads its config, and `ensure()` only waits for what is left.
 
 Lifetime: every process using the server holds a shared `flock` on `$PREFECT_HOME/local-api.clients`
 for as long as it runs (the kernel drops the lock when the process ends, however it ends). The supervisor
@@ -28,8 +33,10 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +46,7 @@ from typing import IO
 import tasks  # noqa: F401  -- the project's Prefect settings (PREFECT_HOME) before anything reads them
 
 STATE_FILE = "local-api.json"
+STARTING_FILE = "local-api.starting"
 LOCK_FILE = "local-api.lock"
 CLIENTS_FILE = "local-api.clients"
 LOG_FILE = "local-api.log"
@@ -49,6 +57,8 @@ POLL_S = 0.5
 
 _client_lock: IO[bytes] | None = None
 """This process's shared lock on the clients file: held until the process exits."""
+_spawned: subprocess.Popen[bytes] | None = None
+"""The supervisor this process spawned (reaped when it dies during start-up)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,11 @@ class Paths:
     @property
     def state(self) -> Path:
         return self.home / STATE_FILE
+
+    @property
+    def starting(self) -> Path:
+        """The pid of a supervisor spawned by `prestart` that may not answer yet."""
+        return self.home / STARTING_FILE
 
     @property
     def lock(self) -> Path:
@@ -135,16 +150,42 @@ def _startup_timeout() -> float:
     return float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
 
 
+def _wanted() -> bool:
+    return not os.environ.get("PREFECT_API_URL") and os.environ.get(SWITCH_ENV, "").lower() not in (
+        "off",
+        "0",
+        "false",
+    )
+
+
+def prestart(home: Path | None = None) -> None:
+    """Spawn the supervisor now if no server runs or starts, without waiting for it: call before importing
+    Prefect, so the server boots while this process imports. `ensure()` later waits for it. Never raises:
+    a supervisor that fails to start is reported by `ensure()`."""
+    if not _wanted():
+        return
+    paths = Paths(home or prefect_home())
+    try:
+        with _locked(paths.lock, fcntl.LOCK_EX):
+            state = _read_state(paths)
+            if (state and _alive(state.get("pid"))) or _alive(_starting_pid(paths)):
+                return  # running (ensure() checks it answers) or already starting
+            _spawn(paths)
+    except OSError:
+        return
+
+
 def ensure(home: Path | None = None) -> str | None:
     """The API URL this process should use: None when PREFECT_API_URL is set or the switch is off;
     else the project's local server, started now if none runs. Marks this process as its client."""
-    if os.environ.get("PREFECT_API_URL") or os.environ.get(SWITCH_ENV, "").lower() in ("off", "0", "false"):
+    if not _wanted():
         return None
     paths = Paths(home or prefect_home())
     with _locked(paths.lock, fcntl.LOCK_EX):
         api_url = running_api(paths)
         if api_url is None:
-            api_url = _start(paths)
+            pid = _starting_pid(paths)
+            api_url = _wait(paths, pid if _alive(pid) else _spawn(paths))
         _hold_client_lock(paths)  # before the start lock goes: the server cannot stop under us
     return api_url
 
@@ -166,12 +207,20 @@ def session() -> Iterator[str | None]:
         os.environ.pop("PREFECT_API_URL", None)
 
 
-def _start(paths: Paths) -> str:
-    """Spawn the detached supervisor and wait until its server answers (caller holds the start lock)."""
+def _starting_pid(paths: Paths) -> int | None:
+    try:
+        return int(paths.starting.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _spawn(paths: Paths) -> int:
+    """Start the detached supervisor (caller holds the start lock); returns its pid."""
+    global _spawned
     paths.state.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     with open(paths.log, "ab") as log:
-        proc = subprocess.Popen(
+        _spawned = subprocess.Popen(
             [sys.executable, "-m", "tasks.local_api", "serve", "--home", str(paths.home)],
             cwd=Path(__file__).resolve().parent.parent,
             env=env,
@@ -180,16 +229,30 @@ def _start(paths: Paths) -> str:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives this process; not killed by the terminal's Ctrl-C
         )
+    paths.starting.write_text(f"{_spawned.pid}\n", encoding="utf-8")
+    return _spawned.pid
+
+
+def _exited(pid: int) -> bool:
+    if _spawned is not None and _spawned.pid == pid:
+        return _spawned.poll() is not None  # our child: reap it, or it stays a live-looking zombie
+    return not _alive(pid)
+
+
+def _wait(paths: Paths, pid: int) -> str:
+    """Wait until supervisor `pid` serves (caller holds the start lock); its API URL."""
     deadline = time.monotonic() + _startup_timeout() + 30
     while time.monotonic() < deadline:
         state = _read_state(paths)
-        if state and state.get("pid") == proc.pid and _healthy(str(state["api_url"])):
+        if state and state.get("pid") == pid and _healthy(str(state["api_url"])):
+            paths.starting.unlink(missing_ok=True)
             return str(state["api_url"])
-        if proc.poll() is not None:
+        if _exited(pid):
             break
         time.sleep(0.1)
-    if proc.poll() is None:
-        proc.terminate()
+    if not _exited(pid):
+        os.kill(pid, signal.SIGTERM)
+    paths.starting.unlink(missing_ok=True)
     tail = paths.log.read_text(encoding="utf-8", errors="replace")[-3000:]
     raise RuntimeError(f"the local Prefect API did not start (log {paths.log}):\n{tail}")
 
@@ -209,30 +272,43 @@ def _clients_busy(paths: Paths) -> bool:
 
 
 def serve(home: Path) -> int:
-    """The supervisor: run Prefect's ephemeral server until idle or told to stop."""
-    from prefect.server.api.server import SubprocessASGIServer
+    """The supervisor: serve Prefect's ephemeral API app (in this process) until idle or told to stop."""
+    import uvicorn
+    from prefect.server.api.server import create_app
 
     paths = Paths(home)
     paths.clients.touch()
-    stopping = False
+    stopping = threading.Event()
 
     def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    server = SubprocessASGIServer()
-    server.start(timeout=int(_startup_timeout()))
-    state = {"api_url": server.api_url, "pid": os.getpid(), "started": time.time()}
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # a free port, held from here on: no race with another process
+    api_url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(ephemeral=True, final=True), log_level="error", lifespan="on")
+    )
+    # uvicorn installs no signal handlers outside the main thread; this one keeps the signals
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="prefect-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + _startup_timeout()
+    while not (server.started and _healthy(api_url)):
+        if not thread.is_alive() or stopping.is_set() or time.monotonic() > deadline:
+            print("local Prefect API failed to start", flush=True)
+            server.should_exit = True
+            return 1
+        time.sleep(0.1)
+    state = {"api_url": api_url, "pid": os.getpid(), "started": time.time()}
     tmp = paths.state.with_suffix(".tmp")
     tmp.write_text(json.dumps(state) + "\n", encoding="utf-8")
     tmp.replace(paths.state)
-    print(f"local Prefect API on {server.api_url} (supervisor pid {os.getpid()})", flush=True)
+    print(f"local Prefect API on {api_url} (supervisor pid {os.getpid()})", flush=True)
     idle_s, last_busy = _idle_seconds(), time.monotonic()
     try:
-        while not stopping:
-            time.sleep(POLL_S)
+        while not stopping.wait(POLL_S) and thread.is_alive():
             if _clients_busy(paths):
                 last_busy = time.monotonic()
             elif time.monotonic() - last_busy > idle_s:
@@ -244,8 +320,9 @@ def serve(home: Path) -> int:
     finally:
         with _locked(paths.lock, fcntl.LOCK_EX):
             _forget(paths)
-            server.stop()
-    print(f"local Prefect API on {server.api_url} stopped", flush=True)
+            server.should_exit = True
+            thread.join(timeout=30)
+    print(f"local Prefect API on {api_url} stopped", flush=True)
     return 0
 
 

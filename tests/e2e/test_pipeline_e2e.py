@@ -47,9 +47,11 @@ def reproduced(project: Project, server: Server) -> dict[str, Any]:
 def test_dvc_repro_runs_every_stage_then_nothing(
     project: Project, server: Server, reproduced: dict[str, Any]
 ):
-    assert stages_run(reproduced["output"]) == list(ORDER), reproduced["output"]
+    # promote: the gate after export (tasks/promote_stage.py), plain Python, not a Prefect flow run
+    assert stages_run(reproduced["output"]) == [*ORDER, "promote"], reproduced["output"]
     lock = yaml.safe_load((project.root / "dvc.lock").read_text())
-    assert list(lock["stages"]) == list(ORDER)
+    assert list(lock["stages"]) == [*ORDER, "promote"]
+    assert set(json.loads((project.root / "reports" / "promote.json").read_text())) >= {"promote", "gain"}
     assert lock["stages"]["train"]["params"]["params.yaml"]["adapter"]["type"]  # params recorded per stage
 
     again = project.run("dvc", "repro", env=api(server))
@@ -347,7 +349,7 @@ def test_experiment_reruns_only_what_the_param_feeds(
     proc = project.run(
         "dvc", "exp", "run", "-S", "adapter.r=32", "-S", "adapter.use_dora=true", env=api(server), timeout=900
     )
-    assert stages_run(proc.stdout + proc.stderr) == ["train", "evaluate", "export"]
+    assert stages_run(proc.stdout + proc.stderr) == ["train", "evaluate", "export", "promote"]
 
     shown = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
     params = yaml.safe_load((project.root / "params.yaml").read_text())
@@ -394,7 +396,18 @@ def test_qlora_experiment_from_yaml_alone(project: Project, server: Server):
     """A 4-bit QLoRA run from one override: train on the nf4 base, evaluate on it, export merged into the
     unquantized base with a passing parity check (bitsandbytes runs 4-bit layers on CPU)."""
     pytest.importorskip("bitsandbytes")
-    proc = project.run("dvc", "exp", "run", "-S", "model.quantization.bits=4", env=api(server), timeout=900)
+    # use_dora=false: an earlier experiment in this module may have left DoRA on in the workspace params
+    proc = project.run(
+        "dvc",
+        "exp",
+        "run",
+        "-S",
+        "model.quantization.bits=4",
+        "-S",
+        "adapter.use_dora=false",
+        env=api(server),
+        timeout=900,
+    )
     assert {"train", "evaluate", "export"} <= set(stages_run(proc.stdout + proc.stderr)), proc.stdout
     params = yaml.safe_load((project.root / "params.yaml").read_text())
     manifest = json.loads((project.root / params["train"]["output_dir"] / "manifest.json").read_text())

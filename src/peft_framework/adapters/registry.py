@@ -14,6 +14,7 @@ from peft_framework.errors import ConfigError
 
 if TYPE_CHECKING:
     from peft_framework.adapters.base import AdapterMethod
+    from peft_framework.config.schema import AdapterConfigBase
 
 ENTRY_POINT_GROUP = "peft_framework.adapters"
 
@@ -23,6 +24,14 @@ BUILTIN = {
     "adalora": "peft_framework.adapters.adalora:AdaLoraMethod",
     "ia3": "peft_framework.adapters.ia3:IA3Method",
     "bottleneck": "peft_framework.adapters.bottleneck:BottleneckMethod",
+}
+# Their config models, in modules that import neither torch nor transformers: validating a config (every
+# pipeline stage's cache check does) then loads no adapter layers. A test checks each equals the method's.
+BUILTIN_CONFIGS = {
+    "lora": "peft_framework.adapters.lora.config:LoraConfig",
+    "adalora": "peft_framework.adapters.adalora.config:AdaLoraConfig",
+    "ia3": "peft_framework.adapters.ia3.config:IA3Config",
+    "bottleneck": "peft_framework.adapters.bottleneck.config:BottleneckConfig",
 }
 
 
@@ -86,6 +95,29 @@ def get(name: str) -> AdapterMethod:
     method = obj() if isinstance(obj, type) else obj
     _loaded[name] = method
     return method
+
+
+def config_class(name: str) -> type[AdapterConfigBase]:
+    """The config model of `adapter.type == name`. A built-in's comes from its light config module (no torch);
+    a plug-in's from its method. Unknown names raise the ConfigError of `get`."""
+    if name in _loaded:
+        return _loaded[name].config_class
+    source = _discover().get(name)
+    if source is not None and source.origin == "built-in" and name in BUILTIN_CONFIGS:
+        module_name, _, attr = BUILTIN_CONFIGS[name].partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+    return get(name).config_class
+
+
+def config_classes() -> dict[str, type[AdapterConfigBase]]:
+    """The config model of every type that imports cleanly (a broken plug-in must not break the others)."""
+    out: dict[str, type[AdapterConfigBase]] = {}
+    for name in available():
+        try:
+            out[name] = config_class(name)
+        except Exception:  # noqa: BLE001 -- reported when that type is chosen (config loading)
+            continue
+    return out
 
 
 def all_methods() -> dict[str, AdapterMethod]:

@@ -39,7 +39,7 @@ def adapter_config_classes() -> dict[str, type[AdapterConfigBase]]:
     """`adapter.type` -> its config model, for every registered type that imports cleanly."""
     from peft_framework.adapters import registry
 
-    return {name: method.config_class for name, method in registry.all_methods().items()}
+    return registry.config_classes()
 
 
 def _adapter_config_class(type_name: Any, problems: list[str]) -> type[AdapterConfigBase] | None:
@@ -51,7 +51,7 @@ def _adapter_config_class(type_name: Any, problems: list[str]) -> type[AdapterCo
         )
         return None
     try:
-        return registry.get(type_name).config_class
+        return registry.config_class(type_name)
     except ConfigError as exc:  # unknown type: the registry's message has the did-you-mean
         problems.extend(exc.problems or [str(exc)])
     except Exception as exc:  # noqa: BLE001 - a broken plug-in is reported as a config problem, not a crash
@@ -171,8 +171,8 @@ def _resolve(data: dict[str, Any], overrides: Iterable[str]) -> tuple[Config, li
     merged = _none_sections_to_empty(Config, {k: v for k, v in merged.items() if k in SECTIONS})
     adapter = _resolve_adapter(merged.get("adapter"), overridden, problems, warns)
     config = _validate_sections(merged, problems)
-    if config is not None and adapter is not None:
-        from peft_framework.models.quantization import config_problems
+    if config is not None and adapter is not None and config.model.quantization.bits is not None:
+        from peft_framework.models.quantization import config_problems  # imports torch: only when needed
 
         problems.extend(config_problems(config.model, adapter.type))
     if problems or config is None or adapter is None:

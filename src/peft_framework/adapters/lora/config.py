@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from peft_framework.adapters.lora import init as lora_init
+from peft_framework.adapters.lora import init_names as lora_init
 from peft_framework.config.schema import AdapterConfigBase
 
 

@@ -18,21 +18,13 @@ a plain LoRA of rank 2r on the ORIGINAL weight, which is what is saved (`convert
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
-_PISSA_NITER = re.compile(r"pissa_niter_([1-9][0-9]*)")
-BASIC_INITS = ("kaiming", "gaussian")
+from peft_framework.adapters.lora.init_names import BASIC_INITS, is_valid, mutates_base
+from peft_framework.adapters.lora.init_names import PISSA_NITER as _PISSA_NITER
 
-
-def is_valid(init: str) -> bool:
-    return init in BASIC_INITS or init in ("pissa", "olora") or _PISSA_NITER.fullmatch(init) is not None
-
-
-def mutates_base(init: str) -> bool:
-    """Whether the init rewrites the base weight into a residual (the saved adapter is then converted)."""
-    return init == "olora" or init.startswith("pissa")
+__all__ = ["BASIC_INITS", "converted_r_alpha", "converted_tensors", "decompose", "is_valid", "mutates_base"]
 
 
 @torch.no_grad()

@@ -1,0 +1,46 @@
+"""Loading a config imports neither torch nor transformers: every pipeline process loads the config, and
+an all-cache-hit run (or a stage DVC runs only to find it unchanged) must not pay for them (issue 17)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from peft_framework.adapters import registry
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "transformers", "datasets")
+
+
+def test_builtin_config_modules_name_the_methods_config_classes() -> None:
+    for name in registry.BUILTIN_CONFIGS:
+        assert registry.config_class(name) is registry.get(name).config_class
+
+
+def test_loading_the_demo_config_imports_no_torch(tmp_path: Path) -> None:
+    script = (
+        "import json, sys\n"
+        "from peft_framework.config import load_config_with_warnings\n"
+        "from tasks.cache import key_material\n"
+        "from tasks.stages import STAGES\n"
+        "from pathlib import Path\n"
+        f"config, _ = load_config_with_warnings({str(ROOT / 'params.yaml')!r}, ['adapter.type=ia3'])\n"
+        "config, _ = load_config_with_warnings(sys.argv[1], [])\n"
+        "for stage in STAGES.values():\n"
+        f"    key_material(stage, config, Path({str(ROOT)!r}))\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "params.yaml")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
