@@ -174,3 +174,22 @@ def test_trained_tokens_are_marked_plain_or_in_colour():
     coloured = marked_text(tok, ids, labels, colour=True)
     assert "\033[" in coloured and PLAIN[0] not in coloured
     assert not io.StringIO().isatty()  # what the CLI checks before colouring
+
+
+def test_the_prepare_cache_key_follows_the_template_file_content(tmp_path):
+    """The Prefect cache key of prepare hashes a custom template file's content, not only its path."""
+    from tasks.cache import key_material
+    from tasks.stages import STAGES
+
+    from peft_framework.config.schema import Config
+
+    (tmp_path / "mine.jinja").write_text("{{ messages[0]['content'] }}")
+    config = Config(data=DataConfig(chat_template="mine.jinja"))
+    before = key_material(STAGES["prepare"], config, tmp_path)
+    assert "mine.jinja" in before["inputs"]
+    (tmp_path / "mine.jinja").write_text("{{ messages[-1]['content'] }}")
+    assert key_material(STAGES["prepare"], config, tmp_path)["inputs"] != before["inputs"]
+    assert (
+        key_material(STAGES["prepare"], Config(data=DataConfig(chat_template="chatml")), tmp_path)["config"]
+        != key_material(STAGES["prepare"], Config(), tmp_path)["config"]
+    )
