@@ -79,8 +79,9 @@ def tokenizer_identity(
     name = model_config.name_or_path
     directory, commit, source = None, None, "code"
     if not name.startswith(("builtin:", "pkg:")):
-        local = resolve(root, Path(name).expanduser())
-        if local.is_dir():
+        # relative to the project root, or (as transformers loads it) to the working directory
+        local = next((p for p in (resolve(root, Path(name).expanduser()), Path(name)) if p.is_dir()), None)
+        if local is not None:
             directory, source = local, "local"
         else:
             snapshot = hub_snapshot(name, model_config.revision, cache_dir)
