@@ -47,6 +47,11 @@ def key_material(stage: Stage, config: Config, root: Path) -> dict[str, Any]:
         model_dir = resolve(root, config.model.name_or_path)
         if model_dir.is_dir():
             material["model_files"] = stat_signature(model_dir)
+        elif not config.model.name_or_path.startswith("builtin:"):  # a hub id: the cached snapshot's commit
+            from peft_framework.models.tokenizer_identity import hub_snapshot
+
+            snapshot = hub_snapshot(config.model.name_or_path, config.model.revision)
+            material["model_commit"] = snapshot[1] if snapshot else None
     return material
 
 

@@ -78,6 +78,13 @@ def local_sources(config: Config, root: Path) -> list[str]:
     return out
 
 
+def prepare_inputs(config: Config, root: Path) -> list[str]:
+    """What prepare reads from the project: the raw data, and a custom chat template file."""
+    template = config.data.chat_template
+    custom = [template] if template is not None and template.endswith(".jinja") else []
+    return [*local_sources(config, root), *custom]
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -94,7 +101,7 @@ STAGES: dict[str, Stage] = {
             target="peft_framework.data:prepare",
             sections=("model", "data"),
             code=("data", *_CORE),
-            inputs=local_sources,
+            inputs=prepare_inputs,
             outputs=lambda c: [c.data.output_dir, c.data.rejected_path, c.data.report_path],
         ),
         Stage(

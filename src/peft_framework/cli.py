@@ -144,6 +144,13 @@ def _stage(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def cmd_inspect_data(args: argparse.Namespace) -> int:
+    from peft_framework.inspect_data import inspect_data
+
+    inspect_data(_load(args), root=args.root, rows=args.rows, split=args.split)
+    return 0
+
+
 def cmd_sample_data(args: argparse.Namespace) -> int:
     from peft_framework.data.samples import write_samples
 
@@ -237,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
             "against it (default: the current directory)",
         )
         p.set_defaults(func=_stage(module, function))
+
+    p = sub.add_parser(
+        "inspect-data", help="show prepared rows with the trained tokens marked, and rejected rows with why"
+    )
+    _add_config_args(p)
+    p.add_argument("--rows", type=_positive_int, default=5, metavar="N", help="rows to show (default: 5)")
+    p.add_argument("--split", default="train", metavar="S", help="train | validation | test (default: train)")
+    p.add_argument("--root", default=".", help="project root (default: the current directory)")
+    p.set_defaults(func=cmd_inspect_data)
 
     p = sub.add_parser("sample-data", help="write the built-in sample datasets (JSONL)")
     p.add_argument("--out", default="data/raw", help="output directory (default: data/raw)")

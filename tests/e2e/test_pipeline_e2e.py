@@ -75,6 +75,26 @@ def test_dvc_repro_runs_every_stage_then_nothing(
     assert float(progress[-1].data) == 100.0 and "step" in (progress[-1].description or "")
 
 
+def test_packing_and_the_custom_template_reach_every_output(project: Project, reproduced: dict[str, Any]):
+    """The module's project trains packed rows formatted by tests/e2e/e2e_chat.jinja (conftest.PARAMS):
+    the template formats the prepared data, and the adapter and the merged model carry it."""
+    from transformers import AutoTokenizer
+
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    template = (project.root / params["data"]["chat_template"]).read_text()
+    prepared = json.loads((project.root / params["data"]["output_dir"] / "manifest.json").read_text())
+    assert (
+        prepared["format"]["template"] == "chat_template" and prepared["format"]["chat_template"] == template
+    )
+    adapter = json.loads((project.root / params["train"]["output_dir"] / "manifest.json").read_text())
+    assert adapter["config"]["train"]["packing"] is True
+    for key in ("train", "export"):
+        saved = AutoTokenizer.from_pretrained(str(project.root / params[key]["output_dir"]))
+        assert saved.chat_template == template, key
+    shown = project.run("python", "-m", "peft_framework", "inspect-data", "params.yaml", "--rows", "1").stdout
+    assert "### User:" in shown and "### Assistant:\n⟦" in shown, shown
+
+
 def _pipeline(project: Project, summary: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     """`python -m flows.pipeline`; {stage: final state name} from its summary."""
     project.run("python", "-m", "flows.pipeline", "--summary-json", str(summary), env=env, timeout=900)

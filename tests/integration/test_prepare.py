@@ -90,7 +90,14 @@ def test_sample_instructions_prepare_with_every_row_accounted_for(project):
     }
     dump = config.to_dict()
     dump["data"].pop("num_proc")  # how many processes prepare uses does not change what it writes
-    assert manifest["config_sha256"] == canonical_json_sha256({"data": dump["data"], "model": dump["model"]})
+    # the data hash covers the config AND the content the config names: tokenizer files, chat template
+    content = {
+        "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+        "chat_template_sha256": manifest["format"]["chat_template_sha256"],
+    }
+    assert manifest["config_sha256"] == canonical_json_sha256(
+        {"data": dump["data"], "model": dump["model"], **content}
+    )
     assert manifest["rows"] == summary["rows"] and manifest["label_names"] is None
     assert manifest["format"]["template"] == "alpaca" and manifest["truncated"] == expected["truncated"]
 

@@ -17,6 +17,9 @@ DATA_FIELDS: dict[str, tuple[str, ...]] = {
 }
 """Canonical field names per `data.kind`: the keys `data.columns` may map to other column names."""
 
+CHAT_TEMPLATES: tuple[str, ...] = ("chatml", "llama-3", "mistral", "alpaca")
+"""Chat templates shipped with the framework (`data.chat_template: NAME`; files in models/chat_templates)."""
+
 
 class CleanConfig(Section):
     unicode_normalization: Literal["NFC", "NFKC", "none"] = Field(
@@ -133,7 +136,14 @@ class DataConfig(Section):
         "auto",
         description="Prompt format. instruction data: 'alpaca' (default for 'auto'), 'chat_template' (the "
         "tokenizer's), or 'plain' (instruction and input joined by newlines); chat data always uses the "
-        "tokenizer's chat template.",
+        "chat template. With data.chat_template set, 'auto' means 'chat_template'.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="The chat template for chat data and data.template chat_template: null (the tokenizer's "
+        f"own), a shipped one ({', '.join(CHAT_TEMPLATES)}), or a path to a .jinja file (relative to the "
+        "project root). Its text is hashed into the data, recorded in the prepared manifest and saved in "
+        "the adapter's and the exported model's tokenizer.",
     )
     train_on_responses_only: bool = Field(
         True, description="Labels -100 on prompt tokens (loss on responses only)."
@@ -179,6 +189,28 @@ class DataConfig(Section):
                 f"data.template: {self.template!r} cannot format chat data; "
                 "allowed for kind 'chat': auto, chat_template"
             )
+        problems += self._chat_template_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _chat_template_problems(self) -> list[str]:
+        value = self.chat_template
+        if value is None:
+            return []
+        allowed = f"null (the tokenizer's own), {', '.join(CHAT_TEMPLATES)}, or a path to a .jinja file"
+        if value not in CHAT_TEMPLATES and not value.endswith(".jinja"):
+            return [
+                f"data.chat_template: {value!r} is not a shipped template or a .jinja file; allowed: {allowed}"
+            ]
+        if self.kind in ("text", "classification"):
+            return [
+                f"data.chat_template: {value!r} is set but data.kind {self.kind!r} uses no chat template; "
+                "allowed: null"
+            ]
+        if self.template in ("alpaca", "plain"):
+            return [
+                f"data.chat_template: {value!r} is set but data.template is {self.template!r}, which does not "
+                "use it; allowed: data.template auto or chat_template, or data.chat_template null"
+            ]
+        return []

@@ -37,11 +37,14 @@ _GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
 
 
 def resolve_template(cfg: DataConfig) -> str:
-    """The template actually used: chat data always uses the chat template; text data uses none."""
+    """The template actually used: chat data always uses the chat template; text data uses none;
+    instruction data uses `data.chat_template` when one is set and `data.template` is auto."""
     if cfg.kind == "chat":
         return "chat_template"
     if cfg.kind == "instruction":
-        return "alpaca" if cfg.template == "auto" else cfg.template
+        if cfg.template == "auto":  # a chat template named in the config is the one to use
+            return "chat_template" if cfg.chat_template else "alpaca"
+        return cfg.template
     return "none"
 
 

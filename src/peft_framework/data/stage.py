@@ -34,6 +34,7 @@ from peft_framework.io import (
     write_json_atomic,
 )
 from peft_framework.locking import locked_stage
+from peft_framework.models.chat_template import apply_data_chat_template, template_sha256
 from peft_framework.paths import resolve
 from peft_framework.provenance import made_by, write_manifest
 
@@ -48,11 +49,20 @@ FORMAT_VERSION = 1
 _SAMPLE_CODE = ("samples.py", "sample_vocab.py")
 
 
-def config_sha256(config: Config) -> str:
-    """Hash of what the prepared data depends on in the config: the data and model sections."""
+def config_sha256(config: Config, content: dict[str, Any] | None = None) -> str:
+    """Hash of what the prepared data depends on in the config: the data and model sections, and `content`:
+    the hashes of what those name (the tokenizer's files, the chat template's text; `format_content`)."""
     dump = config.to_dict()
     dump["data"].pop("num_proc")  # how many processes, not what they produce
-    return canonical_json_sha256({"data": dump["data"], "model": dump["model"]})
+    return canonical_json_sha256({"data": dump["data"], "model": dump["model"], **(content or {})})
+
+
+def format_content(tokenizer_id: dict[str, Any], chat_template: str | None) -> dict[str, Any]:
+    """The content hashes that enter the data hash beside the config: tokenizer files, chat template."""
+    return {
+        "tokenizer_sha256": tokenizer_id["sha256"],
+        "chat_template_sha256": template_sha256(chat_template),
+    }
 
 
 def code_sha256() -> str:
@@ -222,10 +232,17 @@ def _failure(result: Stats, dc: DataConfig, counts: dict[str, int]) -> DataError
 
 
 def _manifest(
-    config: Config, result: Stats, tokenizer, inputs: dict, counts: dict, columns: list[str]
+    config: Config,
+    result: Stats,
+    tokenizer,
+    inputs: dict,
+    counts: dict,
+    columns: list[str],
+    tokenizer_id: dict,
 ) -> dict:
     """`manifest.json` of the prepared data: only what the data depends on, so re-runs are byte-identical."""
     dc = config.data
+    chat_template = tokenizer.chat_template if result.template == "chat_template" else None
     return {
         "created_by": CREATED_BY,
         "format_version": FORMAT_VERSION,
@@ -234,7 +251,7 @@ def _manifest(
         "label_names": result.label_names,
         "columns": columns,
         "inputs": inputs,
-        "config_sha256": config_sha256(config),
+        "config_sha256": config_sha256(config, format_content(tokenizer_id, chat_template)),
         "rows": counts,
         "truncated": result.truncated,
         "format": {
@@ -243,6 +260,9 @@ def _manifest(
             "add_eos": dc.add_eos,
             "train_on_responses_only": dc.train_on_responses_only,
             "prompt_add_special_tokens": result.prompt_add_special_tokens,
+            "chat_template_setting": dc.chat_template,
+            "chat_template_sha256": template_sha256(chat_template),
+            "chat_template": chat_template,
         },
         "tokenizer": {
             "name_or_path": config.model.name_or_path,
@@ -250,6 +270,10 @@ def _manifest(
             "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
+            "source": tokenizer_id["source"],
+            "commit": tokenizer_id["commit"],
+            "files": tokenizer_id["files"],
+            "sha256": tokenizer_id["sha256"],
         },
     }
 
@@ -264,6 +288,7 @@ def _source_hash(src: Source) -> str | None:
 def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """Run the prepare stage; returns a JSON-able summary (paths, hashes, counts)."""
     from peft_framework.models.loading import load_tokenizer
+    from peft_framework.models.tokenizer_identity import tokenizer_identity
 
     started = time.perf_counter()
     root = Path(root)
@@ -277,6 +302,8 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
     inputs_paths = [src.path for src in sources]
     check_output_dir(out_dir, "data.output_dir", root, inputs_paths)
     tokenizer = load_tokenizer(config.model)
+    tokenizer_id = tokenizer_identity(config.model, tokenizer, root)  # the files, before any change
+    apply_data_chat_template(tokenizer, dc, root)
     records = (rec for src in sources for rec in read_source(src, dc.hf_split, dc.hf_config))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with (
@@ -303,7 +330,9 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
             write_json_atomic(report_path, report)
             raise failure
 
-        manifest = _manifest(config, result, tokenizer, inputs, counts, splits["train"].column_names)
+        manifest = _manifest(
+            config, result, tokenizer, inputs, counts, splits["train"].column_names, tokenizer_id
+        )
         dataset = _dataset_dict(splits, manifest)
         with atomic_dir(out_dir, key="data.output_dir", root=root, inputs=inputs_paths) as tmp:
             dataset.save_to_disk(str(tmp))

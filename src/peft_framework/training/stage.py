@@ -60,6 +60,7 @@ def train(
 
 
 def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, Any]:
+    from peft_framework.models.chat_template import apply_prepared_chat_template
     from peft_framework.training.callbacks import make_mlflow_callback
     from peft_framework.training.collator import make_collator
     from peft_framework.training.loraplus import loraplus_setting
@@ -74,6 +75,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     is_main = args.process_index == 0  # touching args sets up the process group under torchrun
 
     model, tokenizer, method = _model_with_adapter(config, data.label_names)
+    apply_prepared_chat_template(tokenizer, config.data, data.manifest, root)  # saved with the adapter
     init = warm_start.load_init_adapter(model, method, config, root)  # train.init_adapter
     trainable, total = count_parameters(model)
     if trainable == 0:
