@@ -4,8 +4,8 @@
                                   [--manifest reports/promote_decision.json]
 
 Reads the work tree's eval.report_path and export.report_path (the evaluate and export stages' outputs) and
-writes the decision twice: `--metric`, numbers only for `dvc metrics show` / `dvc exp show` (`promote` 1/0,
-the metric's `gain` and `min_delta`, `parity_passed` when required), and `--manifest` with the rule-by-rule
+writes the decision twice: `--metric`, numbers only for `dvc metrics show` / `dvc exp show` (`promote` 1/0
+and the metric's `gain`), and `--manifest` with the rule-by-rule
 reasons and the rules. Both exist also when promotion is off (`promote: 0`), so the stage's outputs
 never vanish with a config change.
 
@@ -46,13 +46,12 @@ def _report(root: Path, rel: str, what: str) -> dict[str, Any]:
 
 
 def numbers(decision: dict[str, Any]) -> dict[str, float | int]:
-    """The decision as a numbers-only metric: promote 1/0, the metric check's gain and threshold, parity."""
+    """The decision as a numbers-only metric: promote 1/0 and the metric check's gain. Two columns only:
+    the threshold is a param (`dvc exp show` has it) and parity is in the export report."""
     out: dict[str, float | int] = {"promote": int(bool(decision["promote"]))}
     for check in decision["checks"]:
         if check["rule"] == "metric":
             out["gain"] = check["gain"]
-        elif check["rule"] == "parity":
-            out["parity_passed"] = int(bool(check["passed"]))
     return out
 
 
@@ -66,10 +65,7 @@ def run(root: Path, config_path: str, metric: str, manifest: str) -> dict[str, A
         if rules.require_parity:
             export_report = _report(root, config.export.report_path, "export.report_path")
     decision = decide(rules, eval_report, export_report)
-    values = numbers(decision)
-    if rules is not None:
-        values["min_delta"] = rules.min_delta
-    write_json_atomic(root / metric, values)
+    write_json_atomic(root / metric, numbers(decision))
     write_json_atomic(
         root / manifest,
         {
