@@ -44,6 +44,7 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
 
 
 def child_prepare(source: Path, work: Path, num_proc: int) -> float:
+    import peft_framework.models.loading  # noqa: F401  (imported before the clock, as the baseline's is)
     from peft_framework.config.schema import Config
     from peft_framework.data import prepare
 

@@ -165,6 +165,32 @@ def test_boundary_found_by_offsets_when_tokens_merge_across_the_seam():
     assert enc.labels == [IGNORE_INDEX, vocab["\na"], vocab["b"], vocab["</s>"]]
 
 
+def test_boundary_when_the_tokenizer_appends_an_end_token_and_the_response_starts_with_it():
+    """The prompt is tokenized a second time only where the full text has no token boundary at its end, or
+    where the prompt's own tokens (ending in the appended EOS) could be a longer prefix: both rows get the
+    boundary the rule "the prompt's own tokens if a prefix, else the offsets" gives."""
+    from tokenizers import processors
+
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<s>", "</s>", *sorted(set("Q\nab"))])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    rows = [
+        {"instruction": "Q", "input": "", "output": "ab"},
+        {"instruction": "Q", "input": "", "output": "</s>ab"},
+    ]
+    plain, eos_first = encode(tok, rows, template="plain")
+    q, nl, a, b = (vocab[c] for c in "Q\nab")
+    assert plain.input_ids == [1, q, nl, a, b, 2] and plain.labels == [IGNORE_INDEX] * 3 + [a, b, 2]
+    # the prompt's own tokens [<s>, Q, \n, </s>] are a prefix of the second row's: that rule decides there
+    assert tok("Q\n")["input_ids"] == [1, q, nl, 2]
+    assert eos_first.input_ids == [1, q, nl, 2, a, b, 2] and eos_first.prompt_tokens == 4
+
+
 def test_truncation_keeps_max_seq_len_tokens(tiny):
     (enc,) = encode(tiny, [{"instruction": "Echo.", "input": "", "output": "z" * 200}], max_seq_len=100)
     assert len(enc.input_ids) == 100 and enc.truncated and enc.n_tokens > 100

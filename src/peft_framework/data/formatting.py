@@ -3,7 +3,8 @@
 Labels are -100 on prompt tokens when `data.train_on_responses_only` is set. The prompt/response boundary
 is found on the tokenized *full* sequence (never by tokenizing the two halves apart, which changes tokens
 at the seam for most BPE tokenizers): the tokenized prompt must be a prefix of it, or else character
-offsets decide. Chat data uses the tokenizer's own chat template: with `{% generation %}` markers the
+offsets decide. With a fast tokenizer whose tokens of the full text have a boundary exactly at the prompt's
+end (the common case) both rules cut there, and the prompt is not tokenized a second time. Chat data uses the tokenizer's own chat template: with `{% generation %}` markers the
 template says which tokens are the assistant's; without them, each assistant turn's character span is
 found by rendering the conversation up to that turn.
 """
@@ -82,6 +83,7 @@ class Formatter:
         self.label_ids = {name: i for i, name in enumerate(label_names)}
         self.eos_id = tokenizer.eos_token_id
         self.is_fast = bool(getattr(tokenizer, "is_fast", False))
+        self._trailing_specials = _trailing_special_ids(tokenizer) if self.is_fast else []
         if cfg.kind != "classification" and cfg.add_eos and self.eos_id is None:
             raise DataError("data.add_eos: the tokenizer has no EOS token; set data.add_eos: false")
         self.generation_marks = False
@@ -122,23 +124,47 @@ class Formatter:
         if not pairs:
             return []
         fulls = [p + r for p, r in pairs]
+        # ids only: attention masks, type ids and offsets cost a Python object per token to convert
         full_enc = self.tok(
-            fulls, add_special_tokens=True, return_offsets_mapping=self.is_fast, verbose=False
+            fulls,
+            add_special_tokens=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
         )
-        prompt_enc = self.tok([p for p, _ in pairs], add_special_tokens=True, verbose=False)
+        all_ids = full_enc["input_ids"]
+        boundaries: list[int | None] = [None] * len(pairs)
+        if self.is_fast:
+            trailing = self._trailing_specials
+            for i, (encoding, (prompt, _)) in enumerate(zip(full_enc.encodings, pairs)):
+                cut = _clean_cut(encoding, len(prompt))
+                # the prompt alone ends with these tokens: if the response starts with their text, the
+                # prompt's own tokens are a longer prefix, and that rule decides
+                if cut is not None and not (trailing and all_ids[i][cut : cut + len(trailing)] == trailing):
+                    boundaries[i] = cut
+        unsure = [i for i, b in enumerate(boundaries) if b is None]
+        if unsure:  # no token boundary at the prompt's end (or a slow tokenizer): tokenize those prompts
+            prompts = self.tok(
+                [pairs[i][0] for i in unsure],
+                add_special_tokens=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )["input_ids"]
+            for i, prompt_ids in zip(unsure, prompts):
+                ids = all_ids[i]
+                if ids[: len(prompt_ids)] == prompt_ids:
+                    boundaries[i] = len(prompt_ids)
+                elif self.is_fast:
+                    boundaries[i] = _boundary_from_offsets(full_enc.encodings[i].offsets, len(pairs[i][0]))
+                else:  # slow tokenizer and the prompt's tokens change at the seam: tokenize the halves apart
+                    ids = list(prompt_ids) + self.tok(pairs[i][1], add_special_tokens=False)["input_ids"]
+                    all_ids[i] = ids
+                    boundaries[i] = len(prompt_ids)
         out: list[Encoded] = []
-        for i, (prompt, response) in enumerate(pairs):
-            ids = list(full_enc["input_ids"][i])
-            prompt_ids = prompt_enc["input_ids"][i]
-            if ids[: len(prompt_ids)] == prompt_ids:
-                boundary = len(prompt_ids)
-            elif self.is_fast:
-                boundary = _boundary_from_offsets(full_enc["offset_mapping"][i], len(prompt))
-            else:  # slow tokenizer and the prompt's tokens change at the seam: tokenize the halves apart
-                ids = list(prompt_ids) + self.tok(response, add_special_tokens=False)["input_ids"]
-                boundary = len(prompt_ids)
-            mask = [0] * boundary + [1] * (len(ids) - boundary)
-            out.append(self._finish(ids, mask, {"prompt": prompt, "response": response}))
+        for (prompt, response), ids, boundary in zip(pairs, all_ids, boundaries):
+            assert boundary is not None
+            out.append(self._finish_at(list(ids), boundary, {"prompt": prompt, "response": response}))
         return out
 
     # ------------------------------------------------------------------------------------------- chat
@@ -221,6 +247,22 @@ class Formatter:
             labels = list(ids)
         return Encoded(ids, labels, n_tokens, truncated, text, prompt_tokens)
 
+    def _finish_at(self, ids: list[int], boundary: int, text: dict[str, str]) -> Encoded:
+        """`_finish` for a mask of `boundary` prompt tokens and then only response tokens, without
+        building the mask (the same result)."""
+        if self.cfg.add_eos and self.eos_id not in ids[boundary:]:
+            ids = ids + [self.eos_id]
+        n_tokens = len(ids)
+        max_len = self.cfg.max_seq_len
+        truncated = n_tokens > max_len
+        ids = ids[:max_len]
+        prompt_tokens = boundary if boundary < len(ids) else n_tokens
+        if self.cfg.train_on_responses_only:
+            labels = [IGNORE_INDEX] * min(boundary, len(ids)) + ids[boundary:]
+        else:
+            labels = list(ids)
+        return Encoded(ids, labels, n_tokens, truncated, text, prompt_tokens)
+
     def no_response_problem(self, enc: Encoded) -> RowProblem | None:
         """A causal-LM row with no label left to train on (after truncation) is useless; say why."""
         if self.cfg.kind == "classification" or enc.labels.count(IGNORE_INDEX) < len(enc.labels):
@@ -272,3 +314,33 @@ def _boundary_from_offsets(offsets: Sequence[tuple[int, int]], prompt_chars: int
             break
         boundary += 1
     return boundary
+
+
+def _clean_cut(encoding, prompt_chars: int) -> int | None:
+    """The number of prompt tokens when the full text's tokens have a boundary exactly at the prompt's end,
+    else None (then the prompt is tokenized on its own, see the module docstring).
+
+    At such a boundary both rules agree: the prompt's own tokens, if they are a prefix of the full text's,
+    are exactly the tokens before it, and otherwise the offsets cut there. Tokenizers rarely merge across
+    the "\n" every template's prompt ends with, so this is the common case; it saves tokenizing every
+    prompt a second time."""
+    first = encoding.char_to_token(prompt_chars)
+    if first is None or encoding.token_to_chars(first)[0] != prompt_chars:
+        return None  # empty response, or a token that straddles the seam
+    if first > 0:
+        before = encoding.token_to_chars(first - 1)
+        if before is not None and before[1] > prompt_chars:
+            return None
+    return first
+
+
+def _trailing_special_ids(tokenizer) -> list[int]:
+    """The special tokens the tokenizer appends after a text (e.g. an EOS), from one probe."""
+    enc = tokenizer("a", add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False)
+    encoding = enc.encodings[0]
+    trailing: list[int] = []
+    for token_id, sequence in zip(reversed(encoding.ids), reversed(encoding.sequence_ids)):
+        if sequence is not None:
+            break
+        trailing.append(token_id)
+    return trailing[::-1]
