@@ -3,7 +3,8 @@ bf16, 8-bit and 4-bit, this project vs HuggingFace peft; step time of ours vs pe
 bf16 mixed precision.
 
     python bench/quantized_memory.py [--modes fp32,bf16,8bit,4bit] [--steps 3] [--time-steps 6]
-                                     [--threads 2] [--skip-time] [--json out.json]
+                                     [--time-model full|small] [--threads 2] [--skip-time]
+                                     [--skip-memory] [--json out.json]
 
 Model: Llama built from config (12 layers, hidden 768, intermediate 2048, 12 heads, vocab 8000: 97M
 parameters, 85M of them in the blocks' linear layers), saved once as an fp32 safetensors checkpoint and
@@ -28,6 +29,9 @@ what `train.precision: bf16` runs) and `bf16-weights` (model.dtype bfloat16, fp3
 ours / peft / floor (every weight frozen, no adapter, the embedding output requiring grad) run in one
 process, alternating step by step in a rotating order after 2 warm-up steps; medians, and the median of
 per-round ratios (the machine is shared: ratios measured in the same run are what to quote).
+`--time-model small` times train_throughput.py's model instead (6 layers, hidden 512, intermediate 1376,
+vocab 8000: 35M parameters) where a step of the ~100M model is too slow for enough rounds on a small CPU;
+the memory part always uses the ~100M model.
 """
 
 from __future__ import annotations
@@ -52,6 +56,21 @@ print = functools.partial(print, flush=True)  # noqa: A001 - progress shows whil
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 R, ALPHA = 16, 32
 BATCH, SEQ, VOCAB = 4, 128, 8000
+#: model shapes: "full" is the ~100M model of the memory part; "small" is bench/train_throughput.py's
+SIZES = {
+    "full": {
+        "hidden_size": 768,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+    },
+    "small": {
+        "hidden_size": 512,
+        "intermediate_size": 1376,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 8,
+    },
+}
 MODES = {
     "fp32": {"dtype": "float32"},
     "bf16": {"dtype": "bfloat16"},
@@ -60,19 +79,17 @@ MODES = {
 }
 
 
-def save_base(directory: Path) -> int:
+def save_base(directory: Path, size: str = "full") -> int:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
+    shape = SIZES[size]
     config = LlamaConfig(
         vocab_size=VOCAB,
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        num_key_value_heads=12,
+        num_key_value_heads=shape["num_attention_heads"],
         max_position_embeddings=256,
         tie_word_embeddings=False,
+        **shape,
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(str(directory))
@@ -233,6 +250,9 @@ def main() -> None:
     parser.add_argument("--modes", default="fp32,bf16,8bit,4bit")
     parser.add_argument("--steps", type=int, default=3, help="training steps per memory child")
     parser.add_argument("--time-steps", type=int, default=6, help="timed steps per variant")
+    parser.add_argument(
+        "--time-model", choices=sorted(SIZES), default="full", help="model the step-time part runs on"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
@@ -290,9 +310,15 @@ def main() -> None:
                     f"process peak {o['process_peak_mb'] / p['process_peak_mb']:.3f}"
                 )
         if not args.skip_time:
-            report["time"] = {}
+            report["time"] = {"model": args.time_model}
+            time_dir = directory
+            if args.time_model != "full":
+                time_dir = directory / args.time_model
+                n = save_base(time_dir, args.time_model)
+                report["time"]["parameters"] = n
+                print(f"step time on the {args.time_model} model: {n / 1e6:.1f}M parameters")
             for setup in ("autocast", "bf16-weights"):
-                r = step_times(directory, setup, args.time_steps)
+                r = step_times(time_dir, setup, args.time_steps)
                 report["time"][setup] = r
                 med, paired = r["median_s"], r["paired_ratio"]
                 print(
