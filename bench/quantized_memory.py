@@ -4,7 +4,7 @@ bf16 mixed precision.
 
     python bench/quantized_memory.py [--modes fp32,bf16,8bit,4bit] [--steps 3] [--time-steps 6]
                                      [--time-model full|small] [--threads 2] [--skip-time]
-                                     [--skip-memory] [--json out.json]
+                                     [--skip-memory] [--variants ours,peft] [--json out.json]
 
 Model: Llama built from config (12 layers, hidden 768, intermediate 2048, 12 heads, vocab 8000: 97M
 parameters, 85M of them in the blocks' linear layers), saved once as an fp32 safetensors checkpoint and
@@ -249,6 +249,7 @@ def main() -> None:
     )
     parser.add_argument("--modes", default="fp32,bf16,8bit,4bit")
     parser.add_argument("--steps", type=int, default=3, help="training steps per memory child")
+    parser.add_argument("--variants", default="ours,peft", help="memory part: which of ours,peft to run")
     parser.add_argument("--time-steps", type=int, default=6, help="timed steps per variant")
     parser.add_argument(
         "--time-model", choices=sorted(SIZES), default="full", help="model the step-time part runs on"
@@ -290,7 +291,7 @@ def main() -> None:
                 f"{'mode':6} {'variant':6} {'weights MB':>10} {'step peak +MB':>13} {'process peak MB':>15}"
             )
             for mode in args.modes.split(","):
-                for variant in ("ours", "peft"):
+                for variant in args.variants.split(","):
                     r = memory(directory, mode, variant, args.steps, args.threads)
                     report["memory"][f"{mode}:{variant}"] = r
                     print(
@@ -299,11 +300,11 @@ def main() -> None:
                     )
             m = report["memory"]
             modes = args.modes.split(",")
-            if "fp32" in modes:
+            if "fp32" in modes and "ours" in args.variants:
                 for mode in modes:
                     ratio = m[f"{mode}:ours"]["weights_mb"] / m["fp32:ours"]["weights_mb"]
                     print(f"weights {mode} / fp32: {ratio:.3f}")
-            for mode in modes:
+            for mode in modes if args.variants == "ours,peft" else ():
                 o, p = m[f"{mode}:ours"], m[f"{mode}:peft"]
                 print(
                     f"{mode}: ours/peft step peak growth {o['step_peak_growth_mb'] / p['step_peak_growth_mb']:.3f}, "
