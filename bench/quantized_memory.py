@@ -30,7 +30,7 @@ ours / peft / floor (every weight frozen, no adapter, the embedding output requi
 process, alternating step by step in a rotating order after 2 warm-up steps; medians, and the median of
 per-round ratios (the machine is shared: ratios measured in the same run are what to quote).
 `--time-model small` times train_throughput.py's model instead (6 layers, hidden 512, intermediate 1376,
-vocab 8000: 35M parameters) where a step of the ~100M model is too slow for enough rounds on a small CPU;
+vocab 8000: 27.2M parameters) where a step of the ~100M model is too slow for enough rounds on a small CPU;
 the memory part always uses the ~100M model.
 """
 
