@@ -4,7 +4,8 @@ bf16 mixed precision.
 
     python bench/quantized_memory.py [--modes fp32,bf16,8bit,4bit] [--steps 3] [--time-steps 6]
                                      [--time-model full|small] [--threads 2] [--skip-time]
-                                     [--skip-memory] [--variants ours,peft] [--json out.json]
+                                     [--skip-memory] [--variants ours,peft]
+                                     [--setups autocast,bf16-weights] [--json out.json]
 
 Model: Llama built from config (12 layers, hidden 768, intermediate 2048, 12 heads, vocab 8000: 97M
 parameters, 85M of them in the blocks' linear layers), saved once as an fp32 safetensors checkpoint and
@@ -235,6 +236,11 @@ def step_times(directory: Path, setup: str, steps: int, warmup: int = 2) -> dict
             t = steppers[v].step()
             if i >= warmup:
                 times[v].append(t)
+        if i >= warmup:  # progress, so that a run cut short on a loaded machine still leaves its rounds
+            print(
+                f"  {setup} round {i - warmup + 1}: "
+                + ", ".join(f"{v} {times[v][-1] * 1e3:.0f} ms" for v in names)
+            )
     med = {v: statistics.median(ts) for v, ts in times.items()}
     paired = {
         f"{a}/{b}": statistics.median(x / y for x, y in zip(times[a], times[b]))
@@ -254,6 +260,7 @@ def main() -> None:
     parser.add_argument(
         "--time-model", choices=sorted(SIZES), default="full", help="model the step-time part runs on"
     )
+    parser.add_argument("--setups", default="autocast,bf16-weights", help="step-time set-ups to run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
@@ -318,7 +325,7 @@ def main() -> None:
                 n = save_base(time_dir, args.time_model)
                 report["time"]["parameters"] = n
                 print(f"step time on the {args.time_model} model: {n / 1e6:.1f}M parameters")
-            for setup in ("autocast", "bf16-weights"):
+            for setup in args.setups.split(","):
                 r = step_times(time_dir, setup, args.time_steps)
                 report["time"][setup] = r
                 med, paired = r["median_s"], r["paired_ratio"]
