@@ -290,8 +290,9 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="bench-qlora-") as tmp:
         directory = Path(tmp)
-        report["parameters"] = save_base(directory)
-        print(f"model: {report['parameters'] / 1e6:.1f}M parameters; load average {report['load_before']}")
+        if not args.skip_memory or (not args.skip_time and args.time_model == "full"):
+            report["parameters"] = save_base(directory)
+            print(f"model: {report['parameters'] / 1e6:.1f}M parameters; load {report['load_before']}")
         if not args.skip_memory:
             report["memory"] = {}
             print(
