@@ -3,7 +3,9 @@ bf16, 8-bit and 4-bit, this project vs HuggingFace peft; step time of ours vs pe
 bf16 mixed precision.
 
     python bench/quantized_memory.py [--modes fp32,bf16,8bit,4bit] [--steps 3] [--time-steps 6]
-                                     [--threads 2] [--skip-time] [--json out.json]
+                                     [--time-model full|small] [--threads 2] [--skip-time]
+                                     [--skip-memory] [--variants ours,peft]
+                                     [--setups autocast,bf16-weights] [--json out.json]
 
 Model: Llama built from config (12 layers, hidden 768, intermediate 2048, 12 heads, vocab 8000: 97M
 parameters, 85M of them in the blocks' linear layers), saved once as an fp32 safetensors checkpoint and
@@ -28,6 +30,9 @@ what `train.precision: bf16` runs) and `bf16-weights` (model.dtype bfloat16, fp3
 ours / peft / floor (every weight frozen, no adapter, the embedding output requiring grad) run in one
 process, alternating step by step in a rotating order after 2 warm-up steps; medians, and the median of
 per-round ratios (the machine is shared: ratios measured in the same run are what to quote).
+`--time-model small` times train_throughput.py's model instead (6 layers, hidden 512, intermediate 1376,
+vocab 8000: 27.2M parameters) where a step of the ~100M model is too slow for enough rounds on a small CPU;
+the memory part always uses the ~100M model.
 """
 
 from __future__ import annotations
@@ -52,6 +57,21 @@ print = functools.partial(print, flush=True)  # noqa: A001 - progress shows whil
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 R, ALPHA = 16, 32
 BATCH, SEQ, VOCAB = 4, 128, 8000
+#: model shapes: "full" is the ~100M model of the memory part; "small" is bench/train_throughput.py's
+SIZES = {
+    "full": {
+        "hidden_size": 768,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+    },
+    "small": {
+        "hidden_size": 512,
+        "intermediate_size": 1376,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 8,
+    },
+}
 MODES = {
     "fp32": {"dtype": "float32"},
     "bf16": {"dtype": "bfloat16"},
@@ -60,19 +80,17 @@ MODES = {
 }
 
 
-def save_base(directory: Path) -> int:
+def save_base(directory: Path, size: str = "full") -> int:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
+    shape = SIZES[size]
     config = LlamaConfig(
         vocab_size=VOCAB,
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        num_key_value_heads=12,
+        num_key_value_heads=shape["num_attention_heads"],
         max_position_embeddings=256,
         tie_word_embeddings=False,
+        **shape,
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(str(directory))
@@ -218,6 +236,11 @@ def step_times(directory: Path, setup: str, steps: int, warmup: int = 2) -> dict
             t = steppers[v].step()
             if i >= warmup:
                 times[v].append(t)
+        if i >= warmup:  # progress, so that a run cut short on a loaded machine still leaves its rounds
+            print(
+                f"  {setup} round {i - warmup + 1}: "
+                + ", ".join(f"{v} {times[v][-1] * 1e3:.0f} ms" for v in names)
+            )
     med = {v: statistics.median(ts) for v, ts in times.items()}
     paired = {
         f"{a}/{b}": statistics.median(x / y for x, y in zip(times[a], times[b]))
@@ -232,7 +255,12 @@ def main() -> None:
     )
     parser.add_argument("--modes", default="fp32,bf16,8bit,4bit")
     parser.add_argument("--steps", type=int, default=3, help="training steps per memory child")
+    parser.add_argument("--variants", default="ours,peft", help="memory part: which of ours,peft to run")
     parser.add_argument("--time-steps", type=int, default=6, help="timed steps per variant")
+    parser.add_argument(
+        "--time-model", choices=sorted(SIZES), default="full", help="model the step-time part runs on"
+    )
+    parser.add_argument("--setups", default="autocast,bf16-weights", help="step-time set-ups to run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
@@ -262,15 +290,16 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="bench-qlora-") as tmp:
         directory = Path(tmp)
-        report["parameters"] = save_base(directory)
-        print(f"model: {report['parameters'] / 1e6:.1f}M parameters; load average {report['load_before']}")
+        if not args.skip_memory or (not args.skip_time and args.time_model == "full"):
+            report["parameters"] = save_base(directory)
+            print(f"model: {report['parameters'] / 1e6:.1f}M parameters; load {report['load_before']}")
         if not args.skip_memory:
             report["memory"] = {}
             print(
                 f"{'mode':6} {'variant':6} {'weights MB':>10} {'step peak +MB':>13} {'process peak MB':>15}"
             )
             for mode in args.modes.split(","):
-                for variant in ("ours", "peft"):
+                for variant in args.variants.split(","):
                     r = memory(directory, mode, variant, args.steps, args.threads)
                     report["memory"][f"{mode}:{variant}"] = r
                     print(
@@ -279,20 +308,26 @@ def main() -> None:
                     )
             m = report["memory"]
             modes = args.modes.split(",")
-            if "fp32" in modes:
+            if "fp32" in modes and "ours" in args.variants:
                 for mode in modes:
                     ratio = m[f"{mode}:ours"]["weights_mb"] / m["fp32:ours"]["weights_mb"]
                     print(f"weights {mode} / fp32: {ratio:.3f}")
-            for mode in modes:
+            for mode in modes if args.variants == "ours,peft" else ():
                 o, p = m[f"{mode}:ours"], m[f"{mode}:peft"]
                 print(
                     f"{mode}: ours/peft step peak growth {o['step_peak_growth_mb'] / p['step_peak_growth_mb']:.3f}, "
                     f"process peak {o['process_peak_mb'] / p['process_peak_mb']:.3f}"
                 )
         if not args.skip_time:
-            report["time"] = {}
-            for setup in ("autocast", "bf16-weights"):
-                r = step_times(directory, setup, args.time_steps)
+            report["time"] = {"model": args.time_model}
+            time_dir = directory
+            if args.time_model != "full":
+                time_dir = directory / args.time_model
+                n = save_base(time_dir, args.time_model)
+                report["time"]["parameters"] = n
+                print(f"step time on the {args.time_model} model: {n / 1e6:.1f}M parameters")
+            for setup in args.setups.split(","):
+                r = step_times(time_dir, setup, args.time_steps)
                 report["time"][setup] = r
                 med, paired = r["median_s"], r["paired_ratio"]
                 print(

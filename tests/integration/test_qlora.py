@@ -96,6 +96,24 @@ def test_our_adapter_equals_peft_on_the_same_quantized_base(bits: int, adapter_t
     assert all(p.dtype == torch.float32 for p in ours.parameters() if p.requires_grad)
 
 
+def test_the_fused_path_steps_aside_on_a_quantized_base_and_says_why_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from peft_framework.adapters.lora import fast
+
+    model = load_base_model(FOUR_BIT)
+    get_adapter("lora").inject(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    fast._REPORTED.clear()
+    with caplog.at_level(logging.DEBUG, logger=fast.__name__), torch.no_grad():
+        for _ in range(2):
+            model(IDS)
+    lines = [r.getMessage() for r in caplog.records if r.name == fast.__name__]
+    # four wrapped layers, two forwards: one line, naming the base's type
+    assert len(lines) == 1 and "Linear4bit" in lines[0], lines
+
+
 def test_nothing_merges_into_a_quantized_weight() -> None:
     model = load_base_model(FOUR_BIT)
     method = get_adapter("lora")
