@@ -207,3 +207,14 @@ def test_training_gradients_equal_peft_in_mixed_precision(weights, autocast) -> 
     flat_ours = torch.cat([our_grads[n].flatten() for n in sorted(our_grads)])
     flat_theirs = torch.cat([their_grads[n].flatten() for n in sorted(their_grads)])
     assert float(torch.nn.functional.cosine_similarity(flat_ours, flat_theirs, dim=0)) > 0.999
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+def test_half_input_grad_equals_the_half_gemm(dtype: torch.dtype) -> None:
+    """The base's input gradient, in fp32 where the CPU only emulates half GEMMs: the same product as
+    torch's half-precision mm (both accumulate in fp32 and round once), in the input's dtype."""
+    torch.manual_seed(0)
+    g, w = torch.randn(64, 48).to(dtype), torch.randn(48, 40).to(dtype)
+    got, want = fast.half_input_grad(g, w), torch.mm(g, w)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), want.float(), rtol=REL[dtype], atol=REL[dtype])

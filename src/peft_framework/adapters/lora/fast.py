@@ -288,6 +288,31 @@ class LoraLinearFunction(torch.autograd.Function):
         return dx, dxb, None, dbias, da, db, None, None
 
 
+def _native_half_gemm(dtype: torch.dtype) -> bool:
+    """Whether this CPU multiplies `dtype` matrices natively (AVX512-BF16 / AMX) rather than emulating."""
+    cpu = torch.cpu
+    if dtype == torch.bfloat16:
+        return cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
+    return cpu._is_amx_fp16_supported()
+
+
+_NATIVE_HALF_GEMM = {dtype: _native_half_gemm(dtype) for dtype in (torch.bfloat16, torch.float16)}
+
+
+def half_input_grad(g2: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`g2 @ w` for a frozen half-precision base: the input gradient, w in the weight's (out, in) layout.
+
+    On a CPU without native bf16/fp16 GEMM (e.g. AVX2), torch's half-precision mm in this layout is ~20x
+    slower than fp32 (bench/README.md, "Quantized bases and mixed precision": 940 vs 55 ms for 512 x 1376
+    by 1376 x 512 with the casts, 2 threads); autograd's own `linear` backward pays it for every frozen
+    layer. The fp32 product of the same half-precision values rounded once is what a half GEMM with fp32
+    accumulation returns (up to summation order), so there the product runs in fp32.
+    """
+    if g2.device.type == "cpu" and not _NATIVE_HALF_GEMM.get(g2.dtype, True):
+        return torch.mm(g2.float(), w.float()).to(g2.dtype)
+    return torch.mm(g2, w)
+
+
 class LoraLinearMixedFunction(torch.autograd.Function):
     """Half-precision base (x, W, b in fp16/bf16), fp32 adapter, no autocast, in peft's cast order:
 
@@ -342,7 +367,7 @@ class LoraLinearMixedFunction(torch.autograd.Function):
         if need_a:
             da = torch.mm(dh.t(), kept_x.to(lora_a.dtype))
         if need_x:
-            dx = torch.mm(g2, weight.t() if fan else weight)  # the base's share, half precision
+            dx = half_input_grad(g2, weight.t() if fan else weight)  # the base's share, half precision
             if not ctx.has_branch_input:
                 dx.add_(torch.mm(dh, lora_a))  # + the branch's, fp32, rounded once into dx
             dx = dx.view(shape)
