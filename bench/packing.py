@@ -1,6 +1,6 @@
 """train.packing vs padded batches on a long tail of row lengths: non-padding tokens per second.
 
-    python bench/packing.py [--rows 48] [--batch 8] [--max-seq-len 1024] [--pack-batch 1] [--threads 2]
+    python bench/packing.py [--rows 128] [--batch 8] [--max-seq-len 1024] [--pack-batch BATCH] [--threads 2]
 
 Rows: lengths drawn lognormal (median 64 tokens, sigma 1.0), capped at 1024, random token ids, the first
 quarter of each row masked out of the loss as a prompt. Model: a tiny Llama (hidden 512, 4 layers, see
@@ -8,7 +8,8 @@ BENCH_MODEL) with LoRA r=8 on q/v (this project's LoRA), AdamW; one training ste
 optimizer step. The SAME `--rows` rows go through both variants once (one epoch): padded = batches of
 `--batch` consecutive rows padded to the longest (`PadCollator`); packed = the rows packed across the epoch
 by `train.packing`'s packer (training/packing.py, best-fit decreasing into `--max-seq-len` tokens) and
-batched `--pack-batch` packs a step (`make_collator(True, ...)`). Steps of the two variants alternate
+batched `--pack-batch` packs a step (default `--batch`: train.batch_size counts packs when packing; the
+shorter packs of a batch padded with a segment of their own, `make_collator(True, ...)`). Steps of the two variants alternate
 (so machine load hits both alike); one untimed warm-up step each first. Prints each variant's steps, time
 and real (non-padding) tokens per second over the same rows, and the ratio.
 """
@@ -74,12 +75,13 @@ def main() -> None:
     from peft_framework.training.packing import pack_split
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=48)
+    ap.add_argument("--rows", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-seq-len", type=int, default=1024)
-    ap.add_argument("--pack-batch", type=int, default=1)
+    ap.add_argument("--pack-batch", type=int, default=None, help="packs per step (default: --batch)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    args.pack_batch = args.pack_batch or args.batch
     torch.set_num_threads(args.threads)
 
     data = rows(args.rows)
