@@ -63,9 +63,10 @@ class TrainConfig(Section):
     )
     packing: bool = Field(
         False,
-        description="causal_lm: each batch is one padding-free sequence (transformers' "
-        "DataCollatorWithFlattening): position_ids restart per row, so attention stays within each row "
-        "(block-diagonal) and the loss covers the same tokens as padded batches.",
+        description="causal_lm: the train split is packed across the epoch (best-fit decreasing) into "
+        "sequences of at most data.max_seq_len tokens; position_ids restart per row, so attention stays "
+        "within each row (block-diagonal) and the loss covers the same tokens as padded batches. The steps "
+        "per epoch count packs, not rows; the validation split stays unpacked.",
     )
     group_by_length: bool = Field(
         False, description="Batch rows of similar length together (less padding; Trainer's group_by_length)."

@@ -71,8 +71,36 @@ class FlatteningCollator:
         return {**self._flatten(features), "use_cache": False}
 
 
-def make_collator(packing: bool, task: str, pad_token_id: int) -> PadCollator | FlatteningCollator:
-    """The training collator: padded batches, or with `train.packing` one flattened sequence per batch.
+class PackCollator:
+    """Batches of packs (rows with position_ids, from training/packing.py) as `(batch, longest)` tensors.
+
+    A shorter pack is filled up by a padding segment that is a sequence of its own (pad tokens,
+    position_ids restarting at 0, labels -100), so no attention mask is needed and no real token attends
+    to padding. Plain rows (the validation split stays unpacked) are flattened as `FlatteningCollator`."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+        self._flatten = FlatteningCollator()
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if "position_ids" not in features[0]:
+            return self._flatten(features)
+        length = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), length), IGNORE_INDEX, dtype=torch.long)
+        pos = torch.zeros((len(features), length), dtype=torch.long)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            labels[i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
+            pos[i, :n] = torch.as_tensor(f["position_ids"], dtype=torch.long)
+            pos[i, n:] = torch.arange(length - n)
+        return {"input_ids": ids, "labels": labels, "position_ids": pos, "use_cache": False}
+
+
+def make_collator(packing: bool, task: str, pad_token_id: int) -> PadCollator | PackCollator:
+    """The training collator: padded batches, or with `train.packing` batches of packs (the train split
+    is packed across the epoch by training/packing.py; plain rows, as in validation, are flattened).
 
     Flattened: the rows are concatenated, position_ids restart at each row and each row's first label is
     -100. With no attention mask, transformers' masking turns restarting position_ids into a
@@ -87,4 +115,4 @@ def make_collator(packing: bool, task: str, pad_token_id: int) -> PadCollator | 
             f"train.packing: true does not fit model.task {task!r}",
             ["train.packing: allowed only with causal_lm"],
         )
-    return FlatteningCollator()
+    return PackCollator(pad_token_id)

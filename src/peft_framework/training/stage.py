@@ -64,6 +64,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     from peft_framework.training.callbacks import make_mlflow_callback
     from peft_framework.training.collator import make_collator
     from peft_framework.training.loraplus import loraplus_setting
+    from peft_framework.training.packing import pack_prepared
     from peft_framework.training.trainer import AdapterTrainer
 
     started = time.perf_counter()
@@ -71,6 +72,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     out_dir, checkpoint_dir, metrics_dir = _directories(tc, root)
     use_dvclive = _use_dvclive(tc)
     data = load_prepared(config, root)
+    data, packing = pack_prepared(data, config)  # train.packing: the train split packed across the epoch
     args, plan, hardware = _arguments(tc, data, checkpoint_dir)
     is_main = args.process_index == 0  # touching args sets up the process group under torchrun
 
@@ -137,6 +139,8 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         manifest["run_lineage"] = run["lineage"]  # raising train.epochs later: training/extend.py
         if init is not None:
             manifest["init_adapter"] = init
+        if packing is not None:
+            manifest["packing"] = packing
         write_output(out_dir, unwrapped, method, config, tokenizer, history, manifest)
         summary["adapter_sha256"] = manifest["adapter"]["sha256"]
         summary["manifest_path"] = str(out_dir / MANIFEST)
