@@ -11,6 +11,11 @@ of JSON each. Variants, each in a fresh subprocess (peak RSS = the largest proce
 - **baseline**: `load_dataset("json")` -> batched `map` formatting the same Alpaca prompt and tokenizing
   prompt + response with the same tokenizer (truncated to max_seq_len) -> `save_to_disk`.
 Both use `data.num_proc` / `num_proc` = --num-proc.
+
+Memory is reported two ways. `peak_rss_gb` is `ru_maxrss`: it counts the memory-mapped Arrow pages the
+process touched (file-backed page cache the kernel can drop), so it grows with the data even when the heap
+does not. `peak_anon_gb` is the heap: the parent samples `RssAnon` (and `RssFile`) from /proc/<pid>/status
+of the child and all its descendants every 0.2 s and keeps the largest sum seen.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -80,13 +86,63 @@ def child_baseline(source: Path, work: Path, num_proc: int) -> float:
     return time.perf_counter() - started
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (workers of num_proc), from /proc/<pid>/task/*/children."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def _rss_kb(pids: list[int]) -> tuple[int, int]:
+    """Summed RssAnon and RssFile (kB) of `pids`; processes that ended in between are skipped."""
+    anon = file = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    anon += int(line.split()[1])
+                elif line.startswith("RssFile:"):
+                    file += int(line.split()[1])
+        except OSError:
+            pass
+    return anon, file
+
+
 def run_child(variant: str, source: Path, num_proc: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as work:
         cmd = [sys.executable, __file__, "--child", variant, "--source", str(source), "--work", work]
         cmd += ["--num-proc", str(num_proc)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ})
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"seconds": round(got["seconds"], 1), "peak_rss_gb": round(got["peak_kb"] / 2**20, 2)}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ})
+        peak = {"anon": 0, "file": 0}
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                anon, file = _rss_kb(_tree(proc.pid))
+                peak["anon"], peak["file"] = max(peak["anon"], anon), max(peak["file"], file)
+                done.wait(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        stdout, _ = proc.communicate()
+        done.set()
+        sampler.join()
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+    got = json.loads(stdout.strip().splitlines()[-1])
+    return {
+        "seconds": round(got["seconds"], 1),
+        "peak_rss_gb": round(got["peak_kb"] / 2**20, 2),
+        "peak_anon_gb": round(peak["anon"] / 2**20, 3),
+        "peak_file_gb": round(peak["file"] / 2**20, 2),
+    }
 
 
 def main() -> None:
@@ -116,12 +172,13 @@ def main() -> None:
             entry = {"rows": rows, "mb": round(source.stat().st_size / 1e6, 1)}
             for variant in ("baseline", "prepare"):
                 entry[variant] = run_child(variant, source, args.num_proc)
+                print(json.dumps({"rows": rows, variant: entry[variant]}), file=sys.stderr, flush=True)
             entry["time_ratio"] = round(entry["prepare"]["seconds"] / entry["baseline"]["seconds"], 2)
             print(json.dumps(entry), flush=True)
             results.append(entry)
             source.unlink()
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+            if args.json:  # after each size, so a long run that is stopped keeps what it finished
+                Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
