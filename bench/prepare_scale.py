@@ -115,7 +115,7 @@ def _rss_kb(pids: list[int]) -> tuple[int, int]:
     return anon, file
 
 
-def run_child(variant: str, source: Path, num_proc: int) -> dict:
+def run_child(variant: str, source: Path, num_proc: int, log_every: float = 0.0) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as work:
         cmd = [sys.executable, __file__, "--child", variant, "--source", str(source), "--work", work]
         cmd += ["--num-proc", str(num_proc)]
@@ -124,9 +124,18 @@ def run_child(variant: str, source: Path, num_proc: int) -> dict:
         done = threading.Event()
 
         def sample() -> None:
+            started = last = time.monotonic()
             while not done.is_set():
                 anon, file = _rss_kb(_tree(proc.pid))
                 peak["anon"], peak["file"] = max(peak["anon"], anon), max(peak["file"], file)
+                if log_every and time.monotonic() - last >= log_every:  # the heap over a long run
+                    last = time.monotonic()
+                    t = round(last - started)
+                    print(
+                        f"[{variant} t={t}s] RssAnon {anon / 2**20:.3f} GB, RssFile {file / 2**20:.2f} GB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 done.wait(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -150,6 +159,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000])
     ap.add_argument("--num-proc", type=int, default=1)
     ap.add_argument("--json")
+    ap.add_argument("--variants", nargs="+", choices=["baseline", "prepare"], default=["baseline", "prepare"])
+    ap.add_argument("--log-every", type=float, default=0.0, help="seconds between RssAnon lines on stderr")
     ap.add_argument("--child", choices=["prepare", "baseline"])
     ap.add_argument("--source")
     ap.add_argument("--work")
@@ -170,10 +181,11 @@ def main() -> None:
             source = Path(tmp) / f"rows-{rows}.jsonl"
             generate(source, rows)
             entry = {"rows": rows, "mb": round(source.stat().st_size / 1e6, 1)}
-            for variant in ("baseline", "prepare"):
-                entry[variant] = run_child(variant, source, args.num_proc)
+            for variant in args.variants:
+                entry[variant] = run_child(variant, source, args.num_proc, args.log_every)
                 print(json.dumps({"rows": rows, variant: entry[variant]}), file=sys.stderr, flush=True)
-            entry["time_ratio"] = round(entry["prepare"]["seconds"] / entry["baseline"]["seconds"], 2)
+            if len(entry) == 4:
+                entry["time_ratio"] = round(entry["prepare"]["seconds"] / entry["baseline"]["seconds"], 2)
             print(json.dumps(entry), flush=True)
             results.append(entry)
             source.unlink()
