@@ -11,6 +11,11 @@ of JSON each. Variants, each in a fresh subprocess (peak RSS = the largest proce
 - **baseline**: `load_dataset("json")` -> batched `map` formatting the same Alpaca prompt and tokenizing
   prompt + response with the same tokenizer (truncated to max_seq_len) -> `save_to_disk`.
 Both use `data.num_proc` / `num_proc` = --num-proc.
+
+Memory is reported two ways. `peak_rss_gb` is `ru_maxrss`: it counts the memory-mapped Arrow pages the
+process touched (file-backed page cache the kernel can drop), so it grows with the data even when the heap
+does not. `peak_anon_gb` is the heap: the parent samples `RssAnon` (and `RssFile`) from /proc/<pid>/status
+of the child and all its descendants every 0.2 s and keeps the largest sum seen.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -80,13 +86,72 @@ def child_baseline(source: Path, work: Path, num_proc: int) -> float:
     return time.perf_counter() - started
 
 
-def run_child(variant: str, source: Path, num_proc: int) -> dict:
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (workers of num_proc), from /proc/<pid>/task/*/children."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def _rss_kb(pids: list[int]) -> tuple[int, int]:
+    """Summed RssAnon and RssFile (kB) of `pids`; processes that ended in between are skipped."""
+    anon = file = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    anon += int(line.split()[1])
+                elif line.startswith("RssFile:"):
+                    file += int(line.split()[1])
+        except OSError:
+            pass
+    return anon, file
+
+
+def run_child(variant: str, source: Path, num_proc: int, log_every: float = 0.0) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as work:
         cmd = [sys.executable, __file__, "--child", variant, "--source", str(source), "--work", work]
         cmd += ["--num-proc", str(num_proc)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ})
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"seconds": round(got["seconds"], 1), "peak_rss_gb": round(got["peak_kb"] / 2**20, 2)}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ})
+        peak = {"anon": 0, "file": 0}
+        done = threading.Event()
+
+        def sample() -> None:
+            started = last = time.monotonic()
+            while not done.is_set():
+                anon, file = _rss_kb(_tree(proc.pid))
+                peak["anon"], peak["file"] = max(peak["anon"], anon), max(peak["file"], file)
+                if log_every and time.monotonic() - last >= log_every:  # the heap over a long run
+                    last = time.monotonic()
+                    t = round(last - started)
+                    print(
+                        f"[{variant} t={t}s] RssAnon {anon / 2**20:.3f} GB, RssFile {file / 2**20:.2f} GB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                done.wait(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        stdout, _ = proc.communicate()
+        done.set()
+        sampler.join()
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+    got = json.loads(stdout.strip().splitlines()[-1])
+    return {
+        "seconds": round(got["seconds"], 1),
+        "peak_rss_gb": round(got["peak_kb"] / 2**20, 2),
+        "peak_anon_gb": round(peak["anon"] / 2**20, 3),
+        "peak_file_gb": round(peak["file"] / 2**20, 2),
+    }
 
 
 def main() -> None:
@@ -94,6 +159,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000])
     ap.add_argument("--num-proc", type=int, default=1)
     ap.add_argument("--json")
+    ap.add_argument("--variants", nargs="+", choices=["baseline", "prepare"], default=["baseline", "prepare"])
+    ap.add_argument("--log-every", type=float, default=0.0, help="seconds between RssAnon lines on stderr")
     ap.add_argument("--child", choices=["prepare", "baseline"])
     ap.add_argument("--source")
     ap.add_argument("--work")
@@ -114,14 +181,16 @@ def main() -> None:
             source = Path(tmp) / f"rows-{rows}.jsonl"
             generate(source, rows)
             entry = {"rows": rows, "mb": round(source.stat().st_size / 1e6, 1)}
-            for variant in ("baseline", "prepare"):
-                entry[variant] = run_child(variant, source, args.num_proc)
-            entry["time_ratio"] = round(entry["prepare"]["seconds"] / entry["baseline"]["seconds"], 2)
+            for variant in args.variants:
+                entry[variant] = run_child(variant, source, args.num_proc, args.log_every)
+                print(json.dumps({"rows": rows, variant: entry[variant]}), file=sys.stderr, flush=True)
+            if len(entry) == 4:
+                entry["time_ratio"] = round(entry["prepare"]["seconds"] / entry["baseline"]["seconds"], 2)
             print(json.dumps(entry), flush=True)
             results.append(entry)
             source.unlink()
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+            if args.json:  # after each size, so a long run that is stopped keeps what it finished
+                Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
