@@ -302,10 +302,9 @@ _NATIVE_HALF_GEMM = {dtype: _native_half_gemm(dtype) for dtype in (torch.bfloat1
 def half_input_grad(g2: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """`g2 @ w` for a frozen half-precision base: the input gradient, w in the weight's (out, in) layout.
 
-    On a CPU without native bf16/fp16 GEMM (e.g. AVX2), torch's half-precision mm in this layout is ~20x
-    slower than fp32 (bench/README.md, "Quantized bases and mixed precision": 940 vs 55 ms for 512 x 1376
-    by 1376 x 512 with the casts, 2 threads); autograd's own `linear` backward pays it for every frozen
-    layer. The fp32 product of the same half-precision values rounded once is what a half GEMM with fp32
+    On a CPU without native bf16/fp16 GEMM (e.g. AVX2), torch's half-precision mm in this layout is over
+    10x slower than fp32 with the casts (`python bench/half_gemm.py`; figures in bench/README.md);
+    autograd's own `linear` backward pays it for every frozen layer. The fp32 product of the same half-precision values rounded once is what a half GEMM with fp32
     accumulation returns (up to summation order), so there the product runs in fp32.
     """
     if g2.device.type == "cpu" and not _NATIVE_HALF_GEMM.get(g2.dtype, True):
