@@ -14,9 +14,11 @@ from typing import Any
 
 import flows  # noqa: F401  # isort: skip -- applies the project's Prefect settings before Prefect is imported
 
-if __name__ == "__main__":  # the command: the local Prefect API boots while this process imports Prefect
+if __name__ == "__main__":  # the command: in the warm runner if one serves (tasks/warm.py), else here,
+    from tasks import warm  # with the local Prefect API booting while this process imports Prefect
     from tasks.local_api import prestart
 
+    warm.forward("flows.stage")
     prestart()
 
 from prefect import flow  # noqa: E402

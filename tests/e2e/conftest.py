@@ -29,6 +29,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     yield project
     # runs without PREFECT_API_URL started the project's local Prefect API (tasks/local_api.py): stop it
     project.run("python", "-m", "tasks.local_api", "stop", check=False)
+    project.run("python", "-m", "tasks.warm", "stop", check=False)  # and its warm runners (tasks/warm.py)
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,8 @@ def base_env(root: Path) -> dict[str, str]:
         TOKENIZERS_PARALLELISM="false",
         OMP_NUM_THREADS="1",
         PYTHONHASHSEED="0",
+        # pipeline commands share a warm runner (tasks/warm.py); a test's runners go soon after it
+        PEFT_WARM_IDLE_SECONDS="60",
         # Hermetic Prefect: the project's own PREFECT_HOME (prefect.toml), never the user's profiles.
         PREFECT_PROFILES_PATH=str(root / ".prefect" / "profiles.toml"),
         GIT_AUTHOR_NAME="e2e",

@@ -1,0 +1,521 @@
+"""A warm runner for the pipeline commands: Python, Prefect and the ML stack imported once, reused by
+every `python -m flows.stage` / `python -m flows.pipeline` that follows.
+
+A stage's own work on the demo takes seconds; starting the process that does it took as long again:
+Python, importing Prefect (~2.5 s CPU) and torch/transformers/datasets (~5-8 s), once per `dvc repro`
+stage. Here the first pipeline command spawns a small detached runner that imports all of that once and
+then waits on a Unix socket. Each pipeline command becomes a thin client (standard library only): it
+sends its arguments, working directory and environment and passes its own stdin/stdout/stderr (the file
+descriptors themselves, `SCM_RIGHTS`); the runner forks, and the forked child (a fresh process with
+everything already imported, copy-on-write) runs the command as `python -m` would, writing straight to
+the client's terminal or pipes. The client forwards SIGINT/SIGTERM/SIGHUP to the child and exits with
+its exit code; a child whose client dies is terminated. Like a fork server (multiprocessing's
+`forkserver`, Android's zygote), with one runner per code version and environment.
+
+What cannot go stale: the runner is keyed on the interpreter, the working directory, `sys.path` (with the
+modification times of its directories, which change when packages are installed), every `.py` file of
+peft_framework, tasks and flows (size and mtime), and the environment (less DVC's per-stage variables):
+change any of them and the next command gets a new runner; the old one exits when idle
+(`PEFT_WARM_IDLE_SECONDS`, default 300), or at once when its working directory is deleted (the temporary
+copies of `dvc exp run --temp/--queue`). The runner imports modules but never runs a stage itself, so no
+thread, CUDA context or RNG draw is inherited by the children (each child reseeds `random` and numpy's
+global generator, as a fresh process would have).
+
+`PEFT_WARM=off`: every command runs in its own process, as before. Not used where `fork` or
+`socket.send_fds` is missing (non-Linux), or for the children's own subprocesses.
+
+    python -m tasks.warm status|stop      # the runners of this project (PREFECT_HOME/warm/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tasks import local_api
+
+SWITCH_ENV = "PEFT_WARM"
+IDLE_ENV = "PEFT_WARM_IDLE_SECONDS"
+CHILD_ENV = "PEFT_WARM_CHILD"
+DEFAULT_IDLE_S = 300.0
+CONNECT_TIMEOUT_S = 20.0
+"""How long a client waits for a runner it spawned to bind its socket (binding comes before the imports)."""
+PRELOAD = ("flows.stage", "flows.pipeline", "tasks.progress", "peft_framework")
+"""Imported by the runner before it serves, with every module of the packages among them: what the
+pipeline commands import, directly or lazily (one that fails to import is logged and skipped)."""
+_KEY_IGNORED_ENV = ("DVC_", "DVCLIVE_")
+_KEY_IGNORED_NAMES = {"PWD", "OLDPWD", "SHLVL", "_", "TERM", "COLUMNS", "LINES"}
+
+
+# --------------------------------------------------------------------------------------------- client
+
+
+def wanted() -> bool:
+    return (
+        os.environ.get(SWITCH_ENV, "").lower() not in ("off", "0", "false", "no")
+        and not os.environ.get(CHILD_ENV)
+        and hasattr(os, "fork")
+        and hasattr(socket, "send_fds")
+    )
+
+
+def forward(module: str) -> None:
+    """Run `python -m <module> <args>` in this project's warm runner and exit with its exit code.
+
+    Returns (and the caller runs the command itself) when the runner is switched off or cannot be
+    reached or started; never after the command has started there."""
+    if not wanted():
+        return
+    try:
+        digest = runner_key()
+        sock = _connect_or_spawn(digest)
+    except OSError:
+        return
+    if sock is None:
+        return
+    with sock:
+        try:
+            _send_request(sock, module)
+            replies = sock.makefile("rb")
+            first = replies.readline()
+        except OSError:
+            return
+        if not first:  # the runner went away before it started the command: run it here instead
+            return
+        pid = json.loads(first)["pid"]
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda s, _f: _kill(pid, s))
+        last = replies.readline()
+    if not last:
+        print(
+            f"error: the warm runner stopped while it ran {module} (pid {pid}); see {log_path()}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    sys.exit(int(json.loads(last)["rc"]))
+
+
+def _kill(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def runner_key() -> str:
+    """Digest of everything the runner's imports depend on (see the module docstring)."""
+    import importlib.util
+
+    h = hashlib.sha256()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_KEY_IGNORED_ENV) and k not in _KEY_IGNORED_NAMES
+    }
+    h.update(
+        json.dumps([sys.executable, sys.version, os.getcwd(), os.getuid(), sorted(env.items())]).encode()
+    )
+    h.update(json.dumps(sys.path).encode())
+    for entry in sys.path:  # installing or removing a package changes its directory's mtime
+        if entry.endswith(("site-packages", "dist-packages")):
+            with contextlib.suppress(OSError):
+                h.update(f"{entry}\0{os.stat(entry).st_mtime_ns}\n".encode())
+    for package in ("peft_framework", "tasks", "flows"):
+        spec = importlib.util.find_spec(package)
+        for directory in (spec.submodule_search_locations or []) if spec else []:
+            for path in sorted(Path(directory).rglob("*.py")):
+                st = path.stat()
+                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def run_dir() -> Path:
+    """Private (0700) directory of this user's runner sockets: short paths (a socket path is ≤ 107 bytes)."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+    directory = base / f"peft-framework-warm-{os.getuid()}"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    st = directory.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{directory} is not private to this user")
+    return directory
+
+
+def state_dir() -> Path:
+    return local_api.prefect_home() / "warm"
+
+
+def log_path() -> Path:
+    return local_api.prefect_home() / "warm-runner.log"
+
+
+def _connect(path: Path) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _connect_or_spawn(digest: str) -> socket.socket | None:
+    path = run_dir() / f"{digest}.sock"
+    sock = _connect(path)
+    if sock is not None:
+        return sock
+    local_api.prestart()  # the Prefect API boots beside the runner's imports
+    log = log_path()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "tasks.warm", "serve", digest],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives this command; not in dvc's process group
+        )
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        sock = _connect(path)
+        if sock is not None:
+            return sock
+        if runner.poll() is not None:  # lost a start race (the winner binds soon) or failed to start
+            deadline = min(deadline, time.monotonic() + 2.0)
+        time.sleep(0.05)
+    return None
+
+
+def _send_request(sock: socket.socket, module: str) -> None:
+    payload = json.dumps(
+        {"module": module, "argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ)}
+    ).encode()
+    message = struct.pack("!I", len(payload)) + payload
+    sent = socket.send_fds(sock, [message], [0, 1, 2])
+    if sent < len(message):
+        sock.sendall(message[sent:])
+
+
+# --------------------------------------------------------------------------------------------- runner
+
+
+def serve(digest: str) -> int:
+    """The runner: bind, import, then fork one child per request until idle or stopped."""
+    directory = run_dir()
+    lock = open(directory / f"{digest}.lock", "ab")  # noqa: SIM115 - held for the runner's lifetime
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another runner with this key serves already
+    path = directory / f"{digest}.sock"
+    path.unlink(missing_ok=True)  # left by a runner that was killed; we hold its lock now
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(64)
+    state = state_dir() / f"{digest}-{os.getpid()}.json"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"pid": os.getpid(), "socket": str(path), "cwd": os.getcwd()}) + "\n")
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    def retire() -> None:
+        """Take no new commands: the socket and the lock go now, so the next command starts a new
+        runner while this one finishes what it runs."""
+        if listener.fileno() != -1:
+            listener.close()
+            path.unlink(missing_ok=True)
+            lock.close()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    started = time.perf_counter()
+    _preload()
+    _log(f"runner {digest} (pid {os.getpid()}) ready in {time.perf_counter() - started:.1f} s")
+
+    running: dict[int, socket.socket] = {}
+    home = os.getcwd()
+    idle_since = time.monotonic()
+    try:
+        while True:
+            _reap(running)
+            if not stopping and threading.active_count() > 1:
+                # an import started a thread: a fork could copy a lock it holds mid-use
+                _log(f"threads after imports: {[t.name for t in threading.enumerate()]}; retiring")
+                stopping = True
+            if not os.path.isdir(home):  # its project went (a `dvc exp run --temp` copy): stop
+                stopping = True
+            if not running and (stopping or time.monotonic() - idle_since > _idle_seconds()):
+                break
+            if running:
+                idle_since = time.monotonic()
+            if stopping:
+                retire()
+                time.sleep(0.2)
+                continue
+            with contextlib.suppress(InterruptedError):
+                ready, _, _ = select.select([listener], [], [], 0.2)
+                if ready:
+                    conn, _ = listener.accept()
+                    pid = _start(conn, listener, lock, running)
+                    if pid is not None:
+                        running[pid] = conn
+    finally:
+        retire()
+        state.unlink(missing_ok=True)
+        _log(f"runner {digest} stopped")
+    return 0
+
+
+def _preload() -> None:
+    import pkgutil
+
+    for name in PRELOAD:
+        module = _import(name)
+        for info in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=f"{name}."):
+            if not info.name.endswith("__main__"):
+                _import(info.name)
+
+
+def _reap(running: dict[int, socket.socket]) -> None:
+    """Send each finished child's exit code to its client (128 + N when a signal N ended it)."""
+    while running:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        conn = running.pop(pid, None)
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"rc": code if code >= 0 else 128 - code}).encode() + b"\n")
+            conn.close()
+        _learn(pid)
+
+
+def _imports_file(pid: int) -> Path:
+    return run_dir() / f"imports-{pid}.txt"
+
+
+def _learn(pid: int) -> None:
+    """Import what the finished child imported lazily (Prefect's flow engine, fastapi's encoders, a
+    model's modeling module...), so the next command finds it imported. Logged and skipped if it fails."""
+    path = _imports_file(pid)
+    try:
+        names = path.read_text().split()
+    except OSError:
+        return
+    path.unlink(missing_ok=True)
+    for name in names:
+        if name not in sys.modules and "__main__" not in name:
+            _import(name)
+
+
+def _import(name: str) -> Any:
+    import importlib
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(name)
+    except BaseException as exc:  # noqa: BLE001 - the command itself reports it, in its own process
+        _log(f"import {name}: {type(exc).__name__}: {exc}")
+        return None
+
+
+def _start(
+    conn: socket.socket, listener: socket.socket, lock: Any, running: dict[int, socket.socket]
+) -> int | None:
+    """Read one request and fork its child; the child never returns."""
+    try:
+        conn.settimeout(10)
+        request, fds = _read_request(conn)
+        conn.settimeout(None)
+        if len(fds) != 3 or _peer_uid(conn) != os.getuid():
+            raise OSError("bad request")
+    except (OSError, ValueError):
+        conn.close()
+        return None
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            listener.close()
+            lock.close()
+            for other in running.values():
+                other.close()
+            code = _child(conn, request, fds)
+        finally:
+            os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    try:
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    except OSError:
+        _kill(pid, signal.SIGTERM)
+    return pid
+
+
+def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 3)
+    if len(data) < 4:
+        raise ValueError("short request")
+    (size,) = struct.unpack("!I", data[:4])
+    body = bytearray(data[4:])
+    while len(body) < size:
+        chunk = conn.recv(size - len(body))
+        if not chunk:
+            raise ValueError("truncated request")
+        body += chunk
+    return json.loads(bytes(body)), fds
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
+    """In the forked child: become the client's process (stdio, cwd, env, argv) and run the module."""
+    import atexit
+    import random
+    import runpy
+    import traceback
+
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.environ[CHILD_ENV] = "1"
+    sys.argv = list(request["argv"])
+    random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    sys.stdout.reconfigure(line_buffering=os.isatty(1))
+    finished = threading.Event()
+
+    def watch_client() -> None:
+        """The client's end closing before we finish means it was killed (a signal it could catch would
+        have been forwarded): this command and its subprocesses die with it, as they would have."""
+        with contextlib.suppress(OSError):
+            while conn.recv(64):
+                pass
+        if not finished.is_set():
+            os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch_client, name="warm-client", daemon=True).start()
+    code = 0
+    imported_before = set(sys.modules)
+    sys.modules.pop(request["module"], None)  # preloaded as a module; runs afresh as __main__
+    try:
+        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 130
+    except BaseException:  # noqa: BLE001 - as the interpreter would: the traceback, exit 1
+        traceback.print_exc()
+        code = 1
+    with contextlib.suppress(OSError):  # what the runner imports before the next command (see _learn)
+        _imports_file(os.getpid()).write_text("\n".join(sorted(set(sys.modules) - imported_before)))
+    # what interpreter shutdown does before exiting: wait for non-daemon threads, run atexit handlers
+    # (Prefect drains its log and event workers there)
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    finished.set()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    return code
+
+
+def _idle_seconds() -> float:
+    return float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S))
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------- commands
+
+
+def _runners() -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in sorted(state_dir().glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            yield path, json.loads(path.read_text())
+
+
+def _is_runner(pid: int) -> bool:
+    try:
+        return b"tasks.warm" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stop(timeout: float = 60) -> int:
+    """Stop this project's runners (each finishes the commands it is running first); how many."""
+    pids = []
+    for path, state in _runners():
+        pid = int(state.get("pid", 0))
+        if pid and _is_runner(pid):
+            _kill(pid, signal.SIGTERM)
+            pids.append(pid)
+        else:
+            path.unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout
+    while any(_is_runner(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return len(pids)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.warm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="list this project's warm runners")
+    sub.add_parser("stop", help="stop them (each finishes what it runs)")
+    serve_parser = sub.add_parser("serve", help="(internal) run a runner for the given key")
+    serve_parser.add_argument("digest")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args.digest)
+    if args.command == "stop":
+        print(f"stopped {stop()} warm runner(s)")
+        return 0
+    found = [(p, s) for p, s in _runners() if _is_runner(int(s.get("pid", 0)))]
+    for path, state in found:
+        print(f"{path.stem}: pid {state['pid']}, socket {state['socket']}")
+    if not found:
+        print("no warm runner")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
