@@ -78,5 +78,7 @@ def hub_commit(
             reason = f"the Hub did not answer ({type(exc).__name__}: {exc})"
     snapshot = hub_snapshot(repo_id, revision, cache_dir, repo_type)
     if snapshot is not None:
+        if reason != "offline":
+            log.info("%s %s: %s; using the cached snapshot %s", repo_type, repo_id, reason, snapshot[1])
         return HubCommit(snapshot[1], snapshot[0], "cache")
     return HubCommit(None, None, f"{reason}, and not in the local HuggingFace cache")
