@@ -100,6 +100,19 @@ def test_branch_and_tag_resolve_to_the_cached_commit(cache: Path) -> None:
     assert missing.commit is None and "not in the local HuggingFace cache" in missing.how
 
 
+def test_a_partial_snapshot_still_resolves(cache: Path, tmp_path: Path) -> None:
+    """A snapshot downloaded in part (the cached tree listing names files it lacks) still has its commit."""
+    commit = add_snapshot(cache, rows("old"))
+    listing = {"format_version": 1, "files": {"data/train.jsonl": {"size": 1, "blob_id": "0" * 40}}}
+    listing["files"]["data/other.jsonl"] = {"size": 1, "blob_id": "1" * 40}  # not downloaded
+    (cache / REPO_DIR / "trees").mkdir()
+    (cache / REPO_DIR / "trees" / f"{commit}.json").write_text(json.dumps(listing))
+    assert hub_commit(REPO, None, repo_type="dataset").commit == commit
+    sources = resolve_sources(f"hf:{REPO}", "auto", tmp_path)
+    hub.pin(sources)
+    assert [r.data for r in read_source(sources[0])] == rows("old")
+
+
 def test_reading_hf_source_reads_the_pinned_snapshot(cache: Path, tmp_path: Path) -> None:
     add_snapshot(cache, rows("old"))
     add_snapshot(cache, rows("new", 3), branch="v2")

@@ -42,9 +42,26 @@ def hub_snapshot(
                 repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True, repo_type=repo_type
             )
         )
-    except Exception:  # noqa: BLE001 - not cached, not a repo id, or an unreadable cache: no snapshot
-        return None
+    except Exception as exc:  # noqa: BLE001 - not cached, not a repo id, or an unreadable cache: no snapshot
+        # IncompleteSnapshotError: cached, but missing files the cached tree listing names (a partial download,
+        # e.g. one config of a dataset): its commit is known all the same
+        partial = getattr(exc, "snapshot_path", None)
+        if partial is None:
+            return None
+        path = Path(partial)
     return path, path.name
+
+
+def _record_ref(repo_id: str, revision: str | None, repo_type: str, cache_dir) -> None:
+    """Have huggingface_hub record `refs/<revision>` -> commit in the cache, so that a later offline run
+    resolves the same branch: it does so on any download by branch, even of a file the repo lacks (as
+    `datasets` does, we ask for the repo card). Reading by commit (what is pinned) records no branch."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(repo_id, "README.md", repo_type=repo_type, revision=revision, cache_dir=cache_dir)
+    except Exception:  # noqa: BLE001 - no card (the ref is recorded all the same) or gone meanwhile
+        pass
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,8 @@ def hub_commit(
         try:
             info = HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=30)
             if info.sha:
+                if revision != info.sha:
+                    _record_ref(repo_id, revision, repo_type, cache_dir)
                 return HubCommit(info.sha, None, "hub")
             reason = "the Hub gave no commit"
         except Exception as exc:  # noqa: BLE001 - unreachable, unknown repo or revision, no access: try the cache
