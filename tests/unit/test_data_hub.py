@@ -166,3 +166,17 @@ def test_uncached_dataset_offline_is_a_clear_error(
     assert "commit unknown: offline, and not in the local HuggingFace cache" in err
     assert "Traceback" not in err
     assert "cannot resolve revision 'dev'" in caplog.text
+
+
+def test_weighted_entry_at_a_tag_is_pinned_and_sampled(cache: Path, tmp_path: Path) -> None:
+    add_snapshot(cache, rows("main"))
+    tagged = add_snapshot(cache, rows("tag", 4), branch="v2")
+    (tmp_path / "local.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows("local", 2)))
+    source = [{"path": f"hf:{REPO}@v2", "count": 6}, "local.jsonl"]
+    cfg = Config.model_validate({"data": {"source": source, "split": {"validation": 0.0, "test": 0.0}}})
+    prepare(cfg, tmp_path)
+    assert manifest(tmp_path)["hub_datasets"] == {
+        f"hf:{REPO}@v2": {"repo": REPO, "revision": "v2", "commit": tagged}
+    }
+    taken = prepared_rows(tmp_path)
+    assert len(taken) == 8 and sum(s.startswith(f"hf:{REPO}@v2#") for s in taken) == 6
