@@ -4,7 +4,8 @@ The key of a stage run is a hash of:
   - the content of every input file/directory the stage reads (raw data, prepared data, adapter),
   - the hashes of the config sections the stage reads (`peft_framework.config.section_hash`),
   - the library code the stage runs and the task function's source,
-  - for a base model in a local directory, its files' sizes and mtimes (cheap; models are large).
+  - for a base model in a local directory, its files' sizes and mtimes (cheap; models are large),
+  - for prepare, the commit each `hf:` dataset's revision names (`peft_framework.data.hub`).
 
 Prefect treats any stored record under the key as a hit. Here a record counts only if the outputs it
 lists (path -> content hash) still exist with those hashes; otherwise the policy moves on to the next
@@ -30,7 +31,7 @@ from peft_framework.config import section_hash
 from peft_framework.config.schema import Config
 from peft_framework.io import canonical_json_sha256
 from tasks.fingerprint import content_hashes, resolve, source_sha256, stale_outputs, stat_signature
-from tasks.stages import Stage
+from tasks.stages import Stage, data_sources
 
 PACKAGE_DIR = Path(peft_framework.__file__).resolve().parent
 
@@ -52,6 +53,12 @@ def key_material(stage: Stage, config: Config, root: Path) -> dict[str, Any]:
 
             snapshot = hub_snapshot(config.model.name_or_path, config.model.revision)
             material["model_commit"] = snapshot[1] if snapshot else None
+    if stage.name == "prepare":  # hf: datasets: the commit each revision names now (a moved branch re-runs)
+        from peft_framework.data.hub import entry_commits
+
+        commits = entry_commits(data_sources(config))
+        if commits:
+            material["data_commits"] = commits
     return material
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from peft_framework.data import hub
 from peft_framework.data.rows import Reason, Record
 from peft_framework.errors import DataError
 
@@ -85,7 +86,8 @@ def resolve_sources(source: str | list[Any], fmt: str, root: str | Path) -> list
             name = entry[len(HF_PREFIX) :]
             if not name:
                 raise DataError(f"data.source: {entry!r} names no dataset; allowed: 'hf:owner/name'")
-            found.append(Source(display=entry, format="hf", extra={"name": name}))
+            name, revision = hub.split_revision(entry)  # hf:owner/name@REVISION
+            found.append(Source(display=entry, format="hf", extra={"name": name, "revision": revision}))
             continue
         path = Path(entry) if Path(entry).is_absolute() else root / entry
         if glob.has_magic(entry):
@@ -269,15 +271,19 @@ def _read_saved(src: Source, hf_split: str) -> Iterator[Record]:
 
 
 def _read_hf(src: Source, hf_split: str, hf_config: str | None) -> Iterator[Record]:
-    """A HuggingFace Hub dataset (needs network access, or the datasets cache)."""
+    """A HuggingFace Hub dataset (needs network access, or the datasets cache), at its pinned commit."""
     import datasets
 
     name = src.extra["name"]
+    path, revision = hub.load_target(src)  # at the commit `hub.pin` resolved, when it did
     try:
-        dataset = datasets.load_dataset(name, hf_config, split=hf_split)
+        dataset = datasets.load_dataset(path, hf_config, split=hf_split, revision=revision)
     except Exception as exc:  # network, missing dataset, unknown split/config: all the user's to fix
+        at = f" at {revision!r}" if revision else (f" (cached snapshot {path})" if path != name else "")
+        if src.extra.get("how") and src.extra.get("commit") is None:
+            at += f" (commit unknown: {src.extra['how']})"
         raise DataError(
-            f"data.source: cannot load HuggingFace dataset {name!r} "
+            f"data.source: cannot load HuggingFace dataset {name!r}{at} "
             f"(config {hf_config!r}, split {hf_split!r}): "
             f"{type(exc).__name__}: {exc}"
         ) from exc

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_framework.config.schema import DATA_FIELDS, Config, DataConfig
-from peft_framework.data import mixing, stream
+from peft_framework.data import hub, mixing, stream
 from peft_framework.data.pipeline import SPLITS
 from peft_framework.data.sources import Source, read_source
 from peft_framework.data.stream import Stats
@@ -239,6 +239,7 @@ def _manifest(
     counts: dict,
     columns: list[str],
     tokenizer_id: dict,
+    hub_content: dict | None = None,
 ) -> dict:
     """`manifest.json` of the prepared data: only what the data depends on, so re-runs are byte-identical."""
     dc = config.data
@@ -251,7 +252,9 @@ def _manifest(
         "label_names": result.label_names,
         "columns": columns,
         "inputs": inputs,
-        "config_sha256": config_sha256(config, format_content(tokenizer_id, chat_template)),
+        "config_sha256": config_sha256(
+            config, {**format_content(tokenizer_id, chat_template), **(hub_content or {})}
+        ),
         "rows": counts,
         "truncated": result.truncated,
         "format": {
@@ -299,6 +302,7 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
     )
 
     sources = mixing.resolve(dc, root)  # data.source, weighted entries too
+    hub.pin(sources)  # hf: datasets: the commit their revision names, read and hashed below
     inputs_paths = [src.path for src in sources]
     check_output_dir(out_dir, "data.output_dir", root, inputs_paths)
     tokenizer = load_tokenizer(config.model)
@@ -321,6 +325,7 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
         assert counts["kept"] + counts["rejected"] == counts["read"], "row accounting is broken"
         report = _report(result, dc, sources, counts)
         mixing.add_to_report(report, mixed)
+        hub.add_to_report(report, sources)
 
         failure = _failure(result, dc, counts)
         if failure is not None:
@@ -331,8 +336,16 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
             raise failure
 
         manifest = _manifest(
-            config, result, tokenizer, inputs, counts, splits["train"].column_names, tokenizer_id
+            config,
+            result,
+            tokenizer,
+            inputs,
+            counts,
+            splits["train"].column_names,
+            tokenizer_id,
+            hub.hash_content(sources),
         )
+        manifest.update(hub.manifest_entries(sources))  # hf: datasets' commits
         dataset = _dataset_dict(splits, manifest)
         with atomic_dir(out_dir, key="data.output_dir", root=root, inputs=inputs_paths) as tmp:
             dataset.save_to_disk(str(tmp))

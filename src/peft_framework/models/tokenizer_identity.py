@@ -14,6 +14,7 @@ from typing import Any
 
 from peft_framework.config.schema import ModelConfig
 from peft_framework.io import canonical_json_sha256, file_sha256
+from peft_framework.models.hub import hub_snapshot
 from peft_framework.paths import resolve
 
 TOKENIZER_FILES = (
@@ -40,19 +41,6 @@ def tokenizer_files(directory: Path) -> dict[str, str]:
     if extra.is_dir():
         names += sorted(p.relative_to(directory).as_posix() for p in extra.glob("*.jinja"))
     return {name: file_sha256(directory / name) for name in names}
-
-
-def hub_snapshot(repo_id: str, revision: str | None, cache_dir: str | os.PathLike[str] | None = None):
-    """(snapshot directory, commit) of `repo_id` at `revision` (branch, tag or commit; None: main) in the
-    local HuggingFace cache, or None when it is not cached. Offline: a branch resolves through the cache's
-    refs/ to the commit last downloaded for it."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        path = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached, not a repo id, or an unreadable cache: no snapshot
-        return None
-    return path, path.name
 
 
 def in_memory_sha256(tokenizer: Any) -> str:
