@@ -44,3 +44,22 @@ def test_loading_the_demo_config_imports_no_torch(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_warm_runner_client_imports_only_the_standard_library() -> None:
+    """A pipeline command served by the warm runner (tasks/warm.py) is a thin client: it must reach the
+    runner without importing Prefect, pydantic or the ML stack, or it would pay what the runner saves."""
+    unwanted = ("prefect", "pydantic", "yaml", *HEAVY)
+    script = (
+        "import json, sys\n"
+        "import flows\n"
+        "from tasks import warm\n"
+        "warm.runner_key()\n"
+        f"print(json.dumps([m for m in {unwanted!r} if m in sys.modules]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
