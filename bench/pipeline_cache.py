@@ -12,7 +12,8 @@ tests' few-step settings), times as wall-clock seconds of the commands a user ty
 Prints JSON: the times, the stages' own work in the full `dvc repro` (the in-flow seconds its stage flows
 log) and how many Prefect APIs it started, the ratios full repro / own work, no-op repro / full repro and all-hit flow / full flow, and the
 in-flow seconds per stage of the flow runs (without process start and Prefect's API start-up). Runs on
-the ephemeral API unless PREFECT_API_URL is set. Reports; never asserts.
+the project's local API unless PREFECT_API_URL is set, the commands served by the warm runner
+(tasks/warm.py; `--no-warm`: each in its own process, as before it). Reports; never asserts.
 """
 
 from __future__ import annotations
@@ -84,13 +85,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="few-step training settings (as the e2e tests)")
     parser.add_argument("--keep", type=Path, help="build the project copy here and keep it")
+    parser.add_argument(
+        "--no-warm", action="store_true", help="PEFT_WARM=off: every command in its own process (before)"
+    )
     args = parser.parse_args()
 
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="pipeline-cache-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         project = make_project(workdir, TINY_PARAMS if args.tiny else {})
-        out: dict[str, object] = {"params": "tiny" if args.tiny else "params.yaml"}
+        if args.no_warm:
+            project.env["PEFT_WARM"] = "off"
+        out: dict[str, object] = {"params": "tiny" if args.tiny else "params.yaml", "warm": not args.no_warm}
         out["repro_full_s"] = timed(project, "dvc", "repro")
         out["repro_full_own_s"], out["repro_full_api_starts"] = LAST["own"], LAST["api_starts"]
         out["repro_noop_s"] = timed(project, "dvc", "repro")
@@ -106,10 +112,13 @@ def main() -> int:
         in_flow_full = sum(s["seconds"] for s in out["flow_full"].values())
         in_flow_hits = sum(s["seconds"] for s in out["flow_hits"].values())
         out["ratio_flow_hits_to_full_in_flow"] = round(in_flow_hits / in_flow_full, 4)
+        log = project.root / ".prefect" / "warm-runner.log"
+        out["warm_runner_starts"] = log.read_text().count(" ready in ") if log.is_file() else 0
         print(json.dumps(out, indent=2))
     finally:
-        project_stop = [sys.executable, "-m", "tasks.local_api", "stop"]
-        subprocess.run(project_stop, cwd=workdir, env=base_env(workdir), capture_output=True, check=False)
+        for module in ("tasks.local_api", "tasks.warm"):
+            stop = [sys.executable, "-m", module, "stop"]
+            subprocess.run(stop, cwd=workdir, env=base_env(workdir), capture_output=True, check=False)
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
