@@ -92,9 +92,11 @@ def forward(module: str) -> None:
         try:
             _send_request(sock, module)
             replies = sock.makefile("rb")
-            first = replies.readline()
+            first = replies.readline()  # the runner may still be importing (its first command)
         except OSError:
             return
+        except KeyboardInterrupt:  # nothing started yet; the runner drops the request with the socket
+            sys.exit(130)
         if not first:  # the runner went away before it started the command: run it here instead
             return
         pid = json.loads(first)["pid"]
