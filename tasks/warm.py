@@ -255,9 +255,9 @@ def serve(digest: str) -> int:
     try:
         while True:
             _reap(running)
-            if not stopping and threading.active_count() > 1:
-                # an import started a thread: a fork could copy a lock it holds mid-use
-                _log(f"threads after imports: {[t.name for t in threading.enumerate()]}; retiring")
+            unsafe = None if stopping else _fork_unsafe()
+            if unsafe:
+                _log(f"{unsafe} after imports: retiring (the next command starts a new runner)")
                 stopping = True
             if not os.path.isdir(home):  # its project went (a `dvc exp run --temp` copy): stop
                 stopping = True
@@ -281,6 +281,18 @@ def serve(digest: str) -> int:
         state.unlink(missing_ok=True)
         _log(f"runner {digest} stopped")
     return 0
+
+
+def _fork_unsafe() -> str | None:
+    """Why forking this process is no longer safe, if an import made it so: a thread (a fork copies
+    the locks it may hold mid-use) or an initialised CUDA context (unusable in a forked child)."""
+    if threading.active_count() > 1:
+        return f"threads {[t.name for t in threading.enumerate()]}"
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    if cuda is not None and cuda.is_initialized():
+        return "CUDA initialised"
+    return None
 
 
 def _preload() -> None:
