@@ -43,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,16 @@ CHILD_ENV = "PEFT_WARM_CHILD"
 DEFAULT_IDLE_S = 300.0
 CONNECT_TIMEOUT_S = 20.0
 """How long a client waits for a runner it spawned to bind its socket (binding comes before the imports)."""
-PRELOAD = ("flows.stage", "flows.pipeline", "tasks.progress", "peft_framework")
-"""Imported by the runner before it serves, with every module of the packages among them: what the
-pipeline commands import, directly or lazily (one that fails to import is logged and skipped)."""
+FIRST = ("flows.stage", "flows.pipeline")
+"""Imported before the runner serves: Prefect and the flows, what every pipeline command needs."""
+THEN = ("data", "models", "adapters", "training", "evaluation", "export", "")
+"""Then, between commands (a command that arrives meanwhile waits at most for the module being imported),
+every module of these peft_framework packages, in the order of the stages that use them: torch,
+transformers, datasets and the Trainer come with them. A command forked before they are imported imports
+what it needs itself, as a fresh process would."""
 _KEY_IGNORED_ENV = ("DVC_", "DVCLIVE_")
-_KEY_IGNORED_NAMES = {"PWD", "OLDPWD", "SHLVL", "_", "TERM", "COLUMNS", "LINES"}
+_KEY_IGNORED_NAMES = {"PWD", "OLDPWD", "SHLVL", "_", "TERM", "COLUMNS", "LINES", "PS1", "PS2", "PS4"}
+"""Variables that differ between a shell and DVC's `sh -c` (or per stage) and that no import reads."""
 
 
 # --------------------------------------------------------------------------------------------- client
@@ -246,15 +252,17 @@ def serve(digest: str) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     started = time.perf_counter()
-    _preload()
+    for name in FIRST:
+        _import(name)
     _log(f"runner {digest} (pid {os.getpid()}) ready in {time.perf_counter() - started:.1f} s")
+    imports = deque(_library_modules())
 
     running: dict[int, socket.socket] = {}
     home = os.getcwd()
     idle_since = time.monotonic()
     try:
         while True:
-            _reap(running)
+            imports.extend(_reap(running))
             unsafe = None if stopping else _fork_unsafe()
             if unsafe:
                 _log(f"{unsafe} after imports: retiring (the next command starts a new runner)")
@@ -270,12 +278,18 @@ def serve(digest: str) -> int:
                 time.sleep(0.2)
                 continue
             with contextlib.suppress(InterruptedError):
-                ready, _, _ = select.select([listener], [], [], 0.2)
+                ready, _, _ = select.select([listener], [], [], 0 if imports else 0.2)
                 if ready:
                     conn, _ = listener.accept()
                     pid = _start(conn, listener, lock, running)
                     if pid is not None:
                         running[pid] = conn
+                    continue
+            while imports:  # one module per turn, then look for a command again
+                name = imports.popleft()
+                if name not in sys.modules:
+                    _import(name)
+                    break
     finally:
         retire()
         state.unlink(missing_ok=True)
@@ -295,50 +309,62 @@ def _fork_unsafe() -> str | None:
     return None
 
 
-def _preload() -> None:
-    import pkgutil
+def _library_modules() -> list[str]:
+    """Module names of the THEN packages, found on disk (importing a package to list it would import it)."""
+    import importlib.util
 
-    for name in PRELOAD:
-        module = _import(name)
-        for info in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=f"{name}."):
-            if not info.name.endswith("__main__"):
-                _import(info.name)
+    spec = importlib.util.find_spec("peft_framework")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    root = Path(next(iter(spec.submodule_search_locations)))
+    names: list[str] = []
+    for package in THEN:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = ("peft_framework", *path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            if parts[-1] != "__main__":
+                names.append(".".join(parts))
+        if package == "training":
+            names.append("tasks.progress")  # train's progress artifact (imports transformers' Trainer)
+    return list(dict.fromkeys(names))
 
 
-def _reap(running: dict[int, socket.socket]) -> None:
-    """Send each finished child's exit code to its client (128 + N when a signal N ended it)."""
+def _reap(running: dict[int, socket.socket]) -> list[str]:
+    """Send each finished child's exit code to its client (128 + N when a signal N ended it); returns
+    the modules those children imported that the runner has not (see _learned)."""
+    learned: list[str] = []
     while running:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
+            break
         code = os.waitstatus_to_exitcode(status)
         conn = running.pop(pid, None)
         if conn is not None:
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps({"rc": code if code >= 0 else 128 - code}).encode() + b"\n")
             conn.close()
-        _learn(pid)
+        learned += _learned(pid)
+    return learned
 
 
 def _imports_file(pid: int) -> Path:
     return run_dir() / f"imports-{pid}.txt"
 
 
-def _learn(pid: int) -> None:
-    """Import what the finished child imported lazily (Prefect's flow engine, fastapi's encoders, a
-    model's modeling module...), so the next command finds it imported. Logged and skipped if it fails."""
+def _learned(pid: int) -> list[str]:
+    """What the finished child imported lazily (Prefect's flow engine, fastapi's encoders, a model's
+    modeling module...): the runner imports it too, so the next command finds it imported."""
     path = _imports_file(pid)
     try:
         names = path.read_text().split()
     except OSError:
-        return
+        return []
     path.unlink(missing_ok=True)
-    for name in names:
-        if name not in sys.modules and "__main__" not in name:
-            _import(name)
+    return [n for n in names if n not in sys.modules and "__main__" not in n]
 
 
 def _import(name: str) -> Any:
@@ -457,7 +483,7 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
     except BaseException:  # noqa: BLE001 - as the interpreter would: the traceback, exit 1
         traceback.print_exc()
         code = 1
-    with contextlib.suppress(OSError):  # what the runner imports before the next command (see _learn)
+    with contextlib.suppress(OSError):  # what the runner imports before the next command (see _learned)
         _imports_file(os.getpid()).write_text("\n".join(sorted(set(sys.modules) - imported_before)))
     # what interpreter shutdown does before exiting: wait for non-daemon threads, run atexit handlers
     # (Prefect drains its log and event workers there)
