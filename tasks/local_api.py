@@ -32,6 +32,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -279,6 +280,8 @@ def serve(home: Path) -> int:
     paths = Paths(home)
     paths.clients.touch()
     stopping = threading.Event()
+    database = _sqlite_database()
+    seeded = database is not None and _seed_from_template(database, home)
 
     def stop(signum: int, frame: object) -> None:
         stopping.set()
@@ -306,6 +309,8 @@ def serve(home: Path) -> int:
     tmp.write_text(json.dumps(state) + "\n", encoding="utf-8")
     tmp.replace(paths.state)
     print(f"local Prefect API on {api_url} (supervisor pid {os.getpid()})", flush=True)
+    if database is not None and not seeded:
+        _save_template(database, home)
     idle_s, last_busy = _idle_seconds(), time.monotonic()
     try:
         while not stopping.wait(POLL_S) and thread.is_alive():
@@ -324,6 +329,73 @@ def serve(home: Path) -> int:
             thread.join(timeout=30)
     print(f"local Prefect API on {api_url} stopped", flush=True)
     return 0
+
+
+def _template_dir() -> Path:
+    """Where fresh Prefect databases are kept per Prefect version, for every project of this user."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+    return cache / "peft-framework" / "prefect-db"
+
+
+def _sqlite_database() -> Path | None:
+    """The server's SQLite file when Prefect uses its default database (not a configured PostgreSQL)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().server.database.connection_url
+    value = url.get_secret_value() if url is not None else ""
+    prefix = "sqlite+aiosqlite:///"
+    return Path(value[len(prefix) :]) if value.startswith(prefix) else None
+
+
+def _template(suffix: str) -> Path:
+    import prefect
+
+    return _template_dir() / f"prefect-{prefect.__version__}{suffix}"
+
+
+def _seed_from_template(database: Path, home: Path) -> bool:
+    """A project without a Prefect database starts from a copy of a fresh one made by an earlier start of
+    the same Prefect version (migrated, block types registered): a first start then skips the migrations
+    (~half of a first start on a small machine). True when seeded."""
+    template = _template(".db")
+    if database.exists() or not template.is_file():
+        return False
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        tmp = database.with_name(f".{database.name}.{os.getpid()}.tmp")
+        shutil.copyfile(template, tmp)
+        os.replace(tmp, database)
+        memo, memo_template = home / "memo_store.toml", _template(".memo_store.toml")
+        if memo_template.is_file() and not memo.exists():
+            shutil.copyfile(memo_template, memo)
+    except OSError:
+        return False
+    print(f"Prefect database seeded from {template}", flush=True)
+    return True
+
+
+def _save_template(database: Path, home: Path) -> None:
+    """Keep a copy of the database this start created (migrated, nothing run yet) as the template."""
+    import sqlite3
+
+    template = _template(".db")
+    if template.exists():
+        return
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+        source, target = sqlite3.connect(database), sqlite3.connect(tmp)
+        try:
+            source.backup(target)  # a consistent copy while the server holds the file open
+        finally:
+            source.close()
+            target.close()
+        memo = home / "memo_store.toml"
+        if memo.is_file():
+            shutil.copyfile(memo, _template(".memo_store.toml"))
+        os.replace(tmp, template)
+    except (OSError, sqlite3.Error):
+        return
 
 
 def _forget(paths: Paths) -> None:
