@@ -4,12 +4,17 @@ the first stage starts it, the next ones reuse it, `python -m tasks.local_api st
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 from pipeline_project import Project, make_project
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_stages_share_one_local_api_started_on_first_use(tmp_path):
@@ -33,3 +38,34 @@ def test_stages_share_one_local_api_started_on_first_use(tmp_path):
     assert "stopped" in stopped
     assert not (home / "local-api.json").exists()
     assert "stopped" in (home / "local-api.log").read_text().splitlines()[-1]
+
+
+def test_a_fresh_project_database_starts_from_the_template_of_the_first(tmp_path):
+    """The first start of the local API keeps its fresh (migrated) database as a template per Prefect
+    version; a project without a database starts from a copy of it instead of migrating again."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PEFT_LOCAL_API_IDLE_SECONDS="0")
+    logs = []
+    for name in ("first", "second"):
+        home = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, "-m", "tasks.local_api", "serve", "--home", str(home)],
+            cwd=ROOT,
+            env={**env, "PREFECT_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        logs.append(proc.stdout)
+    templates = sorted(p.name for p in (tmp_path / "cache" / "peft-framework" / "prefect-db").iterdir())
+    assert templates == [f"prefect-{prefect_version()}.db", f"prefect-{prefect_version()}.memo_store.toml"]
+    assert "seeded" not in logs[0] and "local Prefect API on" in logs[0]
+    assert "Prefect database seeded from" in logs[1] and "local Prefect API on" in logs[1]  # and it served
+    assert (tmp_path / "second" / "prefect.db").stat().st_size > 0
+
+
+def prefect_version() -> str:
+    from importlib.metadata import version
+
+    return version("prefect")
