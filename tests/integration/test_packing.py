@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -141,3 +142,12 @@ def test_group_by_length_selects_trainers_length_grouped_sampler(tmp_path: Path)
         world_size=1,
     )
     assert args.train_sampling_strategy == "group_by_length"
+
+
+def test_packed_training_with_length_grouping_and_a_loader_worker(project: Path) -> None:
+    """The lazily built packed split through the Trainer's length-grouped sampler (it reads every pack's
+    length) and a DataLoader worker process (the split is pickled into it)."""
+    kw = dict(max_steps=2, save_steps=2, eval_steps=2, batch_size=4, packing=True)
+    config = _short_packs(make_config("pack_grouped", group_by_length=True, num_workers=1, **kw))
+    summary = train(config, project)
+    assert summary["global_step"] == 2 and math.isfinite(summary["train_loss_mean"])
