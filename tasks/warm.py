@@ -3,8 +3,9 @@ every `python -m flows.stage` / `python -m flows.pipeline` that follows.
 
 A stage's own work on the demo takes seconds; starting the process that does it took as long again:
 Python, importing Prefect (~2.5 s CPU) and torch/transformers/datasets (~5-8 s), once per `dvc repro`
-stage. Here the first pipeline command spawns a small detached runner that imports all of that once and
-then waits on a Unix socket. Each pipeline command becomes a thin client (standard library only): it
+stage. Here the first pipeline command spawns a small detached runner that imports Prefect and the flows
+(~4 s), starts serving on a Unix socket, and imports the library, torch, transformers and datasets between
+commands, plus whatever a finished command imported that it had not (it learns the lazy imports). Each pipeline command becomes a thin client (standard library only): it
 sends its arguments, working directory and environment and passes its own stdin/stdout/stderr (the file
 descriptors themselves, `SCM_RIGHTS`); the runner forks, and the forked child (a fresh process with
 everything already imported, copy-on-write) runs the command as `python -m` would, writing straight to
@@ -13,13 +14,15 @@ its exit code; a child whose client dies is terminated. Like a fork server (mult
 `forkserver`, Android's zygote), with one runner per code version and environment.
 
 What cannot go stale: the runner is keyed on the interpreter, the working directory, `sys.path` (with the
-modification times of its directories, which change when packages are installed), every `.py` file of
+modification times of its site-packages directories, which change when packages are installed), every
+`.py` file of
 peft_framework, tasks and flows (size and mtime), and the environment (less DVC's per-stage variables):
 change any of them and the next command gets a new runner; the old one exits when idle
 (`PEFT_WARM_IDLE_SECONDS`, default 300), or at once when its working directory is deleted (the temporary
 copies of `dvc exp run --temp/--queue`). The runner imports modules but never runs a stage itself, so no
 thread, CUDA context or RNG draw is inherited by the children (each child reseeds `random` and numpy's
-global generator, as a fresh process would have).
+global generator, as a fresh process would have); an import that starts a thread or initialises CUDA
+retires the runner (the next command starts a new one).
 
 `PEFT_WARM=off`: every command runs in its own process, as before. Not used where `fork` or
 `socket.send_fds` is missing (non-Linux), or for the children's own subprocesses.
