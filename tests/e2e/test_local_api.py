@@ -34,6 +34,7 @@ def test_stages_share_one_local_api_started_on_first_use(tmp_path):
         runs = httpx.post(f"{state['api_url']}/flow_runs/filter", json={}, timeout=10).json()
         assert sorted(r["name"] for r in runs) == ["sample_data", "sample_data"]
     finally:
+        project.run("python", "-m", "tasks.warm", "stop", check=False)  # the stages' warm runner
         stopped = project.run("python", "-m", "tasks.local_api", "stop").stdout
     assert "stopped" in stopped
     assert not (home / "local-api.json").exists()
