@@ -115,11 +115,20 @@ def _rss_kb(pids: list[int]) -> tuple[int, int]:
     return anon, file
 
 
-def run_child(variant: str, source: Path, num_proc: int, log_every: float = 0.0) -> dict:
+def run_child(
+    variant: str,
+    source: Path,
+    num_proc: int,
+    log_every: float = 0.0,
+    interval: float = 0.2,
+    env: dict[str, str] | None = None,
+) -> dict:
+    """Run one variant in a fresh subprocess; `interval`: seconds between RssAnon samples; `env`: its
+    environment (default: this one's)."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as work:
         cmd = [sys.executable, __file__, "--child", variant, "--source", str(source), "--work", work]
         cmd += ["--num-proc", str(num_proc)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ})
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env or {**os.environ})
         peak = {"anon": 0, "file": 0}
         done = threading.Event()
 
@@ -136,7 +145,7 @@ def run_child(variant: str, source: Path, num_proc: int, log_every: float = 0.0)
                         file=sys.stderr,
                         flush=True,
                     )
-                done.wait(0.2)
+                done.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -150,6 +159,7 @@ def run_child(variant: str, source: Path, num_proc: int, log_every: float = 0.0)
         "seconds": round(got["seconds"], 1),
         "peak_rss_gb": round(got["peak_kb"] / 2**20, 2),
         "peak_anon_gb": round(peak["anon"] / 2**20, 3),
+        "peak_anon_kb": peak["anon"],
         "peak_file_gb": round(peak["file"] / 2**20, 2),
     }
 

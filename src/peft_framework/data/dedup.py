@@ -1,0 +1,65 @@
+"""De-duplication of the encoded rows at once, from their digests, in numpy arrays instead of a dict.
+
+`prepare`'s rule (`pipeline.Deduper`, applied in input order): a row is kept unless it has a token
+problem or repeats a row kept before it. So the row kept for a digest is the first problem-free row
+with that digest, and every later problem-free row with the same digest repeats exactly that row; the
+outcome depends only on the digests, not on the order they are looked at. `duplicates` computes it
+with one stable sort of the full 128-bit digests (exact: the same equality as the dict's), holding about
+50 bytes per row while it runs and only the duplicate pairs after, where a dict of digests held ~250
+bytes per kept row through the whole pass (issue 15: the heap flat in the row count).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+_DIGEST_BYTES = 16  # pipeline._digest's digest_size
+_READ_BATCH = 65_536
+
+
+def _digest_words(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """(rows, 2) uint64 view of a column of 16-byte digests (the words' order does not matter for equality)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    fixed = column.cast(pa.binary(_DIGEST_BYTES))  # fails on a value of another length
+    data = fixed.buffers()[1]
+    words = np.frombuffer(data, dtype=np.uint64, count=2 * len(fixed), offset=fixed.offset * _DIGEST_BYTES)
+    return words.reshape(-1, 2)
+
+
+def duplicates(encoded, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, firsts): the rows of `encoded` that repeat a kept row under `mode` ("none", "exact" or
+    "normalized"), ascending, and for each the row it repeats. `encoded` has the columns `problem`
+    (null when the row passed the token checks), `exact` and `normalized` (16-byte digests)."""
+    none = np.zeros(0, dtype=np.int64)
+    n = len(encoded)
+    if mode == "none" or n == 0:
+        return none, none
+    key = "exact" if mode == "exact" else "normalized"
+    digests = np.empty((n, 2), dtype=np.uint64)
+    rows = np.empty(n, dtype=np.int64)  # row in `encoded` of each digest kept in `digests`
+    m = at = 0
+    columns = encoded.select_columns(["problem", key]).with_format("arrow")
+    for batch in columns.iter(batch_size=_READ_BATCH):
+        ok = batch.column("problem").is_null().to_numpy()
+        words = _digest_words(batch.column(key))[ok]
+        digests[m : m + len(words)] = words
+        rows[m : m + len(words)] = at + np.flatnonzero(ok)
+        m += len(words)
+        at += len(ok)
+    if m < 2:
+        return none, none
+    digests, rows = digests[:m], rows[:m]
+    order = np.lexsort((digests[:, 1], digests[:, 0]))  # stable: equal digests stay in input order
+    same = np.ones(m - 1, dtype=bool)  # digest at order[i + 1] == digest at order[i]
+    for word in (0, 1):
+        sorted_word = digests[order, word]
+        same &= sorted_word[1:] == sorted_word[:-1]
+    del digests, sorted_word
+    starts = np.concatenate(([True], ~same))  # the first of each run of equal digests in `order`
+    head = np.maximum.accumulate(np.where(starts, np.arange(m), 0))  # position in `order` of each run's first
+    repeat = ~starts
+    dup_rows, first_rows = rows[order[repeat]], rows[order[head[repeat]]]
+    by_row = np.argsort(dup_rows, kind="stable")
+    return dup_rows[by_row], first_rows[by_row]
