@@ -5,7 +5,7 @@ problem or repeats a row kept before it. So the row kept for a digest is the fir
 with that digest, and every later problem-free row with the same digest repeats exactly that row; the
 outcome depends only on the digests, not on the order they are looked at. `duplicates` computes it
 with one stable sort of the full 128-bit digests (exact: the same equality as the dict's), holding about
-50 bytes per row while it runs and only the duplicate pairs after, where a dict of digests held ~250
+30 bytes per row while it runs and only the duplicate pairs after, where a dict of digests held ~250
 bytes per kept row through the whole pass (issue 15: the heap flat in the row count).
 """
 
@@ -37,29 +37,40 @@ def duplicates(encoded, mode: str) -> tuple[np.ndarray, np.ndarray]:
     if mode == "none" or n == 0:
         return none, none
     key = "exact" if mode == "exact" else "normalized"
-    digests = np.empty((n, 2), dtype=np.uint64)
-    rows = np.empty(n, dtype=np.int64)  # row in `encoded` of each digest kept in `digests`
+    # the two 8-byte halves of the digests of the rows without a token problem, in input order
+    halves = np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.uint64)
+    eligible = np.zeros(n, dtype=bool)
     m = at = 0
     columns = encoded.select_columns(["problem", key]).with_format("arrow")
     for batch in columns.iter(batch_size=_READ_BATCH):
         ok = batch.column("problem").is_null().to_numpy()
         words = _digest_words(batch.column(key))[ok]
-        digests[m : m + len(words)] = words
-        rows[m : m + len(words)] = at + np.flatnonzero(ok)
+        for half, column in zip(halves, words.T):
+            half[m : m + len(words)] = column
+        eligible[at : at + len(ok)] = ok
         m += len(words)
         at += len(ok)
     if m < 2:
         return none, none
-    digests, rows = digests[:m], rows[:m]
-    order = np.lexsort((digests[:, 1], digests[:, 0]))  # stable: equal digests stay in input order
-    same = np.ones(m - 1, dtype=bool)  # digest at order[i + 1] == digest at order[i]
-    for word in (0, 1):
-        sorted_word = digests[order, word]
-        same &= sorted_word[1:] == sorted_word[:-1]
-    del digests, sorted_word
+    hi, lo = (half[:m] for half in halves)
+    del halves
+    order = np.lexsort((lo, hi))  # stable: equal digests stay in input order
+    # whether the digest at order[i + 1] equals the one at order[i]; each half freed once compared
+    sorted_half = hi[order]
+    del hi
+    same = sorted_half[1:] == sorted_half[:-1]
+    sorted_half = lo[order]
+    del lo
+    same &= sorted_half[1:] == sorted_half[:-1]
+    del sorted_half
     starts = np.concatenate(([True], ~same))  # the first of each run of equal digests in `order`
-    head = np.maximum.accumulate(np.where(starts, np.arange(m), 0))  # position in `order` of each run's first
-    repeat = ~starts
+    del same
+    head = np.arange(m)  # position in `order` of the first of each position's run
+    head[~starts] = 0
+    np.maximum.accumulate(head, out=head)
+    repeat = np.flatnonzero(~starts)
+    del starts
+    rows = np.flatnonzero(eligible)  # row in `encoded` of each digest
     dup_rows, first_rows = rows[order[repeat]], rows[order[head[repeat]]]
     by_row = np.argsort(dup_rows, kind="stable")
     return dup_rows[by_row], first_rows[by_row]
