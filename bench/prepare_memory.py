@@ -6,7 +6,9 @@ For each code tree (`NAME=DIR`: a checkout whose `src/` goes first on the child'
 one) and each row count, runs `prepare_scale.py`'s prepare child on the same generated rows and samples
 `RssAnon` of the child and its workers every `--interval` seconds (the heap, without the memory-mapped
 Arrow pages that `ru_maxrss` counts). Prints one JSON line per run and, per tree, the heap bytes per extra
-row between the smallest and the largest row count: what grows with the data and stays in memory.
+row between the smallest and the largest row count: what grows with the data and stays in memory; the
+same for the peak from the de-duplicate-and-split pass on (`decide_`: that pass and the save), which
+tells the pass's growth from the tokenise pass's sample-to-sample wobble (~10 MB) that sets the overall peak.
 
     python bench/prepare_memory.py --component --rows 200000 1000000
 
@@ -135,6 +137,7 @@ def main() -> None:
     trees = dict(item.split("=", 1) for item in args.code)
     rows = sorted(args.rows)
     peaks: dict[str, dict[int, int]] = {name: {} for name in trees}
+    decide: dict[str, dict[int, int]] = {name: {} for name in trees}  # from the decide pass on
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         for n in rows:
             source = Path(tmp) / f"rows-{n}.jsonl"
@@ -144,13 +147,18 @@ def main() -> None:
                     "prepare", source, args.num_proc, interval=args.interval, env=_env(Path(code))
                 )
                 peaks[name][n] = got["peak_anon_kb"]
+                decide[name][n] = got["peak_anon_decide_kb"]
                 print(json.dumps({"code": name, "rows": n, **got}), flush=True)
             source.unlink()
     summary = {}
     for name, by_rows in peaks.items():
         lo, hi = rows[0], rows[-1]
-        per_row = (by_rows[hi] - by_rows[lo]) * 1024 / (hi - lo) if hi > lo else None
-        summary[name] = {"peak_anon_kb": by_rows, "heap_bytes_per_extra_row": per_row and round(per_row, 1)}
+        summary[name] = {"peak_anon_kb": by_rows, "peak_anon_decide_kb": decide[name]}
+        if hi > lo:
+            for label, peak in (("", by_rows), ("decide_", decide[name])):
+                summary[name][f"{label}heap_bytes_per_extra_row"] = round(
+                    (peak[hi] - peak[lo]) * 1024 / (hi - lo), 1
+                )
     print(json.dumps(summary), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")

@@ -129,14 +129,21 @@ def run_child(
         cmd = [sys.executable, __file__, "--child", variant, "--source", str(source), "--work", work]
         cmd += ["--num-proc", str(num_proc)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env or {**os.environ})
-        peak = {"anon": 0, "file": 0}
+        peak = {"anon": 0, "file": 0, "anon_decide": 0}
         done = threading.Event()
+        # prepare opens this spool as its de-duplicate-and-split pass starts (before and after issue 15's
+        # rework): the heap from then on (that pass, the save) is `peak_anon_decide_kb`
+        decide_spool = f"{Path(work).name}/data/.prepared.work-*/rejected-decide.spool"
 
         def sample() -> None:
             started = last = time.monotonic()
+            deciding = False
             while not done.is_set():
                 anon, file = _rss_kb(_tree(proc.pid))
                 peak["anon"], peak["file"] = max(peak["anon"], anon), max(peak["file"], file)
+                deciding = deciding or any(Path(work).parent.glob(decide_spool))
+                if deciding:
+                    peak["anon_decide"] = max(peak["anon_decide"], anon)
                 if log_every and time.monotonic() - last >= log_every:  # the heap over a long run
                     last = time.monotonic()
                     t = round(last - started)
@@ -160,6 +167,7 @@ def run_child(
         "peak_rss_gb": round(got["peak_kb"] / 2**20, 2),
         "peak_anon_gb": round(peak["anon"] / 2**20, 3),
         "peak_anon_kb": peak["anon"],
+        "peak_anon_decide_kb": peak["anon_decide"],
         "peak_file_gb": round(peak["file"] / 2**20, 2),
     }
 
