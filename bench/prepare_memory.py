@@ -8,7 +8,9 @@ one) and each row count, runs `prepare_scale.py`'s prepare child on the same gen
 Arrow pages that `ru_maxrss` counts). Prints one JSON line per run and, per tree, the heap bytes per extra
 row between the smallest and the largest row count: what grows with the data and stays in memory; the
 same for the peak from the de-duplicate-and-split pass on (`decide_`: that pass and the save), which
-tells the pass's growth from the tokenise pass's sample-to-sample wobble (~10 MB) that sets the overall peak.
+tells the pass's growth from the tokenise pass's sample-to-sample wobble (~10 MB) that sets the overall peak;
+and the `tracemalloc` peak of that pass alone (`decide_traced_`: Python objects and numpy arrays, not Arrow
+buffers; the child traces only `stream._decide_pass`).
 
     python bench/prepare_memory.py --component --rows 200000 1000000
 
@@ -34,7 +36,7 @@ from prepare_scale import generate, run_child  # noqa: E402
 
 def _env(code: Path) -> dict[str, str]:
     paths = [str(code / "src"), str(code)] + [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]
-    return {**os.environ, "PYTHONPATH": ":".join(paths)}
+    return {**os.environ, "PYTHONPATH": ":".join(paths), "PREPARE_TRACE_DECIDE": "1"}
 
 
 def _binary16(words):
@@ -138,6 +140,7 @@ def main() -> None:
     rows = sorted(args.rows)
     peaks: dict[str, dict[int, int]] = {name: {} for name in trees}
     decide: dict[str, dict[int, int]] = {name: {} for name in trees}  # from the decide pass on
+    traced: dict[str, dict[int, int]] = {name: {} for name in trees}  # tracemalloc, the decide pass
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         for n in rows:
             source = Path(tmp) / f"rows-{n}.jsonl"
@@ -148,6 +151,7 @@ def main() -> None:
                 )
                 peaks[name][n] = got["peak_anon_kb"]
                 decide[name][n] = got["peak_anon_decide_kb"]
+                traced[name][n] = got.get("decide_traced_kb", 0)
                 print(json.dumps({"code": name, "rows": n, **got}), flush=True)
             source.unlink()
     summary = {}
@@ -155,7 +159,8 @@ def main() -> None:
         lo, hi = rows[0], rows[-1]
         summary[name] = {"peak_anon_kb": by_rows, "peak_anon_decide_kb": decide[name]}
         if hi > lo:
-            for label, peak in (("", by_rows), ("decide_", decide[name])):
+            summary[name]["decide_traced_kb"] = traced[name]
+            for label, peak in (("", by_rows), ("decide_", decide[name]), ("decide_traced_", traced[name])):
                 summary[name][f"{label}heap_bytes_per_extra_row"] = round(
                     (peak[hi] - peak[lo]) * 1024 / (hi - lo), 1
                 )

@@ -55,10 +55,36 @@ def child_prepare(source: Path, work: Path, num_proc: int) -> float:
     from peft_framework.data import prepare
 
     config = Config.model_validate({"data": {"source": str(source), "num_proc": num_proc}})
+    if os.environ.get("PREPARE_TRACE_DECIDE") == "1":
+        trace_decide()
     started = time.perf_counter()
     summary = prepare(config, work)
     assert summary["rows"]["kept"] > 0.99 * summary["rows"]["read"], summary["rows"]
     return time.perf_counter() - started
+
+
+_TRACED: dict[str, int] = {}
+
+
+def trace_decide() -> None:
+    """Record the `tracemalloc` peak (Python objects, numpy arrays; not Arrow buffers) of prepare's
+    de-duplicate-and-split pass, `stream._decide_pass`, in `_TRACED` (PREPARE_TRACE_DECIDE=1 in the child)."""
+    import tracemalloc
+
+    from peft_framework.data import stream
+
+    inner = stream._decide_pass
+
+    def traced(*args, **kwargs):
+        tracemalloc.start()
+        try:
+            result = inner(*args, **kwargs)
+            _TRACED["decide_traced_kb"] = tracemalloc.get_traced_memory()[1] // 1024
+            return result
+        finally:
+            tracemalloc.stop()
+
+    stream._decide_pass = traced
 
 
 def child_baseline(source: Path, work: Path, num_proc: int) -> float:
@@ -168,6 +194,7 @@ def run_child(
         "peak_anon_gb": round(peak["anon"] / 2**20, 3),
         "peak_anon_kb": peak["anon"],
         "peak_anon_decide_kb": peak["anon_decide"],
+        **{k: v for k, v in got.items() if k == "decide_traced_kb"},
         "peak_file_gb": round(peak["file"] / 2**20, 2),
     }
 
@@ -190,7 +217,7 @@ def main() -> None:
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
         )
-        print(json.dumps({"seconds": seconds, "peak_kb": peak_kb}))
+        print(json.dumps({"seconds": seconds, "peak_kb": peak_kb, **_TRACED}))
         return
 
     results = []
