@@ -55,10 +55,36 @@ def child_prepare(source: Path, work: Path, num_proc: int) -> float:
     from peft_framework.data import prepare
 
     config = Config.model_validate({"data": {"source": str(source), "num_proc": num_proc}})
+    if os.environ.get("PREPARE_TRACE_DECIDE") == "1":
+        trace_decide()
     started = time.perf_counter()
     summary = prepare(config, work)
     assert summary["rows"]["kept"] > 0.99 * summary["rows"]["read"], summary["rows"]
     return time.perf_counter() - started
+
+
+_TRACED: dict[str, int] = {}
+
+
+def trace_decide() -> None:
+    """Record the `tracemalloc` peak (Python objects, numpy arrays; not Arrow buffers) of prepare's
+    de-duplicate-and-split pass, `stream._decide_pass`, in `_TRACED` (PREPARE_TRACE_DECIDE=1 in the child)."""
+    import tracemalloc
+
+    from peft_framework.data import stream
+
+    inner = stream._decide_pass
+
+    def traced(*args, **kwargs):
+        tracemalloc.start()
+        try:
+            result = inner(*args, **kwargs)
+            _TRACED["decide_traced_kb"] = tracemalloc.get_traced_memory()[1] // 1024
+            return result
+        finally:
+            tracemalloc.stop()
+
+    stream._decide_pass = traced
 
 
 def child_baseline(source: Path, work: Path, num_proc: int) -> float:
@@ -115,19 +141,35 @@ def _rss_kb(pids: list[int]) -> tuple[int, int]:
     return anon, file
 
 
-def run_child(variant: str, source: Path, num_proc: int, log_every: float = 0.0) -> dict:
+def run_child(
+    variant: str,
+    source: Path,
+    num_proc: int,
+    log_every: float = 0.0,
+    interval: float = 0.2,
+    env: dict[str, str] | None = None,
+) -> dict:
+    """Run one variant in a fresh subprocess; `interval`: seconds between RssAnon samples; `env`: its
+    environment (default: this one's)."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as work:
         cmd = [sys.executable, __file__, "--child", variant, "--source", str(source), "--work", work]
         cmd += ["--num-proc", str(num_proc)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ})
-        peak = {"anon": 0, "file": 0}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env or {**os.environ})
+        peak = {"anon": 0, "file": 0, "anon_decide": 0}
         done = threading.Event()
+        # prepare opens this spool as its de-duplicate-and-split pass starts (before and after issue 15's
+        # rework): the heap from then on (that pass, the save) is `peak_anon_decide_kb`
+        decide_spool = f"{Path(work).name}/data/.prepared.work-*/rejected-decide.spool"
 
         def sample() -> None:
             started = last = time.monotonic()
+            deciding = False
             while not done.is_set():
                 anon, file = _rss_kb(_tree(proc.pid))
                 peak["anon"], peak["file"] = max(peak["anon"], anon), max(peak["file"], file)
+                deciding = deciding or any(Path(work).parent.glob(decide_spool))
+                if deciding:
+                    peak["anon_decide"] = max(peak["anon_decide"], anon)
                 if log_every and time.monotonic() - last >= log_every:  # the heap over a long run
                     last = time.monotonic()
                     t = round(last - started)
@@ -136,7 +178,7 @@ def run_child(variant: str, source: Path, num_proc: int, log_every: float = 0.0)
                         file=sys.stderr,
                         flush=True,
                     )
-                done.wait(0.2)
+                done.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -150,6 +192,9 @@ def run_child(variant: str, source: Path, num_proc: int, log_every: float = 0.0)
         "seconds": round(got["seconds"], 1),
         "peak_rss_gb": round(got["peak_kb"] / 2**20, 2),
         "peak_anon_gb": round(peak["anon"] / 2**20, 3),
+        "peak_anon_kb": peak["anon"],
+        "peak_anon_decide_kb": peak["anon_decide"],
+        **{k: v for k, v in got.items() if k == "decide_traced_kb"},
         "peak_file_gb": round(peak["file"] / 2**20, 2),
     }
 
@@ -172,7 +217,7 @@ def main() -> None:
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
         )
-        print(json.dumps({"seconds": seconds, "peak_kb": peak_kb}))
+        print(json.dumps({"seconds": seconds, "peak_kb": peak_kb, **_TRACED}))
         return
 
     results = []

@@ -1,17 +1,19 @@
 """The row pipeline at scale: the same rules as `pipeline.process`, in bounded memory.
 
-Rows stream through three passes over Arrow files in a work directory; what stays in RAM is the
-de-duplication digests (`pipeline.Deduper`), the row numbers of each split and counters:
+Rows stream through three passes over Arrow files in a work directory; what stays in RAM is counters,
+and numpy arrays of digests while the duplicates are found (`dedup`: ~50 bytes per row for a moment):
 
 1. screen (one process, input order): parse, fields, cleaning, labels, length in characters. Candidates
    go to an Arrow file; rejected rows to a spool file as they come.
 2. encode (`datasets.map`, batched, `data.num_proc` processes): format, tokenize, token checks, digests
    and split of every candidate.
-3. decide (one process, input order): de-duplication against the rows kept so far; the row numbers of
-   each split, counts, and the rejected rows of this pass to a second spool.
+3. decide (one process, input order): the duplicates of rows kept before them (found at once from the
+   digests, `dedup.duplicates`, the same rows as checking each against the rows kept so far); the row
+   numbers of each split to files in the work directory (`split_rows`), counts, and the rejected rows of
+   this pass to a second spool.
 
 The two spools are merged by input position into `rejected.jsonl`, so it lists rows in input order as
-before; the splits are `select`ed from pass 2's Arrow file without loading it.
+before; the splits are selected from pass 2's Arrow file by the row-number files, loading neither.
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from typing import IO, Any
 from tqdm.auto import tqdm
 
 from peft_framework.config.schema import DataConfig
+from peft_framework.data.dedup import duplicates
 from peft_framework.data.formatting import Formatter
 from peft_framework.data.pipeline import (
     SPLITS,
-    Deduper,
     allowed_label_set,
     duplicate_detail,
     label_names_for,
@@ -43,7 +45,8 @@ from peft_framework.data.pipeline import (
     screen,
     token_problem,
 )
-from peft_framework.data.rows import Record, Rejected
+from peft_framework.data.rows import Reason, Record, Rejected
+from peft_framework.data.split_rows import SplitRows
 
 BATCH = 1000
 # Characters that some readers (str.splitlines, JavaScript) take as line breaks: written escaped, so one
@@ -285,32 +288,38 @@ def _screen_pass(
     return path, labels_seen
 
 
-def _decide_pass(encoded, dc: DataConfig, spool: IO[bytes], stats: Stats) -> dict[str, list[int]]:
-    """Pass 3: de-duplicate in input order; the row numbers (in `encoded`) of each split."""
-    columns = ["pos", "record", "changed", "length", "truncated", "problem", "detail"]
-    columns += ["exact", "normalized", "split"]
+def _decide_pass(encoded, dc: DataConfig, spool: IO[bytes], stats: Stats, work: Path) -> dict[str, SplitRows]:
+    """Pass 3: de-duplicate in input order; the row numbers (in `encoded`) of each split, in files in `work`."""
+    columns = ["pos", "record", "changed", "length", "truncated", "problem", "detail", "exact", "split"]
     if dc.kind == "classification":
         columns.append("label_text")
     small = encoded.select_columns(columns)
-    deduper = Deduper(dc.clean.dedup)
-    indices: dict[str, list[int]] = {split: [] for split in SPLITS}
+    dup_rows, first_rows = duplicates(encoded, dc.clean.dedup)
+    firsts = encoded.select_columns(["source", "exact"])  # read for the duplicates only
+    k = 0  # dup_rows[k] is the next duplicate
+    next_dup = int(dup_rows[0]) if len(dup_rows) else -1
+    splits = {split: SplitRows(work / f"rows-{split}.arrow") for split in SPLITS}
     row = 0
-    with _bar("prepare: de-duplicate and split", len(encoded)) as bar:
+    with contextlib.ExitStack() as stack, _bar("prepare: de-duplicate and split", len(encoded)) as bar:
+        for rows in splits.values():
+            stack.callback(rows.close)
         for batch in small.iter(batch_size=BATCH):
             for i in range(len(batch["pos"])):
                 reason, detail = batch["problem"][i], batch["detail"][i]
-                if reason is None:
-                    dup = deduper.check(batch["exact"][i], batch["normalized"][i])
-                    if dup is not None:
-                        reason, detail = dup[0], duplicate_detail(dup[0], encoded[dup[1]]["source"])
+                if row == next_dup:  # a row without a token problem that repeats a kept row
+                    first = firsts[int(first_rows[k])]
+                    k += 1
+                    next_dup = int(dup_rows[k]) if k < len(dup_rows) else -1
+                    same = dc.clean.dedup == "exact" or first["exact"] == batch["exact"][i]
+                    reason = Reason.DUPLICATE_EXACT if same else Reason.DUPLICATE_NORMALIZED
+                    detail = duplicate_detail(reason, first["source"])
                 if reason is not None:
                     source, index, line, data = json.loads(batch["record"][i])
                     rec = Record(source=source, index=index, line=line, data=data)
                     stats.reject([reason])
                     spool.write(_spool_line(batch["pos"][i], Rejected(rec, [reason], [detail])))
                 else:
-                    deduper.add(batch["exact"][i], batch["normalized"][i], row)
-                    indices[batch["split"][i]].append(row)
+                    splits[batch["split"][i]].add(row)
                     label = batch["label_text"][i] if dc.kind == "classification" else None
                     stats.keep(
                         batch["split"][i],
@@ -321,7 +330,7 @@ def _decide_pass(encoded, dc: DataConfig, spool: IO[bytes], stats: Stats) -> dic
                     )
                 row += 1
             bar.update(len(batch["pos"]))
-    return indices
+    return splits
 
 
 @contextlib.contextmanager
@@ -393,7 +402,7 @@ def run(
                 desc="prepare: format and tokenize",
             )
     with open(spools[1], "wb") as spool:
-        indices = _decide_pass(encoded, dc, spool, stats)
+        rows = _decide_pass(encoded, dc, spool, stats, work)
     write_rejected(rejected_path, spools)
     final = encoded.remove_columns(list(_HELPERS))
-    return stats, {split: final.select(rows) for split, rows in indices.items()}
+    return stats, {split: rows[split].select(final) for split in SPLITS}
