@@ -334,7 +334,8 @@ def _library_modules() -> list[str]:
 
 
 def _reap(running: dict[int, socket.socket]) -> list[str]:
-    """Send each finished child's exit code to its client (128 + N when a signal N ended it); returns
+    """Send each finished child's exit code to its client (128 + N when a signal N ended it; a child
+    that ran to its end has sent it already, and the client reads only the first); returns
     the modules those children imported that the runner has not (see _learned)."""
     learned: list[str] = []
     while running:
@@ -496,6 +497,10 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    # the exit code straight to the client: the runner may be busy importing a module for seconds before
+    # it reaps this process (it still reports the exit of a child that died before getting here)
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps({"rc": code}).encode() + b"\n")
     return code
 
 
