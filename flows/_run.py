@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,10 +24,30 @@ from peft_framework.errors import UserError
 
 
 def load(config_path: str, overrides: Sequence[str] | None, root: str) -> tuple[Config, Path, list[str]]:
-    """The resolved config, the absolute project root, and the config warnings (ignored keys)."""
+    """The resolved config, the absolute project root, and the config warnings (ignored keys).
+
+    The command line loads the config once to report mistakes before any flow run, and the flow loads it
+    again (a flow must stand alone: deployments call it directly); the second load in the same process
+    reuses the first while the file is unchanged (same size and modification time)."""
     root_path = Path(root).resolve()
-    config, warnings = load_config_with_warnings(resolve(root_path, config_path), list(overrides or ()))
-    return config, root_path, warnings
+    path = resolve(root_path, config_path)
+    try:
+        st = os.stat(path)
+        key: tuple[Any, ...] | None = (str(path), st.st_size, st.st_mtime_ns, tuple(overrides or ()))
+    except OSError:
+        key = None  # the loader reports the missing file
+    if key is not None and key in _LOADED:
+        config, warnings = _LOADED[key]
+    else:
+        config, warnings = load_config_with_warnings(path, list(overrides or ()))
+        _LOADED.clear()
+        if key is not None:
+            _LOADED[key] = (config, warnings)
+    return config, root_path, list(warnings)
+
+
+_LOADED: dict[tuple[Any, ...], tuple[Config, list[str]]] = {}
+"""The last config `load` read in this process, by file identity and overrides."""
 
 
 def load_in_flow(config_path: str, overrides: Sequence[str] | None, root: str) -> tuple[Config, Path]:
