@@ -304,8 +304,9 @@ def half_input_grad(g2: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
     On a CPU without native bf16/fp16 GEMM (e.g. AVX2), torch's half-precision mm in this layout is over
     10x slower than fp32 with the casts (`python bench/half_gemm.py`; figures in bench/README.md);
-    autograd's own `linear` backward pays it for every frozen layer. The fp32 product of the same half-precision values rounded once is what a half GEMM with fp32
-    accumulation returns (up to summation order), so there the product runs in fp32.
+    autograd's own `linear` backward pays it for every frozen layer. The fp32 product of the same
+    half-precision values rounded once is what a half GEMM with fp32 accumulation returns (up to
+    summation order), so there the product runs in fp32.
     """
     if g2.device.type == "cpu" and not _NATIVE_HALF_GEMM.get(g2.dtype, True):
         return torch.mm(g2.float(), w.float()).to(g2.dtype)
