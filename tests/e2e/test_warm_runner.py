@@ -3,7 +3,6 @@ children, with the client's stdio, exit code and signals, and a new runner when 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -101,4 +100,3 @@ def test_commands_share_a_warm_runner_until_the_code_changes(tmp_path: Path):
     assert ready_lines(project) == 2
     assert "stopped 2 warm runner(s)" in stopped
     assert not list((project.root / ".prefect" / "warm").glob("*.json"))
-    assert not os.environ.get("PEFT_WARM_CHILD")
