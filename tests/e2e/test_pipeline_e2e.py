@@ -478,20 +478,25 @@ def test_browser_shows_the_stage_runs_and_the_eval_table(
     """The Prefect UI of the loopback server, in a real browser: the evaluate stage's flow run page lists
     its eval table artifact, which opens as a table of metrics; the runs page shows every stage Completed."""
     from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # The evaluate stage's own flow run (from `dvc repro` or an experiment), found by the table it published:
+    # the work-pool test's wrapper runs are named after their stage too but carry only the dvc.lock artifact.
     with SyncPrefectClient(server.api_url) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["evaluate"])))
-    evaluate = runs[0]  # the `dvc repro` stage run (or an experiment's): each publishes the eval table
+        tables = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["eval-base-vs-adapter"]))
+        )
+    assert tables and tables[0].flow_run_id, "no flow run published the eval table artifact"
+    evaluate_run_id = tables[0].flow_run_id
     ui = server.api_url.removesuffix("/api")
     wait = WebDriverWait(browser, 120)
 
     def text() -> str:
         return browser.find_element(By.TAG_NAME, "body").text
 
-    browser.get(f"{ui}/runs/flow-run/{evaluate.id}")
+    browser.get(f"{ui}/runs/flow-run/{evaluate_run_id}")
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "li.p-tab#artifacts") and "Completed" in text())
     browser.find_element(By.CSS_SELECTOR, "li.p-tab#artifacts").click()
     links = wait.until(lambda d: d.find_elements(By.XPATH, "//a[contains(@href, '/artifacts/artifact/')]"))
