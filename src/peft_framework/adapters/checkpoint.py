@@ -24,6 +24,7 @@ from torch import nn
 from peft_framework.adapters import registry
 from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME, AdapterMethod
 from peft_framework.adapters.state_dict import check_state_dict
+from peft_framework.adapters.trainable_tokens import is_peft_base_weight, load_peft_base_weights
 from peft_framework.config.schema import AdapterConfigBase
 from peft_framework.errors import AdapterError, ConfigError
 
@@ -294,13 +295,15 @@ def load_adapter(
     weights = adapter_weights_file(adapter_dir)
     method = method_for_saved(saved, str(adapter_dir / CONFIG_NAME))
     config = method.config_from_saved(saved)
-    header = {k: shape for k, (_, shape) in safetensors_header(weights).items()}
+    header = {k: shape for k, (_, shape) in safetensors_header(weights).items() if not is_peft_base_weight(k)}
     check_adapter_shapes(meta_skeleton(model), method, config, header, str(weights), adapter_name)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise AdapterError(f"{weights}: not a readable safetensors file ({exc})") from exc
     method.inject(model, config, adapter_name)
+    # peft saves whole resized embedding matrices beside trainable token rows: they go into the base
+    state = load_peft_base_weights(model, state, getattr(method, "disk_prefix", ""))
     expected = method.adapter_state_dict(model, adapter_name)
     check_state_dict(expected, state, str(weights), f"the {method.name!r} adapter built from its config")
     method.load_adapter_state_dict(model, state, adapter_name)

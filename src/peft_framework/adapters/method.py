@@ -32,6 +32,7 @@ from peft_framework.adapters.modules_to_save import (
 )
 from peft_framework.adapters.state_dict import check_state_dict
 from peft_framework.adapters.targeting import ALL_LINEAR, replace_module, resolve_targets
+from peft_framework.adapters.trainable_tokens import TrainableTokens, add_trainable_tokens, token_tensors
 from peft_framework.config.schema import AdapterConfigBase
 from peft_framework.errors import AdapterError
 
@@ -60,6 +61,7 @@ class AdapterRecord:
     config: AdapterConfigBase
     targets: list[str]  # paths of the wrapped modules, in model order
     saved_modules: list[str] = field(default_factory=list)  # paths of its ModulesToSave wrappers
+    token_layers: list[str] = field(default_factory=list)  # paths of its TrainableTokens wrappers
     merged: bool = False
 
 
@@ -169,6 +171,9 @@ class WrapperMethod(AdapterMethod):
                 module = ModulesToSave(module)
                 replace_module(model, path, module)
             module.add_adapter(adapter_name)
+        token_indices = getattr(config, "trainable_token_indices", None)
+        if token_indices:
+            record.token_layers = add_trainable_tokens(model, adapter_name, token_indices)
         adapters[adapter_name] = record
         self.set_active(model, adapter_name)
         self.mark_trainable(model, adapter_name)
@@ -182,7 +187,7 @@ class WrapperMethod(AdapterMethod):
             )
         self._check_nothing_merged(model, adapter_name, f"activate {adapter_name!r}")
         for module in model.modules():
-            if isinstance(module, (self.layer_class, ModulesToSave)):
+            if isinstance(module, (self.layer_class, ModulesToSave, TrainableTokens)):
                 module.set_adapter(adapter_name)
         self._state(model)["active"] = adapter_name
 
@@ -211,6 +216,7 @@ class WrapperMethod(AdapterMethod):
             copy = model.get_submodule(path).modules_to_save[adapter_name]
             for name, param in copy.named_parameters():
                 out[f"{path}.{name}"] = param
+        out.update(token_tensors(model, record.token_layers, adapter_name))
         for name, param in self.extra_tensors(model, record).items():
             out.setdefault(name, param)
         return out
@@ -302,6 +308,8 @@ class WrapperMethod(AdapterMethod):
             raise AdapterError(f"adapter {adapter_name!r} is already merged")
         for layer in self.layers(model, adapter_name).values():
             layer.merge(adapter_name, exact=exact)
+        for path in record.token_layers:
+            model.get_submodule(path).merge(adapter_name)
         record.merged = True
 
     def unmerge(self, model: nn.Module, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
@@ -310,14 +318,16 @@ class WrapperMethod(AdapterMethod):
         record = self.record(model, adapter_name)
         for layer in self.layers(model, adapter_name).values():
             layer.unmerge(adapter_name)
+        for path in record.token_layers:
+            model.get_submodule(path).unmerge(adapter_name)
         record.merged = False
 
     def unload(self, model: nn.Module) -> nn.Module:
-        """Swap every wrapper back for its base module. Merged weights stay merged, and a merged adapter's
+        """Swap every wrapper back for its base module. Merged weights (and token rows) stay merged, and a merged adapter's
         trained module copies (modules_to_save) replace the originals; otherwise the originals come back."""
         merged = [n for n, rec in self.records(model).items() if rec.merged]
         for path, module in list(model.named_modules()):
-            if isinstance(module, self.layer_class):
+            if isinstance(module, (self.layer_class, TrainableTokens)):
                 replace_module(model, path, module.base)
             elif isinstance(module, ModulesToSave):
                 copy_name = next((n for n in merged if n in module.modules_to_save), None)

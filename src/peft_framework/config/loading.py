@@ -175,11 +175,28 @@ def _resolve(data: dict[str, Any], overrides: Iterable[str]) -> tuple[Config, li
         from peft_framework.models.quantization import config_problems  # imports torch: only when needed
 
         problems.extend(config_problems(config.model, adapter.type))
+    if config is not None and adapter is not None and config.model.add_tokens:
+        problems.extend(_added_token_problems(adapter))
     if problems or config is None or adapter is None:
         problems.sort(key=_section_order)  # stable: override syntax first, then section by section
         n = len(problems)
         raise ConfigError(f"invalid config: {n} problem{'s' if n != 1 else ''}", problems)
     return config.model_copy(update={"adapter": adapter}), warns
+
+
+def _added_token_problems(adapter: AdapterConfigBase) -> list[str]:
+    """model.add_tokens needs an adapter type that trains token rows, and fills their indices itself."""
+    if "trainable_token_indices" not in type(adapter).model_fields:
+        return [
+            f"model.add_tokens: set, but adapter.type {adapter.type!r} cannot train the new tokens' embedding "
+            "rows (peft's trainable tokens exist for LoRA only); allowed: adapter.type lora, or model.add_tokens: []"
+        ]
+    if getattr(adapter, "trainable_token_indices", None):
+        return [
+            "adapter.trainable_token_indices: set together with model.add_tokens, which fills it with the new "
+            "tokens' rows; allowed: one of the two"
+        ]
+    return []
 
 
 def _emit(warns: list[str]) -> None:

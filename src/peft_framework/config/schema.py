@@ -102,6 +102,23 @@ class ModelConfig(Section):
 
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     revision: str | None = None
+    add_tokens: list[str] = Field(
+        default_factory=list,
+        description="Tokens to add to the tokenizer as special tokens (e.g. those a chat template writes that the "
+        "tokenizer lacks, such as '<|im_start|>'). The embeddings grow by one row per new token (the mean of the "
+        "others to start with) and the adapter trains those rows (adapter.trainable_token_indices, LoRA only); "
+        "they are saved with the adapter in peft's format.",
+    )
+
+    @field_validator("add_tokens")
+    @classmethod
+    def _tokens(cls, value: list[str]) -> list[str]:
+        bad = [t for t in value if not t or t != t.strip()]
+        if bad or len(set(value)) != len(value):
+            what = f"{bad!r} are empty or have surrounding spaces" if bad else "a token is listed twice"
+            raise ValueError(f"{what}; allowed: distinct, non-empty token strings")
+        return value
+
     trust_remote_code: bool = False
     allow_pickle_weights: bool = Field(
         False,

@@ -41,6 +41,7 @@ from peft_framework.adapters.checkpoint import (
 )
 from peft_framework.errors import UserError
 from peft_framework.export.memory import release_free_heap
+from peft_framework.models.added_tokens import grow_rows
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,8 @@ def stream_merge(
     """Write the merged model's safetensors shards (+ index) into `out_dir`, one base shard at a time."""
     started = time.perf_counter()
     skeleton = build_skeleton(model_class, hf_config)
-    model_keys = set(skeleton.state_dict().keys())
+    model_shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    model_keys = set(model_shapes)
     prefix = getattr(skeleton, "base_model_prefix", "") or ""
     ties = tied_groups(skeleton)
     del skeleton
@@ -295,7 +297,7 @@ def stream_merge(
         own = [k for k in checkpoint.keys[shard] if k in mapping]
         # the other tensors of the modules this shard touches (a Linear's bias may sit in the next shard)
         needed = sorted({k for key in own for k in by_module[_module_of(mapping[key])]})
-        tensors = read_tensors(checkpoint, needed)
+        tensors = grown_embeddings(read_tensors(checkpoint, needed), mapping, model_shapes)
         model = build_skeleton(model_class, hf_config)
         model.load_state_dict({mapping[k]: v for k, v in tensors.items()}, strict=False, assign=True)
         del tensors
@@ -324,6 +326,20 @@ def stream_merge(
         (out_dir / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     result.seconds = time.perf_counter() - started
     return result
+
+
+def grown_embeddings(
+    tensors: dict[str, torch.Tensor], mapping: dict[str, str], shapes: dict[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """Checkpoint tensors with rows appended where the model has more (embeddings grown for
+    `model.add_tokens`: the new rows start as in `load_base_model`; the adapter's token rows replace them)."""
+    out = {}
+    for key, tensor in tensors.items():
+        want = shapes.get(mapping[key])
+        if want is not None and len(want) == tensor.dim() == 2 and want[1:] == tuple(tensor.shape[1:]):
+            tensor = grow_rows(tensor, want[0])
+        out[key] = tensor
+    return out
 
 
 def _merge_missing(

@@ -137,6 +137,9 @@ def export_hf_config(config: Config, base_dir: Path, label_names, tokenizer, dty
             hf_config.label2id = {label: i for i, label in enumerate(label_names)}
     if getattr(hf_config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         hf_config.pad_token_id = tokenizer.pad_token_id
+    text_config = hf_config.get_text_config()
+    if config.model.add_tokens and len(tokenizer) > text_config.vocab_size:  # embeddings grown for them
+        text_config.vocab_size = len(tokenizer)
     hf_config.dtype = dtype
     return hf_config
 

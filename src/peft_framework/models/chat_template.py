@@ -91,9 +91,10 @@ def use_chat_template(tokenizer: Any, template: str, key: str) -> None:
             "invalid config",
             [
                 f"{key}: the template needs tokens the tokenizer of model.name_or_path lacks: "
-                f"{', '.join(lacking)} (they would be split into pieces of text); allowed: a template whose "
-                "special tokens the tokenizer has (data.chat_template: null uses the tokenizer's own), or a "
-                "model whose tokenizer has them"
+                f"{', '.join(lacking)} (they would be split into pieces of text); allowed: model.add_tokens: "
+                f"[{', '.join(repr(t) for t in lacking)}] (adds them, and trains their embeddings with a LoRA "
+                "adapter), a template whose special tokens the tokenizer has (data.chat_template: null uses the "
+                "tokenizer's own), or a model whose tokenizer has them"
             ],
         )
     previous = getattr(tokenizer, "chat_template", None)

@@ -104,7 +104,7 @@ def load_tokenizer(model_config: ModelConfig) -> PreTrainedTokenizerBase:
         _check_builtin(model_config.name_or_path)
         from peft_framework.models.tiny import tiny_tokenizer
 
-        return tiny_tokenizer()
+        return _with_added_tokens(tiny_tokenizer(), model_config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             model_config.name_or_path,
@@ -119,6 +119,16 @@ def load_tokenizer(model_config: ModelConfig) -> PreTrainedTokenizerBase:
         ) from exc
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
+    return _with_added_tokens(tokenizer, model_config)
+
+
+def _with_added_tokens(
+    tokenizer: PreTrainedTokenizerBase, model_config: ModelConfig
+) -> PreTrainedTokenizerBase:
+    if model_config.add_tokens:
+        from peft_framework.models.added_tokens import add_tokens
+
+        add_tokens(tokenizer, model_config.add_tokens)
     return tokenizer
 
 
@@ -166,6 +176,8 @@ def load_base_model(
     or `label_names`, in that order); `label_names` also become `config.id2label`. Models without a pad
     token id (Llama, Qwen, ...) get the tokenizer's, since classification heads pool the last non-pad token.
     Newly initialised weights (the classification head) come from torch's global RNG: seed before calling.
+    With `model.add_tokens`, the embeddings grow to `len(tokenizer)` rows (pass the tokenizer the adapter
+    was saved with when loading one).
     """
     task = model_config.task
     n_labels = resolve_num_labels(model_config, num_labels, label_names)
@@ -205,6 +217,11 @@ def load_base_model(
             if not isinstance(exc, (OSError, ValueError)) and not Path(name).is_dir():
                 raise  # not a problem of a local directory's files: a bug, keep the traceback
             raise ConfigError("invalid config", [_load_problem(name, f"{task} model", exc)]) from exc
+    if model_config.add_tokens:  # rows for the tokens the tokenizer gained (models/added_tokens.py)
+        from peft_framework.models.added_tokens import grow_embeddings
+
+        tokenizer = tokenizer or load_tokenizer(model_config)
+        grow_embeddings(model, len(tokenizer))
     if task == "sequence_classification":
         if label_names and len(label_names) == n_labels:
             model.config.id2label = dict(enumerate(label_names))

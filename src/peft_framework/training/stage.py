@@ -76,7 +76,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     args, plan, hardware = _arguments(tc, data, checkpoint_dir)
     is_main = args.process_index == 0  # touching args sets up the process group under torchrun
 
-    model, tokenizer, method = _model_with_adapter(config, data.label_names)
+    model, tokenizer, method, config = _model_with_adapter(config, data.label_names)
     apply_prepared_chat_template(tokenizer, config.data, data.manifest, root)  # saved with the adapter
     init = warm_start.load_init_adapter(model, method, config, root)  # train.init_adapter
     trainable, total = count_parameters(model)
@@ -226,12 +226,16 @@ def _use_dvclive(tc: TrainConfig) -> bool:
     return tc.report_to == "dvclive" or (tc.report_to in ("auto", "mlflow") and dvclive_available())
 
 
-def _model_with_adapter(config: Config, label_names: list[str] | None) -> tuple[torch.nn.Module, Any, Any]:
-    """(model with the adapter injected, tokenizer, adapter method). Seeded: head and adapter
-    initialisations come from the global RNG."""
+def _model_with_adapter(
+    config: Config, label_names: list[str] | None
+) -> tuple[torch.nn.Module, Any, Any, Config]:
+    """(model with the adapter injected, tokenizer, adapter method, config). Seeded: head and adapter
+    initialisations come from the global RNG. With `model.add_tokens` the returned config's adapter trains
+    the new tokens' rows (`trainable_token_indices`), and is what the adapter is saved with."""
     from transformers import set_seed
 
     from peft_framework.adapters import registry
+    from peft_framework.models.added_tokens import with_token_rows
     from peft_framework.models.loading import load_base_model, load_tokenizer
     from peft_framework.training.kbit import prepare_kbit_training
 
@@ -239,11 +243,13 @@ def _model_with_adapter(config: Config, label_names: list[str] | None) -> tuple[
     tokenizer = load_tokenizer(config.model)
     model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer)
     prepare_kbit_training(model, config.train.gradient_checkpointing)  # quantized bases only (QLoRA)
+    adapter = with_token_rows(config.adapter, model, tokenizer, config.model.add_tokens)
+    config = config.model_copy(update={"adapter": adapter})
     method = registry.get(config.adapter.type)
     method.inject(model, config.adapter)
     if config.train.gradient_checkpointing and hasattr(model.config, "use_cache"):
         model.config.use_cache = False
-    return model, tokenizer, method
+    return model, tokenizer, method, config
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

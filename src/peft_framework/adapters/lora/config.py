@@ -29,6 +29,26 @@ class LoraConfig(AdapterConfigBase):
     use_dora: bool = Field(
         False, description="DoRA: a trained magnitude per output feature over the normalised W + s·BA"
     )
+    trainable_token_indices: list[int] | dict[str, list[int]] | None = Field(
+        None,
+        description="Token embedding rows trained in full beside the LoRA (peft's trainable tokens): a list of "
+        "token ids for the input embedding (a tied lm_head follows it), or {layer name: ids}, e.g. {embed_tokens: "
+        "[...], lm_head: [...]} for an untied lm_head. Filled in for the tokens of model.add_tokens.",
+    )
+
+    @field_validator("trainable_token_indices")
+    @classmethod
+    def _token_ids(
+        cls, value: list[int] | dict[str, list[int]] | None
+    ) -> list[int] | dict[str, list[int]] | None:
+        if not value:
+            return None
+        for ids in value.values() if isinstance(value, dict) else [value]:
+            if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+                raise ValueError(
+                    f"adapter.trainable_token_indices: {ids!r}; allowed: a non-empty list of distinct token ids >= 0"
+                )
+        return value
 
     @field_validator("init")
     @classmethod

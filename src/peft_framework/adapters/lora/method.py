@@ -18,7 +18,8 @@ from peft_framework.config.schema import AdapterConfigBase
 from peft_framework.errors import AdapterError
 
 _UNSUPPORTED_UNLESS = {
-    **{k: v for k, v in LORA_FAMILY_UNSUPPORTED.items() if k != "use_dora"},  # LoRA has DoRA (dora.py)
+    # LoRA has DoRA (dora.py) and trainable tokens (adapters/trainable_tokens.py)
+    **{k: v for k, v in LORA_FAMILY_UNSUPPORTED.items() if k not in ("use_dora", "trainable_token_indices")},
     "rank_pattern": ({}, None),
     "alora_invocation_tokens": (None, []),
     "use_bdlora": (None, False),
@@ -138,6 +139,8 @@ class LoraMethod(WrapperMethod):
         }
         if config.exclude_modules is not None:  # key only known to peft >= 0.14: written only when used
             saved["exclude_modules"] = config.exclude_modules
+        if config.trainable_token_indices:  # peft >= 0.15: written only when used
+            saved["trainable_token_indices"] = config.trainable_token_indices
         return saved
 
     def config_from_saved(self, saved: dict[str, Any]) -> AdapterConfigBase:
@@ -164,5 +167,6 @@ class LoraMethod(WrapperMethod):
                 "use_dora": bool(saved.get("use_dora") or False),
                 "bias": saved.get("bias", "none"),
                 "init": _INIT_FROM_PEFT[init],
+                "trainable_token_indices": saved.get("trainable_token_indices") or None,
             }
         )
