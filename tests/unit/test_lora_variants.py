@@ -25,12 +25,7 @@ from tiny_models import tiny_gpt2, tiny_llama
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 _BASES = {"llama": tiny_llama(hidden=64), "gpt2": tiny_gpt2()}  # the shared factories (tests/tiny_models.py)

@@ -29,12 +29,7 @@ TOL = 1e-5
 NEW = [VOCAB, VOCAB + 1]  # two added tokens: rows 100 and 101 of the grown embedding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def grown(kind: str) -> torch.nn.Module:
