@@ -1,7 +1,7 @@
 """train.packing at scale: wall time and peak heap of `pack_prepared` on a memory-mapped prepared split.
 
     python bench/packing_memory.py --rows 100000 [1000000] [--max-seq-len 1024] [--reads 2000]
-        [--src PATH] [--data-dir DIR]
+        [--src PATH] [--data-dir DIR] [--grouped]
 
 Rows: lengths drawn lognormal (median 64 tokens, sigma 1.0), capped at 1024 (as bench/packing.py), random
 int32 token ids below 32,000 (a real vocabulary's: as Python ints, ids above 256 are objects of their own),
@@ -16,6 +16,11 @@ sampler asks for them) and timed per pack (with a sha256 over their contents, JS
 can be checked to give the same packs). Heap = `RssAnon` of /proc/self/status sampled every 5 ms by a
 thread (Arrow's mapped file pages are RssFile and not counted); printed as the peak above the level before
 `pack_prepared` (so the imports and the loaded split are not counted).
+
+--grouped: also times what `train.group_by_length` costs before the first step: transformers'
+LengthGroupedSampler reading every pack to learn its length (what the Trainer did before
+`packing.example_lengths`), against the lengths taken from the packing plan; and the same for the unpacked
+split (every row read, against Arrow's list lengths). Each pair of length lists must be equal.
 """
 
 from __future__ import annotations
@@ -108,7 +113,7 @@ class AnonPeak:
         return max(self.peak, self.now())
 
 
-def child(data_dir: Path, max_seq_len: int, reads: int) -> dict:
+def child(data_dir: Path, max_seq_len: int, reads: int, grouped_lengths: bool = False) -> dict:
     import random
 
     import datasets
@@ -148,7 +153,26 @@ def child(data_dir: Path, max_seq_len: int, reads: int) -> dict:
         digest.update(json.dumps([pack["input_ids"], pack["labels"], pack["position_ids"]]).encode())
     read_s = time.perf_counter() - started
     end = sampler.stop()
+    grouped = {}
+    if grouped_lengths:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        started = time.perf_counter()
+        by_reading = LengthGroupedSampler(8, dataset=packed.train).lengths
+        grouped["lengths_by_reading_s"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        from_plan = packing.example_lengths(packed.train)
+        grouped["lengths_from_plan_s"] = round(time.perf_counter() - started, 4)
+        assert from_plan == by_reading, "the plan's pack lengths differ from the packs' own"
+        started = time.perf_counter()  # and the unpacked split (group_by_length without packing)
+        by_reading = LengthGroupedSampler(8, dataset=split).lengths
+        grouped["rows_lengths_by_reading_s"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        from_arrow = packing.example_lengths(split)
+        grouped["rows_lengths_from_arrow_s"] = round(time.perf_counter() - started, 4)
+        assert from_arrow == by_reading, "the Arrow row lengths differ from the rows' own"
     return {
+        **grouped,
         "module": packing.__file__,
         "rows": stats["rows"],
         "packs": stats["packs"],
@@ -174,10 +198,11 @@ def main() -> None:
         "--src", type=Path, default=HERE.parent / "src", help="the src/ to import peft_framework from"
     )
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/packing_memory_bench"))
+    ap.add_argument("--grouped", action="store_true", help="also time the lengths group_by_length needs")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.max_seq_len, args.reads)))
+        print(json.dumps(child(args.child, args.max_seq_len, args.reads, args.grouped)))
         return
     for rows in args.rows:
         data = args.data_dir / f"rows{rows}"
@@ -187,7 +212,7 @@ def main() -> None:
             print(f"generated {rows} rows into {data} in {time.perf_counter() - started:.1f} s", flush=True)
         env = {**os.environ, "PYTHONPATH": str(args.src.resolve())}
         cmd = [sys.executable, __file__, "--child", str(data), "--max-seq-len", str(args.max_seq_len)]
-        cmd += ["--reads", str(args.reads)]
+        cmd += ["--reads", str(args.reads)] + (["--grouped"] if args.grouped else [])
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
         print(out.strip().splitlines()[-1], flush=True)
 

@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from peft_framework.training.collator import IGNORE_INDEX, make_collator
-from peft_framework.training.packing import best_fit_decreasing, pack_plan, pack_split, row_lengths
+from peft_framework.training.packing import (
+    best_fit_decreasing,
+    example_lengths,
+    pack_plan,
+    pack_split,
+    row_lengths,
+)
 
 
 def reference_best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -115,3 +121,17 @@ def test_split_with_an_indices_mapping_packs_its_own_row_order():
     picked = split.select(order)
     assert row_lengths(picked).tolist() == [len(rows[i]["input_ids"]) for i in order]
     assert pack_split(picked, 32)[0].to_list() == reference_pack_rows([rows[i] for i in order], 32)
+
+
+def test_length_grouping_gets_the_lengths_transformers_would_read_example_by_example(monkeypatch):
+    """train.group_by_length: the sampler is transformers' LengthGroupedSampler with the same lengths it
+    computes itself (so the same order), taken from the plan / Arrow without building a single pack."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    split, rows = _split(300, 48, seed=3)
+    packed, _ = pack_split(split, 48)
+    by_reading = LengthGroupedSampler(8, dataset=packed).lengths
+    assert example_lengths(split) == [len(r["input_ids"]) for r in rows]
+    monkeypatch.setattr(type(packed), "__getitem__", lambda self, k: pytest.fail("a pack was built"))
+    assert example_lengths(packed) == by_reading
+    assert example_lengths([{"input_ids": [1]}]) is None  # anything else: the Trainer reads it as usual

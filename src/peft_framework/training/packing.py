@@ -88,6 +88,17 @@ def row_lengths(split: Any) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
 
+def example_lengths(dataset: Any) -> list[int] | None:
+    """Token count of every example of a train/eval dataset, without reading the examples: the packing plan's
+    pack lengths, or a `datasets.Dataset`'s input_ids lengths from Arrow. None for other datasets."""
+    if isinstance(dataset, PackedSplit):
+        return dataset.lengths.tolist()
+    column_names = getattr(dataset, "column_names", None)
+    if isinstance(column_names, list) and "input_ids" in column_names and hasattr(dataset, "select_columns"):
+        return row_lengths(dataset).tolist()
+    return None
+
+
 class PackedSplit:
     """The packed train split as a map-style dataset built on demand: pack k reads its rows from the
     (memory-mapped) split when asked, so only the plan (two int64 arrays) stays in memory. Items are dicts of
@@ -95,10 +106,16 @@ class PackedSplit:
     first label -100. transformers' Trainer needs only `len()` and indexing (its samplers, and the batch
     skipping of a mid-epoch resume, work on indices)."""
 
-    def __init__(self, split: Any, rows: np.ndarray, offsets: np.ndarray) -> None:
+    def __init__(self, split: Any, rows: np.ndarray, offsets: np.ndarray, row_tokens: np.ndarray) -> None:
         self._split = split.select_columns(["input_ids", "labels"]).with_format(None)
         self._rows = rows
         self._offsets = offsets
+        #: tokens in each pack (the sum of its rows' lengths), for length-grouped sampling
+        self.lengths = (
+            np.add.reduceat(row_tokens[rows], offsets[:-1])
+            if len(offsets) > 1
+            else np.zeros(0, dtype=np.int64)
+        )
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
@@ -139,7 +156,7 @@ def pack_split(split: Any, max_seq_len: int) -> tuple[PackedSplit, dict[str, Any
         "max_seq_len": max_seq_len,
         "fill_ratio": round(tokens / (packs * max_seq_len), 4) if packs else 0.0,
     }
-    return PackedSplit(split, rows, offsets), stats
+    return PackedSplit(split, rows, offsets, lengths), stats
 
 
 def pack_prepared(data: Any, config: Any) -> tuple[Any, dict[str, Any] | None]:
