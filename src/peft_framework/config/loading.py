@@ -189,7 +189,7 @@ def _added_token_problems(adapter: AdapterConfigBase) -> list[str]:
     if "trainable_token_indices" not in type(adapter).model_fields:
         return [
             f"model.add_tokens: set, but adapter.type {adapter.type!r} cannot train the new tokens' embedding "
-            "rows (peft's trainable tokens exist for LoRA only); allowed: adapter.type lora, or model.add_tokens: []"
+            "rows (trainable tokens are built for LoRA here); allowed: adapter.type lora, or model.add_tokens: []"
         ]
     if getattr(adapter, "trainable_token_indices", None):
         return [
