@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft_framework.adapters.layer import AdapterLayer
+from peft_framework.adapters.layer import AdapterLayer, quantization
 from peft_framework.adapters.targeting import base_module_paths, replace_module
 from peft_framework.errors import AdapterError
 
@@ -42,10 +42,10 @@ class TrainableTokens(AdapterLayer):
     trainable_tokens_delta: nn.ParameterDict
 
     def __init__(self, base_layer: nn.Module) -> None:
-        if not isinstance(base_layer, (nn.Embedding, nn.Linear)):
+        if not isinstance(base_layer, (nn.Embedding, nn.Linear)) or quantization(base_layer) is not None:
             raise AdapterError(
                 f"adapter.trainable_token_indices: selects a {type(base_layer).__name__}; allowed: embedding "
-                "layers and the output projection (lm_head)"
+                "layers and an unquantized output projection (lm_head)"
             )
         super().__init__(base_layer)
         self.token_indices: dict[str, list[int]] = {}
