@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft_framework.adapters.layer import AdapterLayer, quantization
+from peft_framework.adapters.layer import AdapterLayer, adapter_factory, quantization
 from peft_framework.adapters.targeting import base_module_paths, replace_module
 from peft_framework.errors import AdapterError
 
@@ -81,8 +81,8 @@ class TrainableTokens(AdapterLayer):
         self.check_new(name)
         self.token_indices[name] = list(indices)
         index = torch.tensor(indices, device=self.weight.device)
-        dtype = torch.float32 if self.weight.dtype in (torch.float16, torch.bfloat16) else self.weight.dtype
-        self.trainable_tokens_delta[name] = nn.Parameter(self.weight.detach()[index].to(dtype).clone())
+        rows = self.weight.detach()[index].to(adapter_factory(self.weight)["dtype"])  # fp32 on a half base
+        self.trainable_tokens_delta[name] = nn.Parameter(rows.clone())
 
     def rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices, trained rows) of adapter `name`, on the base weight's device and in its dtype."""
@@ -134,9 +134,7 @@ class TrainableTokens(AdapterLayer):
 def token_layer_indices(model: nn.Module, indices: TokenIndices) -> dict[str, list[int]]:
     """Module path -> indices: a list is for the input embedding; dict keys name layers by path suffix."""
     if isinstance(indices, list):
-        embedding = model.get_input_embeddings()
-        path = next(p for p, m in model.named_modules() if m is embedding or _base_of(m) is embedding)
-        return {path: list(indices)}
+        return {path_of(model, model.get_input_embeddings()): list(indices)}
     paths = base_module_paths(model)
     out: dict[str, list[int]] = {}
     for key, ids in indices.items():
@@ -151,19 +149,22 @@ def token_layer_indices(model: nn.Module, indices: TokenIndices) -> dict[str, li
     return out
 
 
-def _base_of(module: nn.Module) -> nn.Module | None:
-    return module.base if isinstance(module, AdapterLayer) else None
+def _unwrapped(module: nn.Module) -> nn.Module:
+    return module.base if isinstance(module, AdapterLayer) else module
 
 
-def tied_output_path(model: nn.Module, embedding_path: str) -> str | None:
+def path_of(model: nn.Module, module: nn.Module) -> str:
+    """The path of `module` in `model`, or of the adapter wrapper around it."""
+    return next(p for p, m in model.named_modules() if m is module or _unwrapped(m) is module)
+
+
+def tied_output_path(model: nn.Module) -> str | None:
     """The path of the output projection that shares the input embedding's weight (tied lm_head), if any."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    embedding = model.get_submodule(embedding_path)
-    output = _base_of(output) or output
-    embedding = _base_of(embedding) or embedding
-    if output is None or getattr(output, "weight", None) is not embedding.weight:
+    if output is None:
         return None
-    return next(p for p, m in model.named_modules() if m is output or _base_of(m) is output)
+    output, embedding = _unwrapped(output), _unwrapped(model.get_input_embeddings())
+    return path_of(model, output) if getattr(output, "weight", None) is embedding.weight else None
 
 
 def add_trainable_tokens(model: nn.Module, adapter_name: str, indices: TokenIndices) -> list[str]:
@@ -177,17 +178,13 @@ def add_trainable_tokens(model: nn.Module, adapter_name: str, indices: TokenIndi
         layer = _wrapper_at(model, path)
         layer.add_adapter(adapter_name, ids)
         wrapped.append(path)
-        tied = tied_output_path(model, path) if layer.base is _embedding_base(model) else None
+        is_input = layer.base is _unwrapped(model.get_input_embeddings())
+        tied = tied_output_path(model) if is_input else None
         # as peft: the tied projection follows the embedding unless the dict gives it other indices
         if tied is not None and layers.get(tied, ids) == ids:
             _wrapper_at(model, tied).add_adapter(adapter_name, ids, tied_to=layer)
             wrapped.append(tied)
     return wrapped
-
-
-def _embedding_base(model: nn.Module) -> nn.Module:
-    embedding = model.get_input_embeddings()
-    return _base_of(embedding) or embedding
 
 
 def _wrapper_at(model: nn.Module, path: str) -> TrainableTokens:
@@ -227,7 +224,10 @@ def load_peft_base_weights(
     rest = dict(state)
     for key in [k for k in state if is_peft_base_weight(k)]:
         path = key[len(prefix) : -len("." + PEFT_BASE_WEIGHT_KEY)]
-        module = model.get_submodule(path)
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            module = None
         weight = module.weight if isinstance(module, TrainableTokens) else None
         if weight is None or tuple(weight.shape) != tuple(state[key].shape):
             have = "no trainable-tokens layer" if weight is None else f"shape {tuple(weight.shape)}"

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from peft_framework.adapters.trainable_tokens import path_of, tied_output_path
 from peft_framework.config.schema import AdapterConfigBase
-from peft_framework.errors import ConfigError
 
 
 def add_tokens(tokenizer: Any, tokens: list[str]) -> None:
@@ -31,14 +31,18 @@ def add_tokens(tokenizer: Any, tokens: list[str]) -> None:
         tokenizer.add_tokens(new, special_tokens=True)
 
 
+def mean_row(weight: torch.Tensor) -> torch.Tensor:
+    """The mean of `weight`'s rows (computed in fp32), in its dtype: what a new token's row starts as."""
+    return weight.to(torch.float32).mean(dim=0, keepdim=True).to(weight.dtype)
+
+
 @torch.no_grad()
 def grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    """`weight` with rows appended up to `rows`, each the mean of the existing rows (unchanged if enough)."""
+    """`weight` with rows appended up to `rows`, each `mean_row` of the existing ones (unchanged if enough)."""
     have = weight.shape[0]
     if rows <= have:
         return weight
-    mean = weight.to(torch.float32).mean(dim=0, keepdim=True).to(weight.dtype)
-    return torch.cat([weight, mean.expand(rows - have, *weight.shape[1:])], dim=0)
+    return torch.cat([weight, mean_row(weight).expand(rows - have, *weight.shape[1:])], dim=0)
 
 
 @torch.no_grad()
@@ -46,37 +50,25 @@ def grow_embeddings(model: nn.Module, rows: int) -> None:
     """Resize the input embedding (and an untied output projection) of `model` to `rows` rows, the new
     ones initialised by `grow_rows`. Nothing happens when the model already has that many rows (a padded
     vocabulary)."""
-    embedding = model.get_input_embeddings()
-    have = embedding.weight.shape[0]
+    have = model.get_input_embeddings().weight.shape[0]
     if rows <= have:
         return
+    model.resize_token_embeddings(rows, mean_resizing=False)  # keeps the old rows; the new ones are set here
+    layers = [model.get_input_embeddings()]
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    old_in = embedding.weight.detach().clone()
-    old_out = None if output is None or output.weight is embedding.weight else output.weight.detach().clone()
-    model.resize_token_embeddings(rows, mean_resizing=False)
-    model.get_input_embeddings().weight.copy_(grow_rows(old_in, rows))
-    if old_out is not None:
-        model.get_output_embeddings().weight.copy_(grow_rows(old_out, rows))
-
-
-def token_ids(tokenizer: Any, tokens: list[str]) -> list[int]:
-    """The ids of `tokens`, each one token of `tokenizer` (after `add_tokens`)."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in tokens if t not in vocab]
-    if missing:
-        raise ConfigError("invalid config", [f"model.add_tokens: {missing} are not tokens of the tokenizer"])
-    return [vocab[t] for t in tokens]
+    if output is not None and output.weight is not layers[0].weight:
+        layers.append(output)
+    for layer in layers:
+        layer.weight[have:] = mean_row(layer.weight[:have])
 
 
 def token_rows_setting(model: nn.Module, ids: list[int]) -> list[int] | dict[str, list[int]]:
     """`adapter.trainable_token_indices` for `ids`: a list when the output projection shares the input
     embedding's weight (or there is none), else the rows of both layers by their module paths."""
-    embedding = model.get_input_embeddings()
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if output is None or getattr(output, "weight", None) is embedding.weight:
+    if output is None or tied_output_path(model) is not None:
         return list(ids)
-    paths = {id(m): p for p, m in model.named_modules()}
-    return {paths[id(embedding)]: list(ids), paths[id(output)]: list(ids)}
+    return {path_of(model, model.get_input_embeddings()): list(ids), path_of(model, output): list(ids)}
 
 
 def with_token_rows(
@@ -85,5 +77,6 @@ def with_token_rows(
     """`adapter` with `trainable_token_indices` set to the rows of `tokens` (unchanged when there are none)."""
     if not tokens:
         return adapter
-    setting = token_rows_setting(model, token_ids(tokenizer, tokens))
+    vocab = tokenizer.get_vocab()  # the tokens are in it: load_tokenizer added them
+    setting = token_rows_setting(model, [vocab[t] for t in tokens])
     return adapter.model_copy(update={"trainable_token_indices": setting})

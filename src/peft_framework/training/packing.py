@@ -91,10 +91,11 @@ def row_lengths(split: Any) -> np.ndarray:
 def example_lengths(dataset: Any) -> list[int] | None:
     """Token count of every example of a train/eval dataset, without reading the examples: the packing plan's
     pack lengths, or a `datasets.Dataset`'s input_ids lengths from Arrow. None for other datasets."""
+    import datasets
+
     if isinstance(dataset, PackedSplit):
         return dataset.lengths.tolist()
-    column_names = getattr(dataset, "column_names", None)
-    if isinstance(column_names, list) and "input_ids" in column_names and hasattr(dataset, "select_columns"):
+    if isinstance(dataset, datasets.Dataset) and "input_ids" in dataset.column_names:
         return row_lengths(dataset).tolist()
     return None
 
