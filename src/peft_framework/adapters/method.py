@@ -35,6 +35,7 @@ from peft_framework.adapters.targeting import ALL_LINEAR, replace_module, resolv
 from peft_framework.adapters.trainable_tokens import TrainableTokens, add_trainable_tokens, token_tensors
 from peft_framework.config.schema import AdapterConfigBase
 from peft_framework.errors import AdapterError
+from peft_framework.models.parts import scoped_targets
 
 #: peft's on-disk prefix (PeftModel -> <Type>Model -> the base model)
 PEFT_PREFIX = "base_model.model."
@@ -87,6 +88,13 @@ class WrapperMethod(AdapterMethod):
         if target_modules is None:
             target_modules = self.default_targets(model)
         targets = resolve_targets(model, target_modules, config.exclude_modules, self.layer_class)
+        targets = scoped_targets(model, targets, target_modules, getattr(config, "target_vision", False))
+        if not targets:
+            raise AdapterError(
+                f"adapter.target_modules: {target_modules!r} matches only vision-tower or projector layers; "
+                "allowed: language-model layers, adapter.target_vision: true for the vision tower, or "
+                "adapter.modules_to_save for the projector"
+            )
         return AdapterRecord(config=config, targets=targets)
 
     def wrap(self, module: nn.Module, path: str, record: AdapterRecord) -> AdapterLayer:

@@ -79,6 +79,12 @@ def resolve_modules_to_save(model: nn.Module, names: list[str] | None, targets: 
     missing = [n for n in names if n not in used and n not in SEQ_CLS_HEADS]
     if missing:
         top = sorted({p.split(".")[0] for p in base_module_paths(model)})
+        from peft_framework.models.parts import model_parts
+
+        parts = model_parts(model)
+        if parts.multimodal:  # the top level of a VLM is `model` and `lm_head`: name the parts inside
+            inner = {p.rsplit(".", 1)[-1] for paths in parts.top_level().values() for p in paths}
+            top = sorted(set(top) | inner)
         raise AdapterError(
             f"adapter.modules_to_save: {missing} match no module of the model; allowed: module names such as "
             f"{', '.join(top)} or deeper paths"

@@ -14,6 +14,7 @@ from torch import nn
 
 from peft_framework.adapters.layer import BASE_LAYER_KINDS, AdapterLayer
 from peft_framework.errors import AdapterError
+from peft_framework.models.parts import LANGUAGE, model_parts
 
 ALL_LINEAR = "all-linear"
 LINEAR_TYPES = BASE_LAYER_KINDS
@@ -112,6 +113,20 @@ def resolve_targets(
     return paths
 
 
+def _prefixed_names(targets: list[str]) -> str:
+    """A regex for `targets` by their short names under their common parent (e.g. only the language model's
+    `q_proj` of a vision-language model, whose vision tower has `q_proj` layers too)."""
+    parents = [t.split(".")[:-1] for t in targets]
+    common: list[str] = []
+    for parts in zip(*parents):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    names = "|".join(re.escape(n) for n in short_names(targets))
+    prefix = re.escape(".".join(common)) + r"\." if common else ""
+    return rf"{prefix}(.*\.)?({names})"
+
+
 def saved_target_modules(
     model: nn.Module,
     targets: list[str],
@@ -121,6 +136,10 @@ def saved_target_modules(
     """What to write as peft's `target_modules` so that peft selects exactly `targets` on the base model:
     the first of `candidates` (e.g. the user's regex) that does, else the short names (['q_proj', ...]),
     else the full paths."""
+    parts = model_parts(model)
+    if parts.multimodal and any(parts.part_of(t) != LANGUAGE for t in targets):
+        # adapted vision-tower layers: full paths, which our loader takes as meant (models/parts.py)
+        return sorted(targets)
     view = base_module_paths(model)
 
     def reproduces(pattern: str | list[str]) -> bool:
@@ -131,7 +150,7 @@ def saved_target_modules(
         }
         return chosen == set(targets)
 
-    for pattern in [*candidates, short_names(targets)]:
+    for pattern in [*candidates, short_names(targets), _prefixed_names(targets)]:
         if pattern != ALL_LINEAR and reproduces(pattern):
             return pattern
     return sorted(targets)

@@ -14,6 +14,7 @@ DATA_FIELDS: dict[str, tuple[str, ...]] = {
     "chat": ("messages", "role", "content"),
     "text": ("text",),
     "classification": ("text", "label"),
+    "vision": ("messages", "role", "content", "images"),
 }
 """Canonical field names per `data.kind`: the keys `data.columns` may map to other column names."""
 
@@ -85,6 +86,18 @@ class SplitConfig(Section):
         return self
 
 
+class ImagesConfig(Section):
+    """data.kind vision: what an image must be to be kept (data/vision.py)."""
+
+    max_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        description="Reject images with more pixels than this (decompression bombs). PIL's own guard "
+        "(Image.MAX_IMAGE_PIXELS) stays on as well.",
+    )
+    min_size: int = Field(8, ge=1, description="Reject images narrower or lower than this many pixels.")
+
+
 class SourceEntry(Section):
     """One weighted entry of `data.source` (see `peft_framework.data.mixing` for the exact semantics)."""
 
@@ -122,7 +135,12 @@ class DataConfig(Section):
         "auto",
         description="'auto': from the file extension (.jsonl/.ndjson, .json, .csv, .tsv, .parquet, + .gz).",
     )
-    kind: Literal["instruction", "chat", "text", "classification"] = "instruction"
+    kind: Literal["instruction", "chat", "text", "classification", "vision"] = Field(
+        "instruction",
+        description="vision: chat messages whose content parts include {type: image} placeholders, plus an "
+        "images column (paths relative to the data file, or image bytes); needs model.task image_text_to_text.",
+    )
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Canonical field -> column name in the source, e.g. {output: answer}.",
@@ -184,7 +202,7 @@ class DataConfig(Section):
                 )
             elif not column:
                 problems.append(f"data.columns.{field}: empty column name")
-        if self.kind == "chat" and self.template in ("alpaca", "plain"):
+        if self.kind in ("chat", "vision") and self.template in ("alpaca", "plain"):
             problems.append(
                 f"data.template: {self.template!r} cannot format chat data; "
                 "allowed for kind 'chat': auto, chat_template"

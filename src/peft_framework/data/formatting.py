@@ -40,7 +40,7 @@ _GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
 def resolve_template(cfg: DataConfig) -> str:
     """The template actually used: chat data always uses the chat template; text data uses none;
     instruction data uses `data.chat_template` when one is set and `data.template` is auto."""
-    if cfg.kind == "chat":
+    if cfg.kind in ("chat", "vision"):
         return "chat_template"
     if cfg.kind == "instruction":
         if cfg.template == "auto":  # a chat template named in the config is the one to use
@@ -174,12 +174,14 @@ class Formatter:
         )
 
     def _encode_chat(self, row: dict[str, Any]) -> Encoded:
-        if self.cfg.kind == "chat":
+        if self.cfg.kind in ("chat", "vision"):
             messages = row["messages"]
         else:
             messages = instruction_messages(row["instruction"], row["input"], row["output"])
         prompt = self._render(messages[:-1], add_generation_prompt=True)
-        text = {"prompt": prompt, "response": messages[-1]["content"]}
+        text = {"prompt": prompt, "response": _content_text(messages[-1]["content"])}
+        if self.cfg.kind == "vision":  # the processor re-tokenizes the whole text with its images, per batch
+            text["text"] = self._render(messages)
         if not self.cfg.train_on_responses_only:  # every token is trained: no need to find the turns
             ids = list(self.tok(self._render(messages), add_special_tokens=False)["input_ids"])
             return self._finish(ids, [1] * len(ids), text)
@@ -298,6 +300,13 @@ class Formatter:
                 )
             )
         return out
+
+
+def _content_text(content: str | list[dict[str, str]]) -> str:
+    """A message's text: the content itself, or its text parts joined (vision rows)."""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if p.get("type") == "text")
 
 
 def _boundary_from_offsets(offsets: Sequence[tuple[int, int]], prompt_chars: int) -> int:

@@ -13,11 +13,13 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from peft_framework.config.schema import DataConfig
+from peft_framework.data import vision
 from peft_framework.data.clean import clean_text, normalize_label, normalized_key
 from peft_framework.data.formatting import Encoded, Formatter
 from peft_framework.data.rows import Reason, Record, Rejected
@@ -76,6 +78,8 @@ def assign_split(key: str, cfg: DataConfig) -> str:
 
 
 def _text_values(fields: dict[str, Any], kind: str) -> list[str]:
+    if kind == "vision":
+        return vision.text_values(fields)
     if kind == "instruction":
         return [fields["instruction"], fields["input"], fields["output"]]
     if kind == "chat":
@@ -86,6 +90,8 @@ def _text_values(fields: dict[str, Any], kind: str) -> list[str]:
 
 
 def _n_chars(fields: dict[str, Any], kind: str) -> int:
+    if kind == "vision":
+        return sum(len(vision.message_text(m["content"])) for m in fields["messages"])
     if kind == "instruction":
         return len(fields["instruction"]) + len(fields["input"]) + len(fields["output"])
     if kind == "chat":
@@ -97,6 +103,8 @@ def _prompt_values(fields: dict[str, Any], kind: str) -> list[str]:
     """The input side of a row: rows sharing it share a split (no test prompt is seen in training)."""
     if kind == "instruction":
         return [fields["instruction"], fields["input"]]
+    if kind == "vision":
+        return vision.prompt_values(fields)
     if kind == "chat":
         return [v for m in fields["messages"][:-1] for v in (m["role"], m["content"])]
     return [fields["text"]]
@@ -154,10 +162,19 @@ def screen(
     Returns the cleaned candidate, or None and the problems of the first stage the row fails."""
     if rec.error is not None:
         return None, [rec.error]
-    fields, problems = extract_fields(rec.data, cfg)
-    if fields is None:
-        return None, problems
-    fields, changed, problems = _clean_fields(fields, cfg)
+    if cfg.kind == "vision":  # data/vision.py: parts, images opened and verified
+        if not isinstance(rec.data, dict):
+            return None, [(Reason.NOT_AN_OBJECT, "a row must be a JSON object")]
+        base_dir = Path(rec.base_dir) if rec.base_dir else None
+        fields, problems, changed = vision.vision_fields(rec.data, cfg, base_dir)
+        if fields is None:
+            return None, problems
+        problems = vision.clean_messages(fields["messages"], cfg, changed)
+    else:
+        fields, problems = extract_fields(rec.data, cfg)
+        if fields is None:
+            return None, problems
+        fields, changed, problems = _clean_fields(fields, cfg)
     if problems:
         return None, problems
     if cfg.kind == "classification" and allowed_labels is not None and fields["label"] not in allowed_labels:
@@ -193,6 +210,12 @@ def token_problem(enc: Encoded, cfg: DataConfig, formatter: Formatter) -> tuple[
         return (
             Reason.TOO_MANY_TOKENS,
             f"{enc.n_tokens} tokens, data.clean.max_tokens is {cfg.clean.max_tokens}",
+        )
+    if cfg.kind == "vision" and enc.truncated:
+        return (
+            Reason.TOO_MANY_TOKENS,
+            f"{enc.n_tokens} tokens, data.max_seq_len is {cfg.max_seq_len}: image rows are never truncated "
+            "(an image's tokens must stay whole)",
         )
     problem = formatter.no_response_problem(enc)
     return None if problem is None else (problem.reason, problem.detail)

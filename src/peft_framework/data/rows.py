@@ -38,6 +38,7 @@ class Record:
     data: Any = None
     error: tuple[str, str] | None = None  # (reason, detail) for rows that could not be parsed
     raw: str | None = None  # the raw text of an unparseable row (invalid bytes backslash-escaped)
+    base_dir: str | None = None  # directory of a local source file: image paths are relative to it
 
     @property
     def where(self) -> str:

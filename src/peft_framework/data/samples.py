@@ -324,4 +324,7 @@ def write_samples(out_dir: str | os.PathLike[str] = "data/raw") -> dict[str, Any
         path = out / name
         _write_bytes(path, data)
         summary[name] = {"path": str(path), "bytes": len(data), "lines": len(lines), "expected": expected}
+    from peft_framework.data.vision_samples import write_vision_samples
+
+    summary["vision/shapes.jsonl"] = write_vision_samples(out, _write_bytes, SEED)  # images drawn with PIL
     return summary

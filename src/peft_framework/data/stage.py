@@ -46,7 +46,7 @@ DETAILS = "report.json"
 CREATED_BY = "peft_framework.data.prepare"
 FORMAT_VERSION = 1
 #: the sample-data generator: not code that `prepare` runs, so not in its code hash
-_SAMPLE_CODE = ("samples.py", "sample_vocab.py")
+_SAMPLE_CODE = ("samples.py", "sample_vocab.py", "vision_samples.py")
 
 
 def config_sha256(config: Config, content: dict[str, Any] | None = None) -> str:
@@ -74,8 +74,21 @@ def code_sha256() -> str:
     )
 
 
+def _with_base_dir(rec: Any, src: Source) -> Any:
+    """The record with its source file's directory (image paths are relative to it)."""
+    if src.path is not None:
+        rec.base_dir = str(Path(src.path).parent)
+    return rec
+
+
 def _check_task(config: Config) -> None:
     kind, task = config.data.kind, config.model.task
+    if (kind == "vision") != (task == "image_text_to_text"):
+        want = "image_text_to_text" if kind == "vision" else "causal_lm or sequence_classification"
+        raise ConfigError(
+            f"data.kind {kind!r} does not fit model.task {task!r}",
+            [f"model.task: {task!r}; allowed with data.kind {kind!r}: {want}"],
+        )
     if (kind == "classification") != (task == "sequence_classification"):
         want = "sequence_classification" if kind == "classification" else "causal_lm"
         raise ConfigError(
@@ -308,7 +321,9 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
     tokenizer = load_tokenizer(config.model)
     tokenizer_id = tokenizer_identity(config.model, tokenizer, root)  # the files, before any change
     apply_data_chat_template(tokenizer, dc, root)
-    records = (rec for src in sources for rec in read_source(src, dc.hf_split, dc.hf_config))
+    records = (
+        _with_base_dir(rec, src) for src in sources for rec in read_source(src, dc.hf_split, dc.hf_config)
+    )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.work-", dir=out_dir.parent) as work,

@@ -18,6 +18,7 @@ before; the splits are selected from pass 2's Arrow file by the row-number files
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import heapq
@@ -140,6 +141,16 @@ def output_features(dc: DataConfig, label_names: list[str] | None):
     }
     text_columns = ("prompt", "response") if causal else ("text", "label_text")
     features.update({name: datasets.Value("string") for name in (*text_columns, "source")})
+    if dc.kind == "vision":  # the rendered conversation and the verified images (bytes, never pixels)
+        features["text"] = datasets.Value("string")
+        features["images"] = datasets.List(
+            {
+                "bytes": datasets.Value("binary"),
+                "sha256": datasets.Value("string"),
+                "width": datasets.Value("int32"),
+                "height": datasets.Value("int32"),
+            }
+        )
     return features
 
 
@@ -189,6 +200,11 @@ class _Encode:
             out["exact"].append(exact)
             out["normalized"].append(normalized)
             out["split"].append(split)
+        if self.dc.kind == "vision":
+            out["text"] = [enc.text["text"] for enc in encoded]
+            out["images"] = [
+                [{**img, "bytes": base64.b64decode(img["bytes"])} for img in row["images"]] for row in fields
+            ]
         for name in ("source", "pos", "record", "changed"):
             out[name] = batch[name]
         return out

@@ -18,11 +18,11 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from peft_framework.config.schema import BUILTIN_TINY_LLAMA, ModelConfig
+from peft_framework.config.schema import BUILTIN_TINY_LLAMA, BUILTIN_TINY_VLM, ModelConfig
 from peft_framework.errors import ConfigError
 from peft_framework.models.quantization import is_quantized_config, load_kwargs, quantize_built_model
 
-BUILTIN_MODELS = (BUILTIN_TINY_LLAMA,)
+BUILTIN_MODELS = (BUILTIN_TINY_LLAMA, BUILTIN_TINY_VLM)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -39,6 +39,18 @@ def _check_builtin(name_or_path: str) -> None:
                 f"{', '.join(BUILTIN_MODELS)}, "
                 "a HuggingFace hub id or a local model directory"
             ],
+        )
+
+
+def _check_builtin_task(model_config: ModelConfig) -> None:
+    """builtin:tiny-vlm is a vision-language model, builtin:tiny-llama a text one."""
+    name, task = model_config.name_or_path, model_config.task
+    vlm_task = task == "image_text_to_text"
+    if is_builtin(name) and (name == BUILTIN_TINY_VLM) != vlm_task:
+        want = BUILTIN_TINY_VLM if vlm_task else BUILTIN_TINY_LLAMA
+        raise ConfigError(
+            "invalid config",
+            [f"model.name_or_path: {name!r} does not fit model.task {task!r}; allowed: {want!r}"],
         )
 
 
@@ -100,6 +112,14 @@ def torch_dtype(model_config: ModelConfig) -> torch.dtype | str:
 
 
 def load_tokenizer(model_config: ModelConfig) -> PreTrainedTokenizerBase:
+    if model_config.task == "image_text_to_text":  # the processor's tokenizer (models/vlm.py)
+        from peft_framework.models.vlm import load_processor
+
+        processor = load_processor(model_config)
+        tokenizer = processor.tokenizer
+        if not getattr(tokenizer, "chat_template", None):  # the processor's template formats the data
+            tokenizer.chat_template = processor.chat_template
+        return tokenizer
     if is_builtin(model_config.name_or_path):
         _check_builtin(model_config.name_or_path)
         from peft_framework.models.tiny import tiny_tokenizer
@@ -182,11 +202,17 @@ def load_base_model(
     task = model_config.task
     n_labels = resolve_num_labels(model_config, num_labels, label_names)
     name = model_config.name_or_path
+    _check_builtin_task(model_config)
     if is_builtin(name):
         _check_builtin(name)
-        from peft_framework.models.tiny import tiny_llama
+        if task == "image_text_to_text":
+            from peft_framework.models.tiny_vlm import tiny_vlm
 
-        model = tiny_llama(task=task, num_labels=n_labels or 2)
+            model = tiny_vlm("llava")[0]
+        else:
+            from peft_framework.models.tiny import tiny_llama
+
+            model = tiny_llama(task=task, num_labels=n_labels or 2)
         if model_config.dtype not in ("float32", "auto"):
             model = model.to(_DTYPES[model_config.dtype])
         if is_quantized_config(model_config):
@@ -203,7 +229,11 @@ def load_base_model(
             # torch's weights_only=True, which still trusts the file's structure)
             use_safetensors=None if model_config.allow_pickle_weights else True,
         )
-        if task == "sequence_classification":
+        if task == "image_text_to_text":
+            from transformers import AutoModelForImageTextToText
+
+            auto = AutoModelForImageTextToText
+        elif task == "sequence_classification":
             auto = AutoModelForSequenceClassification
             kwargs["num_labels"] = n_labels
             if label_names and len(label_names) == n_labels:

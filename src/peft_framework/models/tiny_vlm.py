@@ -1,0 +1,182 @@
+"""Tiny random vision-language models with their processors, built offline from configs.
+
+As transformers' own tests build them: a small vision config and a small text config joined by the
+family's config class, and a processor assembled from an image processor and our byte-level tokenizer
+(plus the family's image tokens), with a chat template that renders `{"type": "image"}` parts.
+
+- `llava`: CLIP vision tower + Llama language model (`builtin:tiny-vlm`);
+- `gemma3`: SigLIP vision tower + Gemma3 language model.
+
+Qwen2-VL is not built here: its processor requires a video processor, which needs torchvision.
+`save_tiny_vlm(family, directory)` writes a model directory that the Auto classes load.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from peft_framework.models.tiny import TINY_INIT_STD, tiny_tokenizer
+
+TINY_VLM_SEED = 4321
+FAMILIES = ("llava", "gemma3")
+IMAGE_SIZE = 32
+
+
+def vlm_chat_template(image_text: str) -> str:
+    """Role-tagged turns; a content list renders text parts as is and image parts as `image_text`.
+    `{% generation %}` marks the assistant's tokens (what the model learns)."""
+    content = (
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}{{ '" + image_text + "' }}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+    )
+    return (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'assistant' %}"
+        "{{ '<|assistant|>\n' }}{% generation %}" + content + "{{ eos_token }}{% endgeneration %}{{ '\n' }}"
+        "{% else %}"
+        "{{ '<|' + message['role'] + '|>\n' }}" + content + "{{ '\n' }}"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    )
+
+
+def _tokenizer(extra: dict[str, str]) -> PreTrainedTokenizerFast:
+    """The byte-level tokenizer with the family's image tokens as special tokens (named attributes too)."""
+    base = tiny_tokenizer()
+    base.add_special_tokens({"additional_special_tokens": list(extra.values())})
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=base.backend_tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        model_max_length=1024,
+        extra_special_tokens=extra,
+    )
+    return tokenizer
+
+
+def _text_params(vocab_size: int) -> dict[str, Any]:
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        initializer_range=TINY_INIT_STD,
+    )
+
+
+_VISION = dict(
+    image_size=IMAGE_SIZE,
+    patch_size=8,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+)
+
+
+def _llava() -> tuple[Any, Any]:
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = _tokenizer({"image_token": "<image>"})
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**_VISION, projection_dim=32),
+        text_config=LlamaConfig(**_text_params(len(tokenizer))),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        projector_hidden_act="gelu",
+    )
+    model = LlavaForConditionalGeneration(config)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        ),
+        tokenizer=tokenizer,
+        patch_size=_VISION["patch_size"],
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=vlm_chat_template("<image>"),
+    )
+    return model, processor
+
+
+def _gemma3() -> tuple[Any, Any]:
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3Processor,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    tokens = {
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+    }
+    tokenizer = _tokenizer(tokens)
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in tokens.items()}
+    config = Gemma3Config(
+        text_config=Gemma3TextConfig(**_text_params(len(tokenizer)), head_dim=16, sliding_window=64),
+        vision_config=SiglipVisionConfig(**_VISION),
+        mm_tokens_per_image=4,
+        boi_token_index=ids["boi_token"],
+        eoi_token_index=ids["eoi_token"],
+        image_token_index=ids["image_token"],
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        tokenizer=tokenizer,
+        image_seq_length=4,
+        chat_template=vlm_chat_template("<start_of_image>"),
+    )
+    return model, processor
+
+
+_BUILDERS = {"llava": _llava, "gemma3": _gemma3}
+
+
+def tiny_vlm(family: str = "llava", seed: int = TINY_VLM_SEED) -> tuple[Any, Any]:
+    """(model in eval mode, processor). Same seed -> same weights, on any machine (built on CPU in fp32)."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model, processor = _BUILDERS[family]()
+    model.config.name_or_path = f"builtin:tiny-vlm-{family}" if family != "llava" else "builtin:tiny-vlm"
+    return model.eval(), processor
+
+
+def save_tiny_vlm(family: str, directory: str | os.PathLike[str]) -> Path:
+    """Write a tiny VLM (safetensors) and its processor to `directory`; returns it."""
+    directory = Path(directory)
+    model, processor = tiny_vlm(family)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
