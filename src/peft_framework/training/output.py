@@ -44,6 +44,20 @@ def final_eval_loss(trainer: Any, history: list[dict[str, Any]]) -> float | None
     return float(trainer.evaluate()["eval_loss"])
 
 
+def _layers_per_part(trainer: Any, method: Any) -> dict[str, Any]:
+    """Adapted layers and fully trained modules per model part (language model, vision tower, projector)."""
+    from peft_framework.models.parts import model_parts
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    records = getattr(method, "records", None)
+    if records is None or not records(model):
+        return {}
+    record = next(iter(records(model).values()))
+    parts = model_parts(model)
+    saved = getattr(record, "saved_modules", [])
+    return {"layers_per_part": parts.count(record.targets), "modules_to_save_per_part": parts.count(saved)}
+
+
 def build_manifest(
     config: Config,
     root: Path,
@@ -82,6 +96,7 @@ def build_manifest(
             "type": config.adapter.type,
             "peft_type": method.peft_type,
             **method.manifest_extra(config.adapter),
+            **_layers_per_part(trainer, method),
         },
         "seed": tc.seed,
         "data_seed": trainer.args.data_seed,

@@ -68,4 +68,7 @@ def load_prepared(config: Config, root: Path) -> PreparedData:
 def _model_columns(split: Any) -> Any:
     from peft_framework.training.collator import MODEL_COLUMNS
 
-    return split.select_columns([c for c in MODEL_COLUMNS if c in split.column_names])
+    from peft_framework.training.vision_collator import VISION_COLUMNS
+
+    wanted = (*MODEL_COLUMNS, *VISION_COLUMNS)  # vision rows: the processor needs the text and the images
+    return split.select_columns([c for c in wanted if c in split.column_names])

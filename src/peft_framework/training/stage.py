@@ -71,6 +71,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     tc = config.train
     out_dir, checkpoint_dir, metrics_dir = _directories(tc, root)
     use_dvclive = _use_dvclive(tc)
+    _refuse_vision_packing(config)
     data = load_prepared(config, root)
     data, packing = pack_prepared(data, config)  # train.packing: the train split packed across the epoch
     args, plan, hardware = _arguments(tc, data, checkpoint_dir)
@@ -98,7 +99,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         args=args,
         train_dataset=data.train,
         eval_dataset=data.eval,
-        data_collator=make_collator(config.train.packing, config.model.task, tokenizer.pad_token_id),
+        data_collator=_collator(config, tokenizer, make_collator),
         callbacks=[*callbacks, *([mlflow_cb] if mlflow_cb else []), *extra_callbacks],
         adapter_method=method,
         loraplus=loraplus_setting(config.train),
@@ -247,9 +248,33 @@ def _model_with_adapter(
     config = config.model_copy(update={"adapter": adapter})
     method = registry.get(config.adapter.type)
     method.inject(model, config.adapter)
+    if config.model.task == "image_text_to_text":
+        from peft_framework.models.vlm import freeze_vision_graph
+
+        freeze_vision_graph(model)  # a vision tower that does not train keeps no activations
     if config.train.gradient_checkpointing and hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     return model, tokenizer, method, config
+
+
+def _refuse_vision_packing(config: Config) -> None:
+    if config.model.task == "image_text_to_text" and config.train.packing:
+        raise UserError(
+            "train.packing: true does not fit image rows (model.task image_text_to_text): packed rows would "
+            "need per-row isolation of attention and image features, which is not built; allowed: false"
+        )
+
+
+def _collator(config: Config, tokenizer: Any, make_collator: Any) -> Any:
+    """The batch collator: the processor per batch for vision rows (training/vision_collator.py)."""
+    if config.model.task != "image_text_to_text":
+        return make_collator(config.train.packing, config.model.task, tokenizer.pad_token_id)
+    from peft_framework.models.vlm import load_processor
+    from peft_framework.training.vision_collator import VisionCollator
+
+    processor = load_processor(config.model)
+    processor.tokenizer = tokenizer  # the data's chat template and pad token
+    return VisionCollator(processor)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -1,0 +1,114 @@
+"""Vision rows through prepare and train on the tiny VLM: the dirty image set accounted for row by row,
+no pixel values on disk, the processor per batch, the projector trained through modules_to_save and a
+frozen vision tower; packing refused; a changed image changes the prepared data's hash."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+from PIL import Image
+
+from peft_framework.config.loading import load_config
+from peft_framework.data import prepare, write_samples
+from peft_framework.errors import UserError
+from peft_framework.models.tiny_vlm import save_tiny_vlm
+from peft_framework.training.stage import train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PRESET = """
+model: {{name_or_path: {model}, task: image_text_to_text}}
+data:
+  source: data/raw/vision/shapes.jsonl
+  kind: vision
+  images: {{max_pixels: 1000000}}
+adapter: {{type: lora, r: 4, alpha: 8, modules_to_save: [multi_modal_projector]}}
+train: {{max_steps: 3, batch_size: 4, report_to: none}}
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("vision")
+    summary = write_samples(root / "data" / "raw")["vision/shapes.jsonl"]
+    (root / "vlm.yaml").write_text(PRESET.format(model="builtin:tiny-vlm"))
+    return root, summary
+
+
+@pytest.fixture(scope="module")
+def prepared(project):
+    root, _ = project
+    return prepare(load_config(root / "vlm.yaml"), root)
+
+
+def test_dirty_images_accounted_row_by_row(project, prepared):
+    root, summary = project
+    expected = summary["expected"]
+    assert prepared["rows"]["read"] == expected["read"]
+    assert prepared["rejected_by_reason"] == dict(sorted(expected["rejected_by_reason"].items()))
+    assert prepared["rows"]["kept"] + prepared["rows"]["rejected"] == prepared["rows"]["read"]
+    report = json.loads((root / "data/prepared/report.json").read_text())
+    assert report["cleaned"]["image_mode_converted"] == expected["image_mode_converted"]
+    rejected = [json.loads(line) for line in (root / "data/rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == prepared["rows"]["rejected"]
+    assert all(r["details"] and r["line"] for r in rejected)
+
+
+def test_prepared_rows_hold_image_bytes_not_pixels(prepared):
+    ds = datasets.load_from_disk(prepared["output_dir"])
+    assert "pixel_values" not in ds["train"].column_names
+    row = ds["train"][0]
+    with Image.open(io.BytesIO(row["images"][0]["bytes"])) as img:
+        assert img.mode == "RGB"
+    assert len(row["images"][0]["sha256"]) == 64
+
+
+def test_a_changed_image_changes_the_prepared_hash(project, prepared, tmp_path):
+    import shutil
+
+    root, _ = project
+    copy = tmp_path / "p"
+    shutil.copytree(root / "data" / "raw", copy / "data" / "raw")
+    shutil.copy(root / "vlm.yaml", copy / "vlm.yaml")
+    first = next(p for p in sorted((copy / "data/raw/vision/images").glob("0*.png")))
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(first)
+    again = prepare(load_config(copy / "vlm.yaml"), copy)
+    assert again["dataset_sha256"] != prepared["dataset_sha256"]
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_train_on_images(project, prepared, family, tmp_path):
+    root, _ = project
+    model_dir = save_tiny_vlm(family, tmp_path / family)
+    config = load_config(
+        root / "vlm.yaml", [f"model.name_or_path={model_dir}", f"train.output_dir={tmp_path}/adapter"]
+    )
+    if family != "llava":  # each family's data is prepared with its own processor
+        config = load_config(
+            root / "vlm.yaml",
+            [
+                f"model.name_or_path={model_dir}",
+                f"train.output_dir={tmp_path}/adapter",
+                f"data.output_dir={tmp_path}/prepared",
+                f"data.rejected_path={tmp_path}/rejected.jsonl",
+                f"data.report_path={tmp_path}/data.json",
+            ],
+        )
+        prepare(config, root)
+    summary = train(config, root)
+    assert summary["global_step"] == 3
+    manifest = json.loads((tmp_path / "adapter" / "manifest.json").read_text())
+    adapter = manifest["adapter"]
+    assert adapter["layers_per_part"]["language_model"] > 0
+    assert adapter["layers_per_part"]["vision_tower"] == adapter["layers_per_part"]["projector"] == 0
+    assert adapter["modules_to_save_per_part"]["projector"] == 1
+
+
+def test_packing_image_rows_is_refused(project, prepared):
+    root, _ = project
+    with pytest.raises(UserError, match="train.packing"):
+        train(load_config(root / "vlm.yaml", ["train.packing=true"]), root)
