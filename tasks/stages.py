@@ -82,7 +82,10 @@ def prepare_inputs(config: Config, root: Path) -> list[str]:
     """What prepare reads from the project: the raw data, and a custom chat template file."""
     template = config.data.chat_template
     custom = [template] if template is not None and template.endswith(".jinja") else []
-    return [*local_sources(config, root), *custom]
+    sources = local_sources(config, root)
+    if config.data.kind == "vision":  # image paths are relative to each data file's directory
+        sources += sorted({str(Path(s).parent) for s in sources} - set(sources))
+    return [*sources, *custom]
 
 
 STAGES: dict[str, Stage] = {

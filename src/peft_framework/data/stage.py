@@ -336,6 +336,8 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
         for src in sources:
             src.sha256 = _source_hash(src)
         inputs = {src.display: src.sha256 for src in sources}
+        if dc.kind == "vision":  # the images the rows name: a changed image is a changed input
+            inputs["images"] = result.images.hexdigest()
         counts = _counts(result)
         assert counts["kept"] + counts["rejected"] == counts["read"], "row accounting is broken"
         report = _report(result, dc, sources, counts)

@@ -101,6 +101,7 @@ class Stats:
     label_names: list[str] | None = None
     template: str = ""
     prompt_add_special_tokens: bool = True
+    images: Any = field(default_factory=hashlib.sha256)  # vision: running hash of the images' content hashes
 
     @property
     def rejected(self) -> int:
@@ -291,6 +292,9 @@ def _screen_pass(
                 continue
             if dc.kind == "classification":
                 labels_seen.add(cand.fields["label"])
+            if dc.kind == "vision":
+                for image in cand.fields["images"]:
+                    stats.images.update(bytes.fromhex(image["sha256"]))
             writer.write(
                 {
                     "pos": pos,

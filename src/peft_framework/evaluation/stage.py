@@ -193,6 +193,10 @@ def score(
 ) -> tuple[dict, list[dict]]:
     """The one scoring routine both models go through."""
     model.eval()
+    if config.model.task == "image_text_to_text":  # tokenizer: the processor, images per batch
+        from peft_framework.evaluation.vision import score_vision
+
+        return score_vision(model, tokenizer, test, config, device, generate, metrics_dir)
     if config.model.task == "sequence_classification":
         return score_classification(model, tokenizer, test, config, device, label_names, metrics_dir)
     return score_causal_lm(model, tokenizer, test, config, device, generate, metrics_dir, add_special_tokens)
@@ -235,6 +239,8 @@ def prediction_rows(test, config: Config, per_model: dict[str, list[dict]], labe
         elif "prompt" in test.column_names:
             row["prompt"] = test[i]["prompt"]
             row["reference"] = test[i]["response"]
+            if "images" in test.column_names:  # which images the prompt showed (content hashes)
+                row["images"] = [img["sha256"] for img in test[i]["images"]]
         for model in MODELS:
             for key, value in per_model[model][i].items():
                 if key == "num_tokens":
@@ -266,7 +272,7 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
     generate = (
         cfg.generate
         and not classification
-        and config.data.kind in ("instruction", "chat")
+        and config.data.kind in ("instruction", "chat", "vision")
         and {"prompt", "response"} <= columns
     )
     if cfg.generate and not classification and config.data.kind in ("instruction", "chat") and not generate:
@@ -277,6 +283,12 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
     device = pick_device(cfg.device, key="eval.device")
     metrics_dir = resolve(root, cfg.metrics_dir) if cfg.metrics_dir else None
     tokenizer = adapter_tokenizer(config.model, adapter_dir)
+    if config.model.task == "image_text_to_text":  # scored with the processor (evaluation/vision.py)
+        from peft_framework.models.vlm import load_processor
+
+        processor = load_processor(config.model)
+        processor.tokenizer = tokenizer
+        tokenizer = processor
     torch.manual_seed(config.train.seed)  # a new classification head is initialised from the global RNG
     model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer).to(device)
 
