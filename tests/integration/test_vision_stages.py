@@ -84,20 +84,15 @@ def test_a_changed_image_changes_the_prepared_hash(project, prepared, tmp_path):
 def test_train_on_images(project, prepared, family, tmp_path):
     root, _ = project
     model_dir = save_tiny_vlm(family, tmp_path / family)
-    config = load_config(
-        root / "vlm.yaml", [f"model.name_or_path={model_dir}", f"train.output_dir={tmp_path}/adapter"]
-    )
+    overrides = [f"model.name_or_path={model_dir}", f"train.output_dir={tmp_path}/adapter"]
     if family != "llava":  # each family's data is prepared with its own processor
-        config = load_config(
-            root / "vlm.yaml",
-            [
-                f"model.name_or_path={model_dir}",
-                f"train.output_dir={tmp_path}/adapter",
-                f"data.output_dir={tmp_path}/prepared",
-                f"data.rejected_path={tmp_path}/rejected.jsonl",
-                f"data.report_path={tmp_path}/data.json",
-            ],
-        )
+        overrides += [
+            f"data.output_dir={tmp_path}/prepared",
+            f"data.rejected_path={tmp_path}/rejected.jsonl",
+            f"data.report_path={tmp_path}/data.json",
+        ]
+    config = load_config(root / "vlm.yaml", overrides)
+    if family != "llava":
         prepare(config, root)
     summary = train(config, root)
     assert summary["global_step"] == 3
@@ -106,6 +101,19 @@ def test_train_on_images(project, prepared, family, tmp_path):
     assert adapter["layers_per_part"]["language_model"] > 0
     assert adapter["layers_per_part"]["vision_tower"] == adapter["layers_per_part"]["projector"] == 0
     assert adapter["modules_to_save_per_part"]["projector"] == 1
+
+    # export: the merged VLM with its processor files, loaded by the Auto classes, parity on image rows
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from peft_framework.export.stage import export
+
+    exported = [f"export.output_dir={tmp_path}/merged", f"export.report_path={tmp_path}/export.json"]
+    report = export(load_config(root / "vlm.yaml", [*overrides, *exported]), root)
+    assert report["parity_passed"] and report["parity_samples"] > 0
+    assert (tmp_path / "merged" / "chat_template.jinja").is_file()
+    processor = AutoProcessor.from_pretrained(tmp_path / "merged")
+    assert processor.image_processor is not None and processor.tokenizer.chat_template
+    AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
 
 
 def test_packing_image_rows_is_refused(project, prepared):

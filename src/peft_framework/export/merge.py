@@ -124,14 +124,33 @@ def tied_groups(model: nn.Module) -> list[set[str]]:
     return [names for names in by_id.values() if len(names) > 1]
 
 
+def checkpoint_renamings(model: nn.Module) -> list[Any]:
+    """transformers' renamings of legacy checkpoint names for `model`'s class (e.g. LLaVA's
+    `language_model.model.*` -> `model.language_model.*`), as `from_pretrained` applies them; [] if none."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+    except ImportError:  # pragma: no cover - transformers without conversion mappings
+        return []
+    return [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+
+
 def map_keys(
-    checkpoint_keys: list[str], model_keys: set[str], prefix: str
+    checkpoint_keys: list[str], model_keys: set[str], prefix: str, renamings: list[Any] = ()
 ) -> tuple[dict[str, str], list[str]]:
-    """checkpoint name -> model state-dict name (base-model prefix added or removed as needed);
-    names the model does not have are returned apart (transformers ignores them too)."""
+    """checkpoint name -> model state-dict name (base-model prefix added or removed as needed, legacy names
+    renamed as transformers renames them); names the model does not have are returned apart (transformers
+    ignores them too)."""
     mapping: dict[str, str] = {}
     unused: list[str] = []
     for key in checkpoint_keys:
+        if renamings and key not in model_keys:
+            from transformers.core_model_loading import apply_renamings
+
+            renamed = apply_renamings(key, list(renamings))
+            if renamed in model_keys:
+                mapping[key] = renamed
+                continue
         if key in model_keys:
             mapping[key] = key
         elif prefix and f"{prefix}.{key}" in model_keys:
@@ -259,9 +278,10 @@ def stream_merge(
     model_keys = set(model_shapes)
     prefix = getattr(skeleton, "base_model_prefix", "") or ""
     ties = tied_groups(skeleton)
+    renamings = checkpoint_renamings(skeleton)
     del skeleton
     all_keys = [k for keys in checkpoint.keys.values() for k in keys]
-    mapping, unused = map_keys(all_keys, model_keys, prefix)
+    mapping, unused = map_keys(all_keys, model_keys, prefix, renamings)
     covered = set(mapping.values())
     for group in ties:
         if group & covered:

@@ -42,9 +42,25 @@ def parity_inputs(config: Config, held_out, tokenizer) -> list[list[int]]:
     return [tokenizer(t)["input_ids"][:limit] for t in texts]
 
 
+def vision_parity_inputs(config: Config, held_out, processor) -> dict[str, torch.Tensor]:
+    """A batch of held-out image rows (pixel values included) made by the training collator."""
+    from peft_framework.errors import StageFailed
+    from peft_framework.training.vision_collator import VisionCollator
+
+    if held_out is None or "images" not in held_out.column_names or len(held_out) == 0:
+        raise StageFailed("export: the parity check of a vision-language model needs prepared image rows")
+    rows = [held_out[i] for i in range(min(config.export.parity_samples, len(held_out)))]
+    batch = VisionCollator(processor)(rows)
+    batch.pop("labels")
+    return batch
+
+
 @torch.no_grad()
-def _logits(model, inputs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _logits(model, inputs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     from peft_framework.evaluation.runner import attention_mask, pad
+
+    if isinstance(inputs, dict):  # a processor's batch (vision-language models)
+        return model(**inputs).logits.float(), inputs["attention_mask"].bool()
 
     ids = pad(inputs, pad_id)
     mask = attention_mask(inputs)

@@ -147,6 +147,11 @@ def export_hf_config(config: Config, base_dir: Path, label_names, tokenizer, dty
 def auto_class(config: Config):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    if config.model.task == "image_text_to_text":
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText
+
     return (
         AutoModelForSequenceClassification
         if config.model.task == "sequence_classification"
@@ -295,10 +300,17 @@ def export_merged(
         hf_config.architectures = [_architecture(config, hf_config)]
         hf_config.save_pretrained(str(tmp))
         generation = None
-        if config.model.task == "causal_lm":
+        if config.model.task in ("causal_lm", "image_text_to_text"):
             generation = write_generation_config(base_dir, hf_config, tokenizer, tmp)
         tokenizer.save_pretrained(str(tmp))
-        inputs = parity_inputs(config, held_out, tokenizer)
+        if config.model.task == "image_text_to_text":  # processor files: image processor, chat template
+            from peft_framework.export.parity import vision_parity_inputs
+
+            processor = _processor(config, tokenizer)
+            processor.save_pretrained(str(tmp))
+            inputs = vision_parity_inputs(config, held_out, processor)
+        else:
+            inputs = parity_inputs(config, held_out, tokenizer)
         parity = parity_check(config, tmp, adapter_dir, inputs, tokenizer, label_names, auto_class(config))
         finite = parity.pop("_finite")
         atol = parity_atol(config, parity["parity_max_abs_logit"])
@@ -351,6 +363,17 @@ def export_merged(
         atol,
     )
     return summary
+
+
+def _processor(config: Config, tokenizer):
+    """The base model's processor with the adapter's tokenizer (its chat template and pad token)."""
+    from peft_framework.models.vlm import load_processor
+
+    processor = load_processor(config.model)
+    processor.tokenizer = tokenizer
+    if getattr(tokenizer, "chat_template", None):
+        processor.chat_template = tokenizer.chat_template
+    return processor
 
 
 def _architecture(config: Config, hf_config) -> str:
