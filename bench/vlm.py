@@ -107,8 +107,8 @@ def loader_vs_step(root: Path, batch: int, steps: int) -> dict:
     import datasets
     import torch
 
+    from peft_framework.models.vision_batch import VisionCollator
     from peft_framework.models.vlm import freeze_vision_graph
-    from peft_framework.training.vision_collator import VisionCollator
 
     train = datasets.load_from_disk(str(root / "data/prepared"))["train"]
     model, processor = model_with_adapter()
@@ -139,8 +139,8 @@ def saved_bytes(frozen: bool, input_grads: bool, batch: int) -> int:
     import torch
     from PIL import Image
 
+    from peft_framework.models.vision_batch import VisionCollator
     from peft_framework.models.vlm import freeze_vision_graph
-    from peft_framework.training.vision_collator import VisionCollator
 
     model, processor = model_with_adapter()
     if input_grads:

@@ -231,12 +231,3 @@ def prompt_values(fields: dict[str, Any]) -> list[str]:
         values.append(m["role"])
         values += [p["text"] if p["type"] == "text" else "\0image" for p in m["content"]]
     return values + [img["sha256"] for img in fields["images"]]
-
-
-def decode_image(stored: dict[str, Any]) -> Image.Image:
-    """A prepared image (bytes, or base64 text) as an RGB PIL image."""
-    data = stored["bytes"]
-    if isinstance(data, str):
-        data = base64.b64decode(data)
-    with Image.open(io.BytesIO(data)) as img:
-        return img.convert("RGB")

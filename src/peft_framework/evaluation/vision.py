@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
-from peft_framework.data.vision import decode_image
 from peft_framework.evaluation import runner
 from peft_framework.evaluation.metric_modules import compute
-from peft_framework.training.vision_collator import IGNORE_INDEX, VisionCollator
+from peft_framework.models.vision_batch import IGNORE_INDEX, VisionCollator, decode_image
 
 
 @torch.no_grad()

@@ -45,7 +45,7 @@ def parity_inputs(config: Config, held_out, tokenizer) -> list[list[int]]:
 def vision_parity_inputs(config: Config, held_out, processor) -> dict[str, torch.Tensor]:
     """A batch of held-out image rows (pixel values included) made by the training collator."""
     from peft_framework.errors import StageFailed
-    from peft_framework.training.vision_collator import VisionCollator
+    from peft_framework.models.vision_batch import VisionCollator
 
     if held_out is None or "images" not in held_out.column_names or len(held_out) == 0:
         raise StageFailed("export: the parity check of a vision-language model needs prepared image rows")

@@ -66,8 +66,8 @@ def load_prepared(config: Config, root: Path) -> PreparedData:
 
 
 def _model_columns(split: Any) -> Any:
+    from peft_framework.models.vision_batch import VISION_COLUMNS
     from peft_framework.training.collator import MODEL_COLUMNS
-    from peft_framework.training.vision_collator import VISION_COLUMNS
 
     wanted = (*MODEL_COLUMNS, *VISION_COLUMNS)  # vision rows: the processor needs the text and the images
     return split.select_columns([c for c in wanted if c in split.column_names])

@@ -269,8 +269,8 @@ def _collator(config: Config, tokenizer: Any, make_collator: Any) -> Any:
     """The batch collator: the processor per batch for vision rows (training/vision_collator.py)."""
     if config.model.task != "image_text_to_text":
         return make_collator(config.train.packing, config.model.task, tokenizer.pad_token_id)
+    from peft_framework.models.vision_batch import VisionCollator
     from peft_framework.models.vlm import load_processor
-    from peft_framework.training.vision_collator import VisionCollator
 
     processor = load_processor(config.model)
     processor.tokenizer = tokenizer  # the data's chat template and pad token

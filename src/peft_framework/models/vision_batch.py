@@ -1,4 +1,5 @@
-"""Batches of prepared vision rows: the processor runs here, per batch, never in prepare.
+"""Batches of prepared vision rows (the model kind image_text_to_text): the processor runs here, per
+batch, never in prepare. Used by train (the collator), evaluate and export (the parity batch).
 
 The prepared row holds the rendered conversation (`text`), its token layout (`input_ids`, `labels`, one
 placeholder per image) and the images' bytes. The processor tokenizes the text with the images, which
@@ -16,15 +17,26 @@ attention and the image features, which is not built.
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any
 
 import torch
+from PIL import Image
 
-from peft_framework.data.vision import decode_image
 from peft_framework.errors import DataError
 
 IGNORE_INDEX = -100
 VISION_COLUMNS = ("text", "images")
+
+
+def decode_image(stored: dict[str, Any]) -> Image.Image:
+    """A prepared image (bytes, or base64 text) as an RGB PIL image."""
+    data = stored["bytes"]
+    if isinstance(data, str):
+        data = base64.b64decode(data)
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
 
 
 class VisionCollator:
