@@ -177,7 +177,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # generate_cli validates --use (adapter names, or 'base' for the plain base model)
     from peft_framework.inference import generate_cli
 
-    outputs = generate_cli(args.base, adapters, args.use, list(args.prompt), args.max_new_tokens)
+    images = {"images": list(args.image)} if args.image else {}  # --image PATH: vision-language bases
+    outputs = generate_cli(args.base, adapters, args.use, list(args.prompt), args.max_new_tokens, **images)
     if args.json:
         _print_json(outputs)
     else:
@@ -274,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--use", metavar="NAME", help="the adapter (NAME) to generate with")
     p.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="prompt (repeatable)")
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="vision-language bases: the image each prompt asks about (one for all prompts, or one per prompt)",
+    )
     p.add_argument("--max-new-tokens", type=_positive_int, default=32, metavar="N")
     p.add_argument("--json", action="store_true", help="print the outputs as a JSON list")
     p.set_defaults(func=cmd_generate)

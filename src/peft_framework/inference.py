@@ -41,6 +41,7 @@ class MultiAdapterModel:
         self._methods: dict[str, Any] = {}  # adapter name -> AdapterMethod
         self._configs: dict[str, Any] = {}  # adapter name -> its adapter config
         self._active: str | None = None
+        self.processor: Any = None  # vision-language models: the processor (generate with images)
 
     @classmethod
     def from_base(
@@ -63,7 +64,13 @@ class MultiAdapterModel:
             model_config = ModelConfig(name_or_path=base, task=task, dtype=dtype, revision=revision)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_config)
         model = load_base_model(model_config, tokenizer=tokenizer)
-        return cls(model, tokenizer, device=device)
+        out = cls(model, tokenizer, device=device)
+        if model_config.task == "image_text_to_text":  # image prompts go through the processor
+            from peft_framework.models.vlm import load_processor
+
+            out.processor = load_processor(model_config)
+            out.processor.tokenizer = tokenizer
+        return out
 
     @classmethod
     def from_export(
@@ -188,6 +195,7 @@ class MultiAdapterModel:
         max_new_tokens: int = 32,
         chat: bool = False,
         batch_size: int = 8,
+        images: Sequence[Any] | None = None,
     ) -> str | list[str]:
         """Greedy continuation(s) of `prompt` with adapter `adapter` (None or 'base': the base model).
 
@@ -198,6 +206,9 @@ class MultiAdapterModel:
 
         self._activate(None if adapter == BASE else adapter)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if images is not None:
+            texts = self._generate_on_images(prompts, list(images), max_new_tokens, batch_size)
+            return texts[0] if isinstance(prompt, str) else texts
         add_special_tokens = True
         if chat:
             if not getattr(self.tokenizer, "chat_template", None):
@@ -219,6 +230,39 @@ class MultiAdapterModel:
             device=self.device,
         )
         return texts[0] if isinstance(prompt, str) else texts
+
+    def _generate_on_images(
+        self, prompts: list[str], images: list[Any], max_new_tokens: int, batch_size: int
+    ) -> list[str]:
+        """Each prompt as a user turn showing its image (one image for all prompts, or one each)."""
+        from peft_framework.evaluation.vision import generate_on_images
+
+        if self.processor is None:
+            raise UserError("generate: images need a vision-language base (model.task image_text_to_text)")
+        if len(images) not in (1, len(prompts)):
+            raise UserError(
+                f"--image: {len(images)} images for {len(prompts)} prompts; allowed: one image, or one per prompt"
+            )
+        pictures = [_open_image(i) for i in images]
+        if len(pictures) == 1:
+            pictures = pictures * len(prompts)
+        rendered = [
+            self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for p in prompts
+        ]
+        return generate_on_images(
+            self.model,
+            self.processor,
+            rendered,
+            [[img] for img in pictures],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            device=self.device,
+        )
 
     # ---------------------------------------------------------------------------------------- internals
     def _check_new_name(self, name: str) -> None:
@@ -242,6 +286,19 @@ class MultiAdapterModel:
             mine = name is not None and self._methods[name] is method
             method.set_active(self.model, name if mine else None)
         self._active = name
+
+
+def _open_image(image: Any) -> Any:
+    """A PIL image (RGB) from a PIL image or a path; UserError naming the file when it cannot be read."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    try:
+        with Image.open(image) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"--image: cannot read {str(image)!r} as an image ({exc})") from None
 
 
 def _base_model_config(base: str) -> ModelConfig:
@@ -269,7 +326,12 @@ def _tokenizer_for(model_config: ModelConfig, adapter_dirs: Sequence[str]):
 
 
 def generate_cli(
-    base: str, adapters: dict[str, str], use: str | None, prompts: list[str], max_new_tokens: int
+    base: str,
+    adapters: dict[str, str],
+    use: str | None,
+    prompts: list[str],
+    max_new_tokens: int,
+    images: Sequence[str] = (),
 ) -> list[str]:
     """`peft-framework generate`: load every `--adapter NAME=DIR` on the base once, answer each prompt
     with `--use NAME` ('base' for no adapter; may be omitted when exactly one adapter is given)."""
@@ -286,10 +348,21 @@ def generate_cli(
         if not Path(directory).is_dir():
             raise UserError(f"--adapter {name}={directory}: no such directory")
     model_config = _base_model_config(base)
-    if model_config.task != "causal_lm":
-        raise UserError(f"--base: model.task is {model_config.task!r}; generate needs a causal_lm model")
+    if model_config.task not in ("causal_lm", "image_text_to_text"):
+        raise UserError(
+            f"--base: model.task is {model_config.task!r}; generate needs a causal_lm or image_text_to_text model"
+        )
+    if images and model_config.task != "image_text_to_text":
+        raise UserError(
+            "--image: the base is not a vision-language model; pass a config with model.task image_text_to_text"
+        )
     tokenizer = _tokenizer_for(model_config, list(adapters.values()))
     model = MultiAdapterModel.from_base(model_config, tokenizer=tokenizer)
     for name, directory in adapters.items():
         model.load_adapter(name, directory)
-    return model.generate(list(prompts), adapter=None if use == BASE else use, max_new_tokens=max_new_tokens)
+    return model.generate(
+        list(prompts),
+        adapter=None if use == BASE else use,
+        max_new_tokens=max_new_tokens,
+        images=list(images) or None,
+    )

@@ -102,6 +102,17 @@ def test_train_on_images(project, prepared, family, tmp_path):
     assert adapter["layers_per_part"]["vision_tower"] == adapter["layers_per_part"]["projector"] == 0
     assert adapter["modules_to_save_per_part"]["projector"] == 1
 
+    # generation on an image prompt through MultiAdapterModel (what `generate --image PATH` runs)
+    from peft_framework.inference import MultiAdapterModel
+
+    multi = MultiAdapterModel.from_base(config.model)
+    multi.load_adapter("shapes", tmp_path / "adapter")
+    image = next((root / "data/raw/vision/images").glob("0*.png"))
+    answers = multi.generate(
+        ["What colour is the shape?"] * 2, adapter="shapes", images=[image], max_new_tokens=3
+    )
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
     # export: the merged VLM with its processor files, loaded by the Auto classes, parity on image rows
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
