@@ -143,6 +143,12 @@ def inspect_data(
         source = row.get("source") or ""
         print(f"\n{dim[0]}── row {i} {source} · {head}{dim[1]}", file=out)
         print(body, file=out)
+        for k, image in enumerate(row.get("images") or []):  # data.kind vision: each placeholder's image
+            print(
+                f"{dim[0]}   image {k}: {image['width']}x{image['height']} · {len(image['bytes'])} bytes · "
+                f"sha256 {image['sha256'][:16]}{dim[1]}",
+                file=out,
+            )
         totals["rows"] += 1
         totals["tokens"] += len(ids)
         totals["trained"] += trained

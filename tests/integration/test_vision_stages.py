@@ -67,6 +67,17 @@ def test_prepared_rows_hold_image_bytes_not_pixels(prepared):
     assert len(row["images"][0]["sha256"]) == 64
 
 
+def test_inspect_data_shows_each_image_with_size_and_hash(project, prepared):
+    from peft_framework.inspect_data import inspect_data
+
+    root, _ = project
+    out = io.StringIO()
+    inspect_data(load_config(root / "vlm.yaml"), root, rows=2, out=out, colour=False)
+    text = out.getvalue()
+    assert text.count("image 0: 32x32") == 2 and "sha256 " in text and "<image>" in text
+    assert "image_count_mismatch" in text
+
+
 def test_a_changed_image_changes_the_prepared_hash(project, prepared, tmp_path):
     import shutil
 
