@@ -19,6 +19,7 @@ from peft_framework.models.tiny_vlm import save_tiny_vlm
 from peft_framework.training.stage import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+REPO_VLM = Path(__file__).resolve().parents[2] / "params" / "vlm.yaml"
 
 PRESET = """
 model: {{name_or_path: {model}, task: image_text_to_text}}
@@ -113,6 +114,21 @@ def test_train_on_images(project, prepared, family, tmp_path):
     assert adapter["layers_per_part"]["vision_tower"] == adapter["layers_per_part"]["projector"] == 0
     assert adapter["modules_to_save_per_part"]["projector"] == 1
 
+    # evaluate: base vs adapter loss and answers on the held-out image prompts, predictions with image hashes
+    from peft_framework.evaluation.stage import evaluate
+
+    scored = [
+        f"eval.report_path={tmp_path}/eval.json",
+        f"eval.predictions_path={tmp_path}/predictions.jsonl",
+        f"eval.plots_dir={tmp_path}/plots",
+        "eval.max_samples=4",
+        "eval.max_new_tokens=3",
+    ]
+    metrics = evaluate(load_config(root / "vlm.yaml", [*overrides, *scored]), root)["metrics"]
+    assert {"base.loss", "adapter.loss", "base.exact_match", "adapter.exact_match"} <= set(metrics)
+    rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(len(r["images"][0]) == 64 for r in rows)
+
     # generation on an image prompt through MultiAdapterModel (what `generate --image PATH` runs)
     from peft_framework.inference import MultiAdapterModel
 
@@ -136,6 +152,17 @@ def test_train_on_images(project, prepared, family, tmp_path):
     processor = AutoProcessor.from_pretrained(tmp_path / "merged")
     assert processor.image_processor is not None and processor.tokenizer.chat_template
     AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+
+
+def test_builtin_models_fit_their_task():
+    from peft_framework.config.schema import ModelConfig
+    from peft_framework.errors import ConfigError
+    from peft_framework.models.loading import load_base_model
+
+    with pytest.raises(ConfigError, match="builtin:tiny-llama"):
+        load_base_model(ModelConfig(name_or_path="builtin:tiny-vlm", task="causal_lm"))
+    with pytest.raises(ConfigError, match="does not fit"):
+        prepare(load_config(REPO_VLM, ["model.task=causal_lm", "model.name_or_path=builtin:tiny-llama"]), ".")
 
 
 def test_packing_image_rows_is_refused(project, prepared):
