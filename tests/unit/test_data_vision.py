@@ -79,3 +79,29 @@ def test_duplicates_are_judged_on_image_content():
     red, blue = (png(Image.new("RGB", (16, 16), c)) for c in ((255, 0, 0), (0, 0, 255)))
     keys = [row_keys(vision.vision_fields(row([img]), CFG, None)[0], CFG)[0] for img in (red, red, blue)]
     assert keys[0] == keys[1] != keys[2]
+
+
+def test_mapped_columns_and_image_bytes_from_parquet(tmp_path):
+    """Rows from Parquet with other column names: image bytes are read, and kept out of report JSON."""
+    import datasets
+
+    from peft_framework.data.sources import read_source, resolve_sources
+
+    good = png(Image.new("RGB", (16, 16), (255, 0, 0)))
+    data = row([good])
+    data["messages"][1]["content"] = [{"type": "text", "text": "red"}]  # Arrow: one type per column
+    datasets.Dataset.from_list([{"conversation": data["messages"], "pictures": [good]}]).to_parquet(
+        tmp_path / "rows.parquet"
+    )
+    cfg = DataConfig(
+        kind="vision",
+        source=str(tmp_path / "rows.parquet"),
+        columns={"messages": "conversation", "images": "pictures"},
+    )
+    (record,) = [
+        r for src in resolve_sources(cfg.source, "auto", tmp_path) for r in read_source(src, "train", None)
+    ]
+    fields, problems, _ = vision.vision_fields(record.data, cfg, tmp_path)
+    assert not problems and fields["images"][0]["width"] == 16
+    safe = vision.json_safe(record.data)
+    assert safe["pictures"][0]["bytes"] == len(good)

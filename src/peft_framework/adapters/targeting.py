@@ -150,7 +150,9 @@ def saved_target_modules(
         }
         return chosen == set(targets)
 
-    for pattern in [*candidates, short_names(targets), _prefixed_names(targets)]:
+    # a VLM's language model shares layer names with its vision tower: the names under their common parent
+    extra = [_prefixed_names(targets)] if parts.multimodal else []
+    for pattern in [*candidates, short_names(targets), *extra]:
         if pattern != ALL_LINEAR and reproduces(pattern):
             return pattern
     return sorted(targets)

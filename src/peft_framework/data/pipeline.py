@@ -167,6 +167,7 @@ def screen(
             return None, [(Reason.NOT_AN_OBJECT, "a row must be a JSON object")]
         base_dir = Path(rec.base_dir) if rec.base_dir else None
         fields, problems, changed = vision.vision_fields(rec.data, cfg, base_dir)
+        rec.data = vision.json_safe(rec.data)  # image bytes: described, not copied into reports
         if fields is None:
             return None, problems
         problems = vision.clean_messages(fields["messages"], cfg, changed)

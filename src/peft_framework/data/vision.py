@@ -231,3 +231,15 @@ def prompt_values(fields: dict[str, Any]) -> list[str]:
         values.append(m["role"])
         values += [p["text"] if p["type"] == "text" else "\0image" for p in m["content"]]
     return values + [img["sha256"] for img in fields["images"]]
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with image bytes replaced by their size and sha256 (rows are kept as JSON in the rejected
+    file and the work files; the prepared data holds the verified bytes themselves)."""
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes": len(value), "sha256": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
