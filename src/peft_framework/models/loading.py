@@ -20,7 +20,12 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from peft_framework.config.schema import BUILTIN_TINY_LLAMA, ModelConfig
 from peft_framework.errors import ConfigError
-from peft_framework.models.quantization import is_quantized_config, load_kwargs, quantize_built_model
+from peft_framework.models.quantization import (
+    is_quantized_config,
+    keep_off_cpu_packed_path,
+    load_kwargs,
+    quantize_built_model,
+)
 
 BUILTIN_MODELS = (BUILTIN_TINY_LLAMA,)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -217,6 +222,8 @@ def load_base_model(
             if not isinstance(exc, (OSError, ValueError)) and not Path(name).is_dir():
                 raise  # not a problem of a local directory's files: a bug, keep the traceback
             raise ConfigError("invalid config", [_load_problem(name, f"{task} model", exc)]) from exc
+    if is_quantized_config(model_config):
+        keep_off_cpu_packed_path(model)
     if model_config.add_tokens:  # rows for the tokens the tokenizer gained (models/added_tokens.py)
         from peft_framework.models.added_tokens import grow_embeddings
 
