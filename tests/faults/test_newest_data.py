@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from faultkit import Run, new_project
 
 from peft_framework.config.schema import ModelConfig
 
@@ -55,3 +56,72 @@ def test_a_4bit_local_model_with_intermediate_352_evaluates_on_cpu(tmp_path: Pat
     assert model.config.intermediate_size == 352 and model.is_loaded_in_4bit
     evaluated, trained = _eval_and_train_logits(model)
     torch.testing.assert_close(evaluated, trained)
+
+
+# ------------------------------------------------------------------------------------------ 9: mixing
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "{path: a.jsonl, weight: 1e9}",
+            "data.source[0].weight: 1000000000.0; allowed: a number > 0 (finite",
+        ),
+        (
+            "{path: a.jsonl, weight: .inf}",
+            "data.source[0].weight: inf; allowed: a number > 0 (finite, at most 1000",
+        ),
+        (
+            "{path: a.jsonl, count: 1e11}",
+            "data.source[0].count: 100000000000.0; allowed: an integer >= 1 (at most",
+        ),
+        (
+            "{path: a.jsonl, count: 100000000000}",
+            "data.source[0].count: 100000000000; allowed: an integer >= 1",
+        ),
+    ],
+)
+def test_mixing_weights_and_counts_are_bounded_at_validate_time(
+    cli: Run, tmp_path: Path, entry: str, message: str
+) -> None:
+    root = new_project(tmp_path / "p")
+    code, _, err = cli("validate", None, str(root / "params.yaml"), f"data.source=[{entry}]")
+    assert code == 2 and "Traceback" not in err
+    assert message in err
+
+
+def test_mixing_counts_adding_up_past_the_bound_are_refused(cli: Run, tmp_path: Path) -> None:
+    root = new_project(tmp_path / "p")
+    source = "data.source=[{path: a.jsonl, count: 60000000}, {path: b.jsonl, count: 60000000}]"
+    code, _, err = cli("validate", None, str(root / "params.yaml"), source)
+    assert code == 2 and "data.source: the counts add up to 120000000 rows; allowed: at most 100000000" in err
+
+
+def test_the_same_file_twice_in_a_mix_is_an_error_naming_both_entries(cli: Run, tmp_path: Path) -> None:
+    root = new_project(tmp_path / "p")
+    raw = "data/raw/instructions.jsonl"
+    code, _, err = cli(
+        "validate", None, str(root / "params.yaml"), f"data.source=[{raw}, {{path: ./{raw}, weight: 2}}]"
+    )
+    assert code == 2
+    assert f"data.source[1]: './{raw}' is already data.source[0]" in err
+
+    # the same file through a glob: found when prepare resolves the entries, before anything is written
+    code, _, err = cli("prepare", root, f"data.source=[{raw}, {{path: 'data/raw/*.jsonl', weight: 2}}]")
+    assert code == 2 and "Traceback" not in err
+    assert "data.source[1]: 'data/raw/*.jsonl' names" in err and "which data.source[0]" in err
+    assert not (root / "data/prepared").exists()
+
+
+def test_weights_giving_too_many_rows_are_refused_before_copying(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peft_framework.data import mixing
+
+    monkeypatch.setattr(mixing, "MAX_MIXED_ROWS", 50)  # the real bound (1e8) would need 100,000 rows here
+    root = new_project(tmp_path / "p")
+    code, _, err = cli("prepare", root, "data.source=[{path: data/raw/instructions.jsonl, weight: 2}]")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(
+        "error: data.source: the weights and counts give 60 rows (data.source[0]: 30 kept x weight 2 = 60)"
+    )
+    assert not (root / "data/prepared").exists()

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from peft_framework.config.section import Section
+from peft_framework.config.source_entries import MAX_MIXED_ROWS, MAX_WEIGHT
 
 # ---------------------------------------------------------------------------------------------- data
 DATA_FIELDS: dict[str, tuple[str, ...]] = {
@@ -92,12 +93,14 @@ class SourceEntry(Section):
     weight: float | None = Field(
         None,
         gt=0,
+        le=MAX_WEIGHT,
         description="The entry's kept rows times this (round half up): 2 = every row twice, 0.5 = half of "
         "them, sampled without replacement (seeded by data.split.seed).",
     )
     count: int | None = Field(
         None,
         ge=1,
+        le=MAX_MIXED_ROWS,
         description="Exactly this many rows of the entry's kept rows: whole passes over them, the rest "
         "sampled without replacement (seeded by data.split.seed).",
     )
