@@ -5,6 +5,7 @@ cannot be reached or written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,25 @@ def test_weights_giving_too_many_rows_are_refused_before_copying(
         "error: data.source: the weights and counts give 60 rows (data.source[0]: 30 kept x weight 2 = 60)"
     )
     assert not (root / "data/prepared").exists()
+
+
+# ------------------------------------------------------------------ 10: packing with another max_seq_len
+def test_train_refuses_data_prepared_with_a_longer_max_seq_len(cli: Run, project_copy: Path) -> None:
+    adapter = project_copy / "models/adapter"
+    before = sorted(p.name for p in adapter.iterdir())
+    code, _, err = cli("train", project_copy, "train.packing=true", "data.max_seq_len=128")  # prepared at 256
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error: data.max_seq_len: 128, but the data in 'data/prepared' was prepared with ")
+    assert "data.max_seq_len 256" in err and "re-run prepare with data.max_seq_len=128" in err
+    assert sorted(p.name for p in adapter.iterdir()) == before  # the previous adapter untouched
+
+
+def test_packs_never_exceed_max_seq_len_even_without_a_recorded_length(cli: Run, project_copy: Path) -> None:
+    """Data whose manifest records no length (written by hand or by an older version): the packs are checked."""
+    manifest = project_copy / "data/prepared/manifest.json"
+    saved = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({k: v for k, v in saved.items() if k != "format"}))
+    code, _, err = cli("train", project_copy, "train.packing=true", "data.max_seq_len=64")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error: data.max_seq_len: 64, but the prepared train split has a row of ")
+    assert "re-run prepare with data.max_seq_len=64" in err

@@ -41,6 +41,7 @@ def load_prepared(config: Config, root: Path) -> PreparedData:
             f"data.output_dir: the data in {config.data.output_dir!r} was prepared for model.task {task!r}, "
             f"but model.task is {config.model.task!r}; prepare the data again"
         )
+    _check_max_seq_len(config, manifest)
     dataset = datasets.load_from_disk(str(data_dir))
     if "train" not in dataset or len(dataset["train"]) == 0:
         raise DataError(f"data.output_dir: {config.data.output_dir!r} has no training rows")
@@ -63,6 +64,19 @@ def load_prepared(config: Config, root: Path) -> PreparedData:
         train=_model_columns(dataset["train"]),
         eval=_model_columns(dataset["validation"]) if has_eval else None,
     )
+
+
+def _check_max_seq_len(config: Config, manifest: dict[str, Any]) -> None:
+    """Data prepared with a longer data.max_seq_len holds rows longer than this run allows (packing would
+    build packs of about the old length): refuse it. Shorter is fine: every row fits."""
+    prepared = (manifest.get("format") or {}).get("max_seq_len")
+    wanted = config.data.max_seq_len
+    if isinstance(prepared, int) and prepared > wanted:
+        raise DataError(
+            f"data.max_seq_len: {wanted}, but the data in {config.data.output_dir!r} was prepared with "
+            f"data.max_seq_len {prepared}: its rows (and packs) may be longer than {wanted} tokens; re-run "
+            f"prepare with data.max_seq_len={wanted}, or train with data.max_seq_len={prepared}"
+        )
 
 
 def _model_columns(split: Any) -> Any:
