@@ -148,3 +148,58 @@ def test_packs_never_exceed_max_seq_len_even_without_a_recorded_length(cli: Run,
     assert code == 2 and "Traceback" not in err
     assert err.startswith("error: data.max_seq_len: 64, but the prepared train split has a row of ")
     assert "re-run prepare with data.max_seq_len=64" in err
+
+
+# ------------------------------------------------------------------------------------ 7: chat templates
+#: a template that raises on real rows only (as Mistral's and Llama-2's do; here: a second user turn, which
+#: the config-time sample lacks), loops on a row saying LOOP and writes 2 MB for a row saying FLOOD; it renders the config-time sample fine
+HOSTILE_TEMPLATE = (
+    "{% if messages | length > 3 %}"
+    "{{ raise_exception('This template supports a single user turn: roles must alternate once') }}{% endif %}"
+    "{% for m in messages %}"
+    "{% if 'LOOP' in m['content'] %}{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+    "{% endfor %}{% endif %}"
+    "{% if 'FLOOD' in m['content'] %}{{ 'x' * 2000000 }}{% endif %}"
+    "{{ m['role'] + ': ' + m['content'] + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def _chat(*turns: tuple[str, str]) -> str:
+    return json.dumps({"messages": [{"role": role, "content": content} for role, content in turns]})
+
+
+def test_a_chat_template_failing_looping_or_flooding_on_rows_rejects_those_rows(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peft_framework.data import render_bounds
+
+    monkeypatch.setattr(render_bounds, "ROW_SECONDS", 2.0)  # 10 s by default
+    root = new_project(tmp_path / "p")
+    (root / "template.jinja").write_text(HOSTILE_TEMPLATE)
+    good = [_chat(("user", f"Say {i}."), ("assistant", f"{i}")) for i in range(20)]
+    bad = [
+        _chat(("user", "Hi."), ("assistant", "Hello."), ("user", "Again?"), ("assistant", "Yes.")),  # line 21
+        _chat(("user", "Please LOOP."), ("assistant", "no")),  # line 22
+        _chat(("user", "Please FLOOD."), ("assistant", "no")),  # line 23
+    ]
+    (root / "data/raw/chat.jsonl").write_text("\n".join(good + bad) + "\n")
+    code, out, err = cli(
+        "prepare",
+        root,
+        "data.kind=chat",
+        "data.source=data/raw/chat.jsonl",
+        "data.chat_template=template.jinja",
+    )
+    assert code == 0 and "Traceback" not in err, err
+    rejected = {
+        row["line"]: row for row in map(json.loads, (root / "data/rejected.jsonl").read_text().splitlines())
+    }
+    assert sorted(rejected) == [21, 22, 23]
+    assert rejected[21]["reasons"] == ["template_error"]
+    assert "supports a single user turn: roles must alternate once" in rejected[21]["details"][0]
+    assert rejected[21]["raw"]["messages"][2] == {"role": "user", "content": "Again?"}
+    assert rejected[22]["reasons"] == ["template_timeout"] and "more than 2 s" in rejected[22]["details"][0]
+    assert rejected[23]["reasons"] == ["template_too_long"]
+    assert "rendered 2000" in rejected[23]["details"][0]
+    assert len((root / "data/rejected.jsonl").read_text().splitlines()) == 3

@@ -11,14 +11,16 @@ found by rendering the conversation up to that turn.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from peft_framework.config.schema import DataConfig
+from peft_framework.data.render_bounds import check_rendered, row_time_limit, template_failure
 from peft_framework.data.rows import Reason, RowProblem
 from peft_framework.errors import DataError
 
@@ -71,6 +73,7 @@ class Encoded:
     truncated: bool
     text: dict[str, str]  # raw text columns: prompt/response or text/label_text
     prompt_tokens: int = 0  # tokens before the first trained one (causal LM)
+    problem: tuple[str, str] | None = None  # (reason, detail): the row could not be formatted
 
 
 class Formatter:
@@ -109,7 +112,7 @@ class Formatter:
         if self.cfg.kind == "classification":
             return self._encode_classification(rows)
         if self.template == "chat_template":
-            return [self._encode_chat(row) for row in rows]
+            return [self._encode_chat_bounded(row) for row in rows]
         pairs = []
         for row in rows:
             if self.cfg.kind == "text":
@@ -168,40 +171,65 @@ class Formatter:
         return out
 
     # ------------------------------------------------------------------------------------------- chat
-    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-        return self.tok.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+    def _encode_chat_bounded(self, row: dict[str, Any]) -> Encoded:
+        """`_encode_chat` within the bounds of `render_bounds`: a row the template fails on, takes too long
+        for or floods comes back with `problem` set (and is rejected), instead of raising."""
+        try:
+            with row_time_limit():
+                return self._encode_chat(row)
+        except RowProblem as exc:
+            return Encoded([], [], 0, False, {"prompt": "", "response": ""}, problem=(exc.reason, exc.detail))
+
+    def _render(
+        self, messages: list[dict[str, str]], row_chars: int, add_generation_prompt: bool = False
+    ) -> str:
+        """The template's text (tokenized afterwards by the caller): RowProblem when the template raises
+        or renders more than `render_bounds.render_limit` characters."""
+        try:
+            text = self.tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as exc:  # noqa: BLE001 - jinja errors and raise_exception() of the template
+            raise template_failure(exc) from None
+        return check_rendered(text, row_chars, self.cfg.max_seq_len)
 
     def _encode_chat(self, row: dict[str, Any]) -> Encoded:
         if self.cfg.kind == "chat":
             messages = row["messages"]
         else:
             messages = instruction_messages(row["instruction"], row["input"], row["output"])
-        prompt = self._render(messages[:-1], add_generation_prompt=True)
+        row_chars = sum(len(m["content"]) for m in messages)
+        render = functools.partial(self._render, row_chars=row_chars)
+        prompt = render(messages[:-1], add_generation_prompt=True)
         text = {"prompt": prompt, "response": messages[-1]["content"]}
         if not self.cfg.train_on_responses_only:  # every token is trained: no need to find the turns
-            ids = list(self.tok(self._render(messages), add_special_tokens=False)["input_ids"])
+            ids = list(self.tok(render(messages), add_special_tokens=False)["input_ids"])
             return self._finish(ids, [1] * len(ids), text)
         if self.generation_marks:
-            enc = self.tok.apply_chat_template(
-                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-            )
+            render(messages)  # its length checked before transformers renders and tokenizes it in one call
+            try:
+                enc = self.tok.apply_chat_template(
+                    messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+                )
+            except Exception as exc:  # noqa: BLE001 - as in _render
+                raise template_failure(exc) from None
             ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
             if any(mask):
                 return self._finish(ids, mask, text)
-        ids, mask = self._chat_by_spans(messages)
+        ids, mask = self._chat_by_spans(messages, render)
         return self._finish(ids, mask, text)
 
-    def _chat_by_spans(self, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    def _chat_by_spans(
+        self, messages: list[dict[str, str]], render: Callable[..., str]
+    ) -> tuple[list[int], list[int]]:
         """Assistant turns found by rendering the conversation up to each turn (templates without markers)."""
-        full = self._render(messages)
+        full = render(messages)
         spans: list[tuple[int, int]] = []
         for i, msg in enumerate(messages):
             if msg["role"] != "assistant":
                 continue
-            before = self._render(messages[:i], add_generation_prompt=True)
-            upto = full if i == len(messages) - 1 else self._render(messages[: i + 1])
+            before = render(messages[:i], add_generation_prompt=True)
+            upto = full if i == len(messages) - 1 else render(messages[: i + 1])
             if full.startswith(before) and full.startswith(upto) and len(upto) > len(before):
                 spans.append((len(before), len(upto)))
             elif i == len(messages) - 1:

@@ -183,7 +183,9 @@ def label_names_for(cfg: DataConfig, allowed_labels: set[str] | None, seen: set[
 
 
 def token_problem(enc: Encoded, cfg: DataConfig, formatter: Formatter) -> tuple[str, str] | None:
-    """The checks on the tokenized row: length in tokens, and a response token left to train on."""
+    """The checks on the tokenized row: formatted at all, length in tokens, a response token left to train on."""
+    if enc.problem is not None:
+        return enc.problem
     if enc.n_tokens < cfg.clean.min_tokens:
         return (
             Reason.TOO_FEW_TOKENS,
