@@ -203,3 +203,26 @@ def test_a_chat_template_failing_looping_or_flooding_on_rows_rejects_those_rows(
     assert rejected[23]["reasons"] == ["template_too_long"]
     assert "rendered 2000" in rejected[23]["details"][0]
     assert len((root / "data/rejected.jsonl").read_text().splitlines()) == 3
+
+
+# ------------------------------------------------------------------------------------------ 15: MLflow
+@pytest.mark.parametrize(
+    "uri",
+    ["http://127.0.0.1:9", "foo://nowhere", "sqlite:///{root}/params.yaml/mlflow.db"],
+    ids=["unreachable", "unknown-scheme", "unwritable"],
+)
+def test_an_unusable_mlflow_store_stops_train_before_it_starts(
+    cli: Run, project_copy: Path, monkeypatch: pytest.MonkeyPatch, uri: str
+) -> None:
+    pytest.importorskip("mlflow")
+    uri = uri.format(root=project_copy)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    adapter = project_copy / "models/adapter"
+    before = {p.name: p.stat().st_mtime_ns for p in adapter.iterdir()}
+    checkpoints = sorted(p.name for p in (project_copy / "models").rglob("checkpoint-*"))
+    code, _, err = cli("train", project_copy, "train.report_to=mlflow", "train.max_steps=4")
+    assert code == 2 and "Traceback" not in err, err
+    assert err.startswith(f"error: MLFLOW_TRACKING_URI: {uri!r}: the MLflow tracking store cannot be used (")
+    assert "train.report_to: none" in err
+    assert {p.name: p.stat().st_mtime_ns for p in adapter.iterdir()} == before
+    assert sorted(p.name for p in (project_copy / "models").rglob("checkpoint-*")) == checkpoints

@@ -69,6 +69,10 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
 
     started = time.perf_counter()
     tc = config.train
+    if tc.report_to == "mlflow" and os.environ.get("RANK", "0") == "0":  # before anything is written
+        from peft_framework.training.mlflow_store import check_tracking_store
+
+        check_tracking_store(root)
     out_dir, checkpoint_dir, metrics_dir = _directories(tc, root)
     use_dvclive = _use_dvclive(tc)
     data = load_prepared(config, root)
