@@ -226,3 +226,20 @@ def test_an_unusable_mlflow_store_stops_train_before_it_starts(
     assert "train.report_to: none" in err
     assert {p.name: p.stat().st_mtime_ns for p in adapter.iterdir()} == before
     assert sorted(p.name for p in (project_copy / "models").rglob("checkpoint-*")) == checkpoints
+
+
+def test_a_chat_template_looping_on_every_conversation_is_a_config_error(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peft_framework.data import render_bounds
+
+    monkeypatch.setattr(render_bounds, "ROW_SECONDS", 2.0)
+    root = new_project(tmp_path / "p")
+    (root / "template.jinja").write_text(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    code, _, err = cli("prepare", root, "data.template=chat_template", "data.chat_template=template.jinja")
+    assert code == 2 and "Traceback" not in err
+    assert "data.chat_template: 'template.jinja': the template does not render a conversation" in err
+    assert "took more than 2 s of CPU time" in err
