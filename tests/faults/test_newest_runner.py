@@ -11,7 +11,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
 from faultkit import REPO
 
 
@@ -68,3 +67,49 @@ def test_a_config_from_an_endless_fifo_is_refused_after_the_cap(tmp_path: Path) 
     writer.join(timeout=10)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.startswith(f"error: {fifo}: more than 4194304 bytes")
+
+
+# ------------------------------------------------------------------ 14: promotion on broken committed files
+
+
+def _git_project(root: Path, files: dict[str, bytes]) -> str:
+    root.mkdir(parents=True)
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x.invalid"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x.invalid"}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "results"]):
+        subprocess.run(["git", *args], cwd=root, env=env, check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _promote(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tasks.promote", "--root", str(root)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": _pythonpath()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_promote_on_a_committed_eval_report_that_is_not_json_is_a_user_error(tmp_path: Path) -> None:
+    params = (REPO / "params" / "tiny-llama.yaml").read_bytes()
+    sha = _git_project(tmp_path / "p", {"params.yaml": params, "reports/eval.json": b"{not json"})
+    proc = _promote(tmp_path / "p")
+    assert proc.returncode == 2, proc.stderr[-2000:]  # 1 would mean "the rules failed"
+    assert proc.stderr.startswith(f"error: eval.report_path: 'reports/eval.json' at commit {sha[:10]} is not")
+    assert "Traceback" not in proc.stderr
+
+
+def test_promote_on_a_committed_params_file_that_is_not_utf8_is_a_user_error(tmp_path: Path) -> None:
+    params = (REPO / "params" / "tiny-llama.yaml").read_bytes() + b"\n# caf\xe9\n"
+    sha = _git_project(tmp_path / "p", {"params.yaml": params, "reports/eval.json": b"{}"})
+    proc = _promote(tmp_path / "p")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: params: 'params.yaml' at commit {sha[:10]} is not UTF-8 text")
+    assert "Traceback" not in proc.stderr
