@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from faultkit import REPO
+from faultkit import REPO, Run
 
 
 def _pythonpath() -> str:
@@ -113,3 +113,24 @@ def test_promote_on_a_committed_params_file_that_is_not_utf8_is_a_user_error(tmp
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.startswith(f"error: params: 'params.yaml' at commit {sha[:10]} is not UTF-8 text")
     assert "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------- 12: sample-data over a user's own file
+
+
+def test_sample_data_never_overwrites_a_users_own_file(cli: Run, tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    out.mkdir()
+    mine = out / "instructions.jsonl"
+    mine.write_text('{"instruction": "my own row", "output": "keep me"}\n')
+    code, _, err = cli("sample-data", None, "--out", str(out))
+    assert code == 2
+    assert err.startswith(f"error: --out: '{mine}' already exists and is not this sample")
+    assert mine.read_text() == '{"instruction": "my own row", "output": "keep me"}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["instructions.jsonl"]  # nothing else written either
+
+    fresh = tmp_path / "fresh"
+    assert cli("sample-data", None, "--out", str(fresh))[0] == 0
+    written = {p.name: p.read_bytes() for p in fresh.iterdir()}
+    assert cli("sample-data", None, "--out", str(fresh))[0] == 0  # its own samples: written again
+    assert {p.name: p.read_bytes() for p in fresh.iterdir()} == written
