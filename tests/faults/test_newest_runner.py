@@ -4,6 +4,7 @@ promotion. Each test asserts what the user sees: the message, the exit code, the
 
 from __future__ import annotations
 
+import io
 import os
 import resource
 import subprocess
@@ -11,7 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
-from faultkit import REPO, Run
+import pytest
+from faultkit import REPO, Run, new_project
 
 
 def _pythonpath() -> str:
@@ -134,3 +136,31 @@ def test_sample_data_never_overwrites_a_users_own_file(cli: Run, tmp_path: Path)
     written = {p.name: p.read_bytes() for p in fresh.iterdir()}
     assert cli("sample-data", None, "--out", str(fresh))[0] == 0  # its own samples: written again
     assert {p.name: p.read_bytes() for p in fresh.iterdir()} == written
+
+
+# --------------------------------------------------------- 13: inspect-data on the shipped, hostile data
+
+
+def test_inspect_data_shows_lone_surrogates_and_terminal_escapes_escaped(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peft_framework.cli import main
+    from peft_framework.data.samples import write_samples
+
+    root = new_project(tmp_path / "project")
+    raw = root / "data" / "raw" / "instructions.jsonl"
+    write_samples(raw.parent)  # the shipped sample: line 165 holds a lone surrogate, "hi \ud83d"
+    hostile = '{"instruction": "title \x1b]0;pwned\x07 clear \x1b[2J\x9b1m", "output": "x"}\n'
+    with open(raw, "a", encoding="utf-8") as f:
+        f.write(hostile)  # raw control characters: not valid JSON, rejected, its raw text shown
+    assert cli("prepare", root)[0] == 0
+
+    terminal = io.BytesIO()  # a UTF-8 terminal: what cannot be encoded there fails, as it did for users
+    stdout = io.TextIOWrapper(terminal, encoding="utf-8", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    code = main(["inspect-data", str(root / "params.yaml"), "--root", str(root), "--rows", "1000"])
+    text = terminal.getvalue().decode("utf-8")
+    assert code == 0
+    assert "\\ud83d" in text  # the lone surrogate, escaped
+    assert "title \\x1b]0;pwned\\x07 clear \\x1b[2J\\x9b1m" in text
+    assert not any(c in text for c in "\x1b\x07\x9b")  # nothing reaches the terminal raw
