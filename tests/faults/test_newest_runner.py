@@ -4,12 +4,18 @@ promotion. Each test asserts what the user sees: the message, the exit code, the
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -164,3 +170,124 @@ def test_inspect_data_shows_lone_surrogates_and_terminal_escapes_escaped(
     assert "\\ud83d" in text  # the lone surrogate, escaped
     assert "title \\x1b]0;pwned\\x07 clear \\x1b[2J\\x9b1m" in text
     assert not any(c in text for c in "\x1b\x07\x9b")  # nothing reaches the terminal raw
+
+
+# ------------------------------------------------------------------ 1-3: the warm runner (tasks/warm.py)
+
+CLIENT = """\
+import runpy
+import sys
+
+import flows  # noqa: F401
+from tasks import warm
+
+if __name__ == "__main__":  # a pipeline command: in the warm runner if one serves, else here
+    warm.forward(sys.argv[1])
+    runpy.run_module(sys.argv[1], run_name="__main__", alter_sys=True)
+"""
+PROBE = """\
+import os
+
+import plugin
+
+print(plugin.VALUE, os.environ.get("PEFT_WARM_CHILD"), flush=True)
+"""
+SLEEPER = """\
+import time
+
+print("sleeping", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A project directory with CLIENT, and the environment of its commands: a plug-in module on
+    PYTHONPATH that every process imports at start-up (sitecustomize), no local Prefect API."""
+    root = tmp_path_factory.mktemp("warm")
+    plugins = root / "plugins"
+    plugins.mkdir()
+    (plugins / "plugin.py").write_text("VALUE = 1\n")
+    (plugins / "sitecustomize.py").write_text("import plugin  # noqa: F401\n")
+    (plugins / "probe.py").write_text(PROBE)
+    (plugins / "sleeper.py").write_text(SLEEPER)
+    (root / "client.py").write_text(CLIENT)
+    runtime = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))  # socket paths must stay short
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PEFT_", "PREFECT_"))}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(plugins), str(REPO / "src"), str(REPO)]),
+        PREFECT_HOME=str(root / ".prefect"),
+        PEFT_LOCAL_API="off",
+        PEFT_WARM_IDLE_SECONDS="60",
+        XDG_RUNTIME_DIR=str(runtime),
+        OMP_NUM_THREADS="1",
+    )
+    yield root, env
+    for state in (root / ".prefect" / "warm").glob("*.json"):  # the runners these tests started
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(json.loads(state.read_text())["pid"], signal.SIGKILL)  # not stop: it waits out an import
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _client(root: Path, env: dict[str, str], module: str) -> list[str]:
+    proc = subprocess.run(
+        [sys.executable, "client.py", module], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.split()
+
+
+def _shell_interrupted(root: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A shell script running the command, Ctrl-C'd (SIGINT to its whole process group) mid-command."""
+    script = subprocess.Popen(
+        ["bash", "-c", f"{sys.executable} client.py sleeper; echo carried on"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    assert script.stdout.readline() == "sleeping\n"
+    os.killpg(script.pid, signal.SIGINT)
+    out, err = script.communicate(timeout=60)
+    return subprocess.CompletedProcess(script.args, script.returncode, out, err)
+
+
+def test_ctrl_c_stops_a_shell_script_under_the_warm_runner_as_without_it(warm: tuple[Path, dict[str, str]]):
+    root, env = warm
+    assert _client(root, env, "probe") == ["1", "1"]  # served by a warm runner (a forked child)
+    for switch in ("off", "on"):
+        script = _shell_interrupted(root, {**env, "PEFT_WARM": switch})
+        assert script.returncode == -signal.SIGINT, (switch, script.stderr[-3000:])  # the script died of it
+        assert "carried on" not in script.stdout
+        assert "KeyboardInterrupt" in script.stderr
+
+
+def test_the_warm_runner_never_runs_the_old_code_of_an_edited_module(warm: tuple[Path, dict[str, str]]):
+    root, env = warm
+    assert _client(root, env, "probe") == ["1", "1"]  # the runner holds plugin.py imported
+    (root / "plugins" / "plugin.py").write_text("VALUE = 22\n")  # edited: other size and mtime
+    assert _client(root, env, "probe")[0] == "22"  # as PEFT_WARM=off would: the new code
+    assert _client(root, env, "probe") == ["22", "1"]  # and a new runner serves the new code
+    log = (root / ".prefect" / "warm-runner.log").read_text()
+    assert f"{root / 'plugins' / 'plugin.py'} changed since it was imported: retiring" in log
+
+
+def test_a_project_path_that_is_not_utf8_runs_the_command_without_the_runner(
+    warm: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    _, env = warm
+    project = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    project.mkdir()
+    for name in ("src", "tasks", "flows"):
+        (project / name).symlink_to(REPO / name)  # the code, found through the non-UTF-8 path
+    (project / "client.py").write_text(CLIENT)
+    plugins = env["PYTHONPATH"].split(os.pathsep)[0]
+    env = {**env, "PYTHONPATH": os.pathsep.join([plugins, str(project / "src"), str(project)])}
+    proc = subprocess.run(
+        [sys.executable, "client.py", "probe"], cwd=project, env=env, capture_output=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr.decode(errors="replace")
+    assert proc.stdout.split()[1] == b"None"  # ran here, in its own process
