@@ -11,6 +11,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faultkit import REPO, Run, new_project
+from faultkit import REPO, TINY, Run, new_project
 
 
 def _pythonpath() -> str:
@@ -291,3 +292,36 @@ def test_a_project_path_that_is_not_utf8_runs_the_command_without_the_runner(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr.decode(errors="replace")
     assert proc.stdout.split()[1] == b"None"  # ran here, in its own process
+
+
+# ------------------------------------------------------- 4: the Prefect API gone while a stage is training
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # bound, never listening: connections are refused
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_training_outlives_the_prefect_api_it_reports_progress_to(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from tasks.progress import PrefectProgressCallback
+
+    from peft_framework.config import load_config
+    from peft_framework.training import train
+
+    root = new_project(tmp_path / "project")
+    assert cli("prepare", root)[0] == 0
+    config = load_config(root / "params.yaml", [*TINY, "train.save_steps=100"])
+    progress = PrefectProgressCallback(min_interval_s=0)
+    # inside a flow run (as the train task is), whose API server is gone: every report is refused
+    monkeypatch.setattr(PrefectProgressCallback, "_in_run", staticmethod(lambda: True))
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{_closed_port()}/api"}):
+        summary = train(config, root=str(root), callbacks=[progress])
+    err = capsys.readouterr().err
+    assert summary["global_step"] == 3
+    assert (root / "models" / "adapter" / "adapter_model.safetensors").is_file()  # the run is kept
+    assert err.count("warning: training progress is no longer reported to the Prefect API") == 1
+    assert "ConnectError" in err
