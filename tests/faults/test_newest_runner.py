@@ -5,6 +5,7 @@ promotion. Each test asserts what the user sees: the message, the exit code, the
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -325,3 +326,125 @@ def test_training_outlives_the_prefect_api_it_reports_progress_to(
     assert (root / "models" / "adapter" / "adapter_model.safetensors").is_file()  # the run is kept
     assert err.count("warning: training progress is no longer reported to the Prefect API") == 1
     assert "ConnectError" in err
+
+
+# --------------------------------------------- 5, 6: the local Prefect API (tasks/local_api.py) and its home
+
+
+def _api_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PEFT_", "PREFECT_"))}
+    return {
+        **env,
+        "PYTHONPATH": _pythonpath(),
+        "PREFECT_HOME": str(home),
+        "PEFT_LOCAL_API_IDLE_SECONDS": "60",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def _local_api(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tasks.local_api", *argv],
+        cwd=REPO,
+        env=_api_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def corrupt_db_api(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, subprocess.CompletedProcess]]:
+    """A project's PREFECT_HOME whose prefect.db is garbage, and what a stage's start of the local API
+    (`ensure()`) printed there; the server it started serves until the module's tests end."""
+    home = tmp_path_factory.mktemp("api") / ".prefect"
+    home.mkdir()
+    (home / "prefect.db").write_bytes(b"this is no SQLite database\n" * 100)
+    ensure = "from tasks import local_api; print(local_api.ensure())"
+    proc = subprocess.run(
+        [sys.executable, "-c", ensure],
+        cwd=REPO,
+        env=_api_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    yield home, proc
+    _local_api(home, "stop")
+
+
+def test_a_corrupt_prefect_database_is_moved_aside_with_a_warning(corrupt_db_api) -> None:
+    home, proc = corrupt_db_api
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("http://127.0.0.1:")  # the local API serves, with a fresh database
+    aside = [p for p in home.iterdir() if p.name.startswith("prefect.db.corrupt-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == b"this is no SQLite database\n" * 100  # kept
+    assert proc.stderr.startswith(f"warning: the Prefect database {home / 'prefect.db'} is corrupt (")
+    assert f"moved aside to {aside[0]}" in proc.stderr
+    assert (home / "prefect.db").read_bytes()[:16] == b"SQLite format 3\0"
+
+
+def test_a_copied_project_never_uses_the_originals_local_api(corrupt_db_api, tmp_path: Path) -> None:
+    home, proc = corrupt_db_api
+    original = proc.stdout.strip()
+    copy = tmp_path / "copy" / ".prefect"
+    shutil.copytree(home, copy)  # `cp -r project copy`: local-api.json comes along
+    assert _local_api(home, "status").stdout.strip() == original
+    assert _local_api(copy, "status").stdout.strip() == "no local Prefect API running"
+    assert _local_api(copy, "stop").stdout.strip() == "no local Prefect API running"  # nor stops it
+    assert _local_api(home, "status").stdout.strip() == original
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("not a url", "error: PREFECT_API_URL: 'not a url' is not an http(s) URL"),
+        (
+            "http://127.0.0.1:{port}/api",
+            "error: PREFECT_API_URL: no Prefect server answers at 'http://127.0.0.1:",
+        ),
+    ],
+)
+def test_a_prefect_api_url_that_is_unusable_is_named_before_any_run(
+    value: str,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from flows.stage import main
+
+    root = new_project(tmp_path / "project")
+    monkeypatch.setenv("PREFECT_API_URL", value.format(port=_closed_port()))
+    code = main(["sample_data", "--root", str(root), "--config", str(root / "params.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(message), err[-3000:]
+    assert "unset PREFECT_API_URL to use the project's local API" in err
+    assert not (root / "data" / "raw" / "classification.jsonl").exists()  # nothing ran
+
+
+def test_prefect_home_on_a_full_disk_is_a_user_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.stage import main
+    from tasks import local_api
+
+    root = new_project(tmp_path / "project")
+    home = tmp_path / "home"
+
+    @contextlib.contextmanager
+    def full(path: Path, mode: int) -> Iterator[None]:  # the first file the local API creates there
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        yield
+
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PEFT_LOCAL_API", raising=False)
+    monkeypatch.setattr(local_api, "_locked", full)
+    code = main(["sample_data", "--root", str(root), "--config", str(root / "params.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert err.startswith(f"error: PREFECT_HOME: {home / 'local-api.lock'}: no space left on device")
+    assert "Traceback" not in err
