@@ -259,7 +259,9 @@ def serve(digest: str) -> int:
     listener.listen(64)
     state = state_dir() / f"{digest}-{os.getpid()}.json"
     state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"pid": os.getpid(), "socket": str(path), "cwd": os.getcwd()}) + "\n")
+    identity = local_api._home_identity(state.parent)  # a copied project's copy of this file is not its own
+    record = {"pid": os.getpid(), "socket": str(path), "cwd": os.getcwd(), "home": identity}
+    state.write_text(json.dumps(record) + "\n")
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -589,9 +591,13 @@ def _log(message: str) -> None:
 
 
 def _runners() -> Iterator[tuple[Path, dict[str, Any]]]:
+    """This PREFECT_HOME's runners (not those named by state files copied with the project)."""
+    home = local_api._home_identity(state_dir())
     for path in sorted(state_dir().glob("*.json")):
         with contextlib.suppress(OSError, ValueError):
-            yield path, json.loads(path.read_text())
+            state = json.loads(path.read_text())
+            if state.get("home") == home:
+                yield path, state
 
 
 def _is_runner(pid: int) -> bool:

@@ -275,6 +275,17 @@ def test_the_warm_runner_never_runs_the_old_code_of_an_edited_module(warm: tuple
     log = (root / ".prefect" / "warm-runner.log").read_text()
     assert f"{root / 'plugins' / 'plugin.py'} changed since it was imported: retiring" in log
 
+    copy = root.parent / "copy" / ".prefect"  # a copied project: its state files name the original's runners
+    shutil.copytree(root / ".prefect", copy)
+    status = subprocess.run(
+        [sys.executable, "-m", "tasks.warm", "status"],
+        env={**env, "PREFECT_HOME": str(copy)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.stdout.strip() == "no warm runner"
+
 
 def test_a_project_path_that_is_not_utf8_runs_the_command_without_the_runner(
     warm: tuple[Path, dict[str, str]], tmp_path: Path
@@ -372,7 +383,8 @@ def corrupt_db_api(
         timeout=300,
     )
     yield home, proc
-    _local_api(home, "stop")
+    with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError):  # the supervisor it started
+        os.kill(json.loads((home / "local-api.json").read_text())["pid"], signal.SIGKILL)  # stop waits seconds
 
 
 def test_a_corrupt_prefect_database_is_moved_aside_with_a_warning(corrupt_db_api) -> None:
