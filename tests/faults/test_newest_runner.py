@@ -384,7 +384,9 @@ def corrupt_db_api(
     )
     yield home, proc
     with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError):  # the supervisor it started
-        os.kill(json.loads((home / "local-api.json").read_text())["pid"], signal.SIGKILL)  # stop waits seconds
+        os.kill(
+            json.loads((home / "local-api.json").read_text())["pid"], signal.SIGKILL
+        )  # stop waits seconds
 
 
 def test_a_corrupt_prefect_database_is_moved_aside_with_a_warning(corrupt_db_api) -> None:
