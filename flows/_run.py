@@ -110,8 +110,12 @@ def cli(
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    with local_api.session():  # one local Prefect API for all stages unless PREFECT_API_URL is set
-        return _report(run(args), args.summary_json)
+    try:
+        with local_api.session():  # one local Prefect API for all stages unless PREFECT_API_URL is set
+            return _report(run(args), args.summary_json)
+    except local_api.ApiUnavailable as exc:  # raised before any run: a bad PREFECT_API_URL, a full disk
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 def _report(state: State[Any], summary_json: Path | None) -> int:

@@ -6,6 +6,7 @@ Built from the report files on disk, so a stage that was a cache hit still shows
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -132,5 +133,14 @@ PUBLISHERS: dict[str, Callable[[Config, Path], None]] = {
 def publish(stage: str, config: Config, root: Path) -> None:
     """Create the artifact of `stage` (if it has one and its report exists) in the current flow run."""
     publisher = PUBLISHERS.get(stage)
-    if publisher is not None:
+    if publisher is None:
+        return
+    try:
         publisher(config, root)
+    except Exception as exc:  # noqa: BLE001 - best-effort: the stage's outputs are written already
+        print(
+            f"warning: the {stage} artifact was not published to the Prefect API ({type(exc).__name__}: "
+            f"{exc}); the stage's outputs are unaffected",
+            file=sys.stderr,
+            flush=True,
+        )

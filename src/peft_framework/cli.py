@@ -154,7 +154,7 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
 def cmd_sample_data(args: argparse.Namespace) -> int:
     from peft_framework.data.samples import write_samples
 
-    _print_json(write_samples(args.out))
+    _print_json(write_samples(args.out, overwrite=False))  # never over a user's own file
     return 0
 
 

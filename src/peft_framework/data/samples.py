@@ -39,6 +39,7 @@ from peft_framework.data.sample_vocab import (
     UPPER,
     WORDS,
 )
+from peft_framework.errors import UserError
 
 SEED = 20240611
 
@@ -309,19 +310,46 @@ def _umask() -> int:
     return mask
 
 
-def write_samples(out_dir: str | os.PathLike[str] = "data/raw") -> dict[str, Any]:
+def write_samples(out_dir: str | os.PathLike[str] = "data/raw", overwrite: bool = True) -> dict[str, Any]:
     """Write `instructions.jsonl` and `classification.jsonl` (the same bytes on every run).
 
-    Returns, per file, its path, size and what `prepare` must report for it."""
+    `overwrite=False` (the `sample-data` command): a file of that name already in `out_dir` with other
+    content is someone's own data; nothing is written and a UserError names it. The pipeline's
+    sample_data stage replaces its own output. Returns, per file, its path, size and what `prepare` must
+    report for it."""
     out = Path(out_dir)
-    summary: dict[str, Any] = {}
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {str(out_dir)!r} exists and is not a directory; allowed: a directory path")
+    files: list[tuple[str, bytes, dict[str, Any], int]] = []
     for name, make in (
         ("instructions.jsonl", instruction_lines),
         ("classification.jsonl", classification_lines),
     ):
         lines, expected = make(random.Random(f"{SEED}:{name}"))
-        data = b"\n".join(lines) + b"\n"
+        files.append((name, b"\n".join(lines) + b"\n", expected, len(lines)))
+    if not overwrite:
+        for name, data, _, _ in files:
+            _check_replaceable(out / name, data)
+    summary: dict[str, Any] = {}
+    for name, data, expected, n_lines in files:
         path = out / name
         _write_bytes(path, data)
-        summary[name] = {"path": str(path), "bytes": len(data), "lines": len(lines), "expected": expected}
+        summary[name] = {"path": str(path), "bytes": len(data), "lines": n_lines, "expected": expected}
     return summary
+
+
+def _check_replaceable(path: Path, data: bytes) -> None:
+    """Only a missing file, or the sample itself (same bytes), may be written over."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    try:
+        same = path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        same = False
+    if not same:
+        raise UserError(
+            f"--out: {str(path)!r} already exists and is not this sample (peft-framework did not write it); "
+            "refusing to overwrite it. Allowed: a directory without instructions.jsonl and "
+            "classification.jsonl, or one holding only these samples; move the file away or choose "
+            "another --out"
+        )
