@@ -51,9 +51,16 @@ class Stage:
 
             if launch.wanted(config):  # train.devices x train.nodes > 1: the job runs under torchrun
                 return launch.train(config, root)
-        module, func = self.target.split(":")
-        fn = getattr(importlib.import_module(module), func)
+        fn = self.function(config)
         return json.loads(json.dumps(fn(config, root=str(root), **kwargs), default=str))
+
+    def function(self, config: Config) -> Callable[..., Any]:
+        """The library stage function, imported with bitsandbytes importable only for a quantized base."""
+        from peft_framework.models.optional_imports import gate_bitsandbytes
+
+        gate_bitsandbytes(config.model.quantization.bits is not None)
+        module, func = self.target.split(":")
+        return getattr(importlib.import_module(module), func)
 
 
 def write_sample_data(config: Config, root: str = ".") -> dict[str, Any]:

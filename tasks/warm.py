@@ -51,6 +51,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from peft_framework.models.optional_imports import gate_bitsandbytes, is_gated
 from tasks import local_api
 
 SWITCH_ENV = "PEFT_WARM"
@@ -255,6 +256,7 @@ def serve(digest: str) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     started = time.perf_counter()
+    gate_bitsandbytes(False)  # the children of quantized runs lift it (tasks/stages.py: Stage.function)
     for name in FIRST:
         _import(name)
     _log(f"runner {digest} (pid {os.getpid()}) ready in {time.perf_counter() - started:.1f} s")
@@ -368,7 +370,7 @@ def _learned(pid: int) -> list[str]:
     except OSError:
         return []
     path.unlink(missing_ok=True)
-    return [n for n in names if n not in sys.modules and "__main__" not in n]
+    return [n for n in names if n not in sys.modules and "__main__" not in n and not is_gated(n)]
 
 
 def _import(name: str) -> Any:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from peft_framework.adapters import registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,3 +65,49 @@ def test_the_warm_runner_client_imports_only_the_standard_library() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def _run_script(script: str) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_stages_without_quantization_never_import_bitsandbytes() -> None:
+    """transformers' Trainer imports peft, which imports bitsandbytes when installed; bitsandbytes' import
+    logs a kernels-community trust warning. A run without model.quantization must not import it (issue 28)."""
+    script = (
+        "import json, sys\n"
+        "from peft_framework.config import load_config\n"
+        "from tasks.stages import STAGES\n"
+        f"config = load_config({str(ROOT / 'params' / 'tiny-llama.yaml')!r})\n"
+        "assert config.model.quantization.bits is None\n"
+        "for stage in STAGES.values():\n"
+        "    stage.function(config)\n"
+        "import transformers.trainer, peft_framework.training.trainer\n"
+        "print(json.dumps([m for m in ('torch', 'transformers.trainer', 'bitsandbytes') if sys.modules.get(m)]))\n"
+    )
+    assert _run_script(script) == ["torch", "transformers.trainer"]
+
+
+def test_a_quantized_stage_after_a_blocked_import_gets_bitsandbytes() -> None:
+    """A warm runner's child inherits the block of its runner: a quantized config lifts it."""
+    pytest.importorskip("bitsandbytes")
+    script = (
+        "import json, sys\n"
+        "from peft_framework.config import load_config\n"
+        "from peft_framework.models.optional_imports import gate_bitsandbytes\n"
+        "from tasks.stages import STAGES\n"
+        "gate_bitsandbytes(False)\n"
+        "import transformers.trainer\n"
+        "assert sys.modules['bitsandbytes'] is None\n"
+        f"config = load_config({str(ROOT / 'params' / 'qlora.yaml')!r})\n"
+        "STAGES['train'].function(config)\n"
+        "import bitsandbytes\n"
+        "from transformers.utils.import_utils import is_bitsandbytes_available\n"
+        "print(json.dumps([str(is_bitsandbytes_available()), sys.modules['bitsandbytes'].__name__]))\n"
+    )
+    assert _run_script(script) == ["True", "bitsandbytes"]
