@@ -18,6 +18,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from peft_framework.paths import lasting_root
+
 
 def dvclive_available() -> bool:
     return importlib.util.find_spec("dvclive") is not None
@@ -70,10 +72,17 @@ def mlflow_available() -> bool:
     return importlib.util.find_spec("mlflow") is not None
 
 
+def default_mlflow_store(root: str | os.PathLike[str]) -> Path:
+    """`<project>/mlruns`: of the original repository when `root` is a DVC experiment's temporary copy,
+    which DVC deletes after the run (`paths.lasting_root`)."""
+    return lasting_root(root) / "mlruns"
+
+
 def make_mlflow_callback(config: Any, root: str | os.PathLike[str]) -> TrainerCallback:
     """transformers' MLflowCallback, plus our config as params and the adapter as an artifact.
 
     The run goes to MLFLOW_TRACKING_URI, or when it is unset to a local SQLite store in `<root>/mlruns`
+    (the original repository's in a queued DVC experiment's temporary copy: `default_mlflow_store`)
     (`mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`; artifacts in mlruns/artifacts),
     experiment MLFLOW_EXPERIMENT_NAME or 'peft-framework'. (MLflow 3 refuses new plain-file stores.) Besides the TrainingArguments the callback logs, the
     resolved peft-framework config is logged flattened (`cfg.adapter.r`, ...). The callback ends the run
@@ -102,7 +111,7 @@ def make_mlflow_callback(config: Any, root: str | os.PathLike[str]) -> TrainerCa
                 if uri:
                     self._ml_flow.set_tracking_uri(uri)
                 else:  # the local store, its artifacts beside it (not in the working directory)
-                    store = Path(root).resolve() / "mlruns"
+                    store = default_mlflow_store(root)
                     store.mkdir(parents=True, exist_ok=True)
                     self._ml_flow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
                     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "peft-framework"
