@@ -49,6 +49,8 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_a_queued_experiment_puts_the_mlflow_store_in_the_original_repository(tmp_path):
     """A real `dvc exp run --queue` + `dvc queue start`: the stage runs in .dvc/tmp/exps/<tmp>, and the
