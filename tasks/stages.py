@@ -7,9 +7,10 @@ Paths are relative to the project root unless the config gives absolute ones.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,18 @@ class Stage:
 
             if launch.wanted(config):  # train.devices x train.nodes > 1: the job runs under torchrun
                 return launch.train(config, root)
-        fn = self.function(config)
-        return json.loads(json.dumps(fn(config, root=str(root), **kwargs), default=str))
+        with self.loaded(config) as fn:
+            return json.loads(json.dumps(fn(config, root=str(root), **kwargs), default=str))
 
-    def function(self, config: Config) -> Callable[..., Any]:
-        """The library stage function, imported with bitsandbytes importable only for a quantized base."""
-        from peft_framework.models.optional_imports import gate_bitsandbytes
+    @contextlib.contextmanager
+    def loaded(self, config: Config) -> Iterator[Callable[..., Any]]:
+        """The library stage function, imported and run with bitsandbytes importable only for a quantized
+        base (transformers' Trainer imports peft, which imports bitsandbytes: a warning in every run)."""
+        from peft_framework.models.optional_imports import bitsandbytes_gate
 
-        gate_bitsandbytes(config.model.quantization.bits is not None)
-        module, func = self.target.split(":")
-        return getattr(importlib.import_module(module), func)
+        with bitsandbytes_gate(config.model.quantization.bits is not None):
+            module, func = self.target.split(":")
+            yield getattr(importlib.import_module(module), func)
 
 
 def write_sample_data(config: Config, root: str = ".") -> dict[str, Any]:

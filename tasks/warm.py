@@ -256,7 +256,7 @@ def serve(digest: str) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     started = time.perf_counter()
-    gate_bitsandbytes(False)  # the children of quantized runs lift it (tasks/stages.py: Stage.function)
+    gate_bitsandbytes(False)  # the children of quantized runs lift it (tasks/stages.py: Stage.loaded)
     for name in FIRST:
         _import(name)
     _log(f"runner {digest} (pid {os.getpid()}) ready in {time.perf_counter() - started:.1f} s")

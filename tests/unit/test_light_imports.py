@@ -3,6 +3,7 @@ an all-cache-hit run (or a stage DVC runs only to find it unchanged) must not pa
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -86,11 +87,17 @@ def test_stages_without_quantization_never_import_bitsandbytes() -> None:
         f"config = load_config({str(ROOT / 'params' / 'tiny-llama.yaml')!r})\n"
         "assert config.model.quantization.bits is None\n"
         "for stage in STAGES.values():\n"
-        "    stage.function(config)\n"
-        "import transformers.trainer, peft_framework.training.trainer\n"
-        "print(json.dumps([m for m in ('torch', 'transformers.trainer', 'bitsandbytes') if sys.modules.get(m)]))\n"
+        "    with stage.loaded(config):\n"
+        "        import transformers.trainer, peft_framework.training.trainer\n"
+        "loaded = [m for m in ('torch', 'transformers.trainer', 'bitsandbytes') if sys.modules.get(m)]\n"
+        "import importlib.util\n"  # the block ends with the stage: a later quantized one in-process still works
+        "print(json.dumps([*loaded, importlib.util.find_spec('bitsandbytes') is not None]))\n"
     )
-    assert _run_script(script) == ["torch", "transformers.trainer"]
+    assert _run_script(script) == [
+        "torch",
+        "transformers.trainer",
+        importlib.util.find_spec("bitsandbytes") is not None,
+    ]
 
 
 def test_a_quantized_stage_after_a_blocked_import_gets_bitsandbytes() -> None:
@@ -105,8 +112,8 @@ def test_a_quantized_stage_after_a_blocked_import_gets_bitsandbytes() -> None:
         "import transformers.trainer\n"
         "assert sys.modules['bitsandbytes'] is None\n"
         f"config = load_config({str(ROOT / 'params' / 'qlora.yaml')!r})\n"
-        "STAGES['train'].function(config)\n"
-        "import bitsandbytes\n"
+        "with STAGES['train'].loaded(config):\n"
+        "    import bitsandbytes\n"
         "from transformers.utils.import_utils import is_bitsandbytes_available\n"
         "print(json.dumps([str(is_bitsandbytes_available()), sys.modules['bitsandbytes'].__name__]))\n"
     )

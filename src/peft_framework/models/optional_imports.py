@@ -11,18 +11,36 @@ Standard library only: the pipeline calls it before torch is imported.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 GATED = "bitsandbytes"
 
 
-def gate_bitsandbytes(quantized: bool) -> None:
-    """Allow importing bitsandbytes when `quantized`, else block it unless it is imported already."""
+def gate_bitsandbytes(quantized: bool) -> bool:
+    """Allow importing bitsandbytes when `quantized`, else block it unless it is imported already, for the
+    rest of the process (the warm runner); True when this call blocked it."""
     if quantized:
         if GATED in sys.modules and sys.modules[GATED] is None:
             del sys.modules[GATED]
-    elif GATED not in sys.modules:
+        return False
+    if GATED not in sys.modules:
         sys.modules[GATED] = None  # type: ignore[assignment]
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def bitsandbytes_gate(quantized: bool) -> Iterator[None]:
+    """`gate_bitsandbytes` for the enclosed stage only: a block it set is lifted at the end, so a process
+    that runs a quantized stage after a plain one in-process (the test suite, a notebook) still can."""
+    blocked = gate_bitsandbytes(quantized)
+    try:
+        yield
+    finally:
+        if blocked and GATED in sys.modules and sys.modules[GATED] is None:
+            del sys.modules[GATED]
 
 
 def is_gated(module: str) -> bool:
