@@ -61,3 +61,36 @@ def test_the_offline_template_is_the_installed_vega_bundle():
     assert plots_html.TEMPLATE.read_text(encoding="utf-8") == plots_html.render(
         *plots_html.installed_bundle()
     ), "regenerate it: python -m tasks.plots_html"
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def test_the_plots_page_draws_every_plot_in_a_browser_without_network(tmp_path):
+    """Headless Debian chromium with every host name unresolvable: vega draws one canvas per plot."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no {CHROMIUM}: apt-get install chromium")
+    project = _project(tmp_path / "project")
+    _dvc(project, "plots", "show", "-o", "out")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+    ]
+    dom = subprocess.run(
+        [
+            str(CHROMIUM),
+            *flags,
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--virtual-time-budget=20000",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--dump-dom",
+            (project / "out" / "index.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert len(re.findall(r'<canvas[^>]*class="marks"', dom)) == len(PLOTS), dom[-2000:]
