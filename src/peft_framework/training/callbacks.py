@@ -11,6 +11,7 @@ only when the callback is used.
 from __future__ import annotations
 
 import csv
+import fcntl
 import importlib.util
 import os
 from pathlib import Path
@@ -113,13 +114,17 @@ def make_mlflow_callback(config: Any, root: str | os.PathLike[str]) -> TrainerCa
                 else:  # the local store, its artifacts beside it (not in the working directory)
                     store = default_mlflow_store(root)
                     store.mkdir(parents=True, exist_ok=True)
-                    self._ml_flow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-                    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "peft-framework"
-                    if self._ml_flow.get_experiment_by_name(name) is None:
-                        self._ml_flow.create_experiment(
-                            name, artifact_location=(store / "artifacts").as_uri()
-                        )
-                    self._ml_flow.set_experiment(name)
+                    # queued experiments running side by side share it: one at a time creates the database
+                    # and the experiment
+                    with open(store / ".setup.lock", "ab") as lock:
+                        fcntl.flock(lock, fcntl.LOCK_EX)
+                        self._ml_flow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+                        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "peft-framework"
+                        if self._ml_flow.get_experiment_by_name(name) is None:
+                            self._ml_flow.create_experiment(
+                                name, artifact_location=(store / "artifacts").as_uri()
+                            )
+                        self._ml_flow.set_experiment(name)
             super().setup(args, state, model)
             run = self._ml_flow.active_run() if state.is_world_process_zero else None
             if run is not None:
