@@ -106,9 +106,19 @@ def prefect_home() -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, mode: int) -> Iterator[IO[bytes]]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as f:
+def _locked(path: Path, mode: int, create: bool = True) -> Iterator[IO[bytes] | None]:
+    """Hold `path` locked. `create=False` (the supervisor): when its directory is gone, yield None rather
+    than create it again (a queued `dvc exp run`'s project copy, deleted by DVC, must stay deleted)."""
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        f = open(path, "ab")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        if create:
+            raise
+        yield None
+        return
+    with f:
         fcntl.flock(f, mode)
         try:
             yield f
@@ -348,7 +358,11 @@ def _idle_seconds() -> float:
 
 
 def _clients_busy(paths: Paths) -> bool:
-    with open(paths.clients, "ab") as f:
+    try:
+        f = open(paths.clients, "ab")  # noqa: SIM115 - closed below
+    except FileNotFoundError:  # the home is gone: nobody can use this server any more
+        return False
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -406,16 +420,18 @@ def serve(home: Path) -> int:
     idle_s, last_busy = _idle_seconds(), time.monotonic()
     try:
         while not stopping.wait(POLL_S) and thread.is_alive():
+            if not paths.home.is_dir():  # its project went (a `dvc exp run --queue/--temp` copy): stop
+                break
             if _clients_busy(paths):
                 last_busy = time.monotonic()
             elif time.monotonic() - last_busy > idle_s:
-                with _locked(paths.lock, fcntl.LOCK_EX):
+                with _locked(paths.lock, fcntl.LOCK_EX, create=False):
                     if not _clients_busy(paths):  # nobody found us while we waited for the lock
                         _forget(paths)
                         break
                 last_busy = time.monotonic()
     finally:
-        with _locked(paths.lock, fcntl.LOCK_EX):
+        with _locked(paths.lock, fcntl.LOCK_EX, create=False):
             _forget(paths)
             server.should_exit = True
             thread.join(timeout=30)

@@ -7,9 +7,10 @@ Paths are relative to the project root unless the config gives absolute ones.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,18 @@ class Stage:
 
             if launch.wanted(config):  # train.devices x train.nodes > 1: the job runs under torchrun
                 return launch.train(config, root)
-        module, func = self.target.split(":")
-        fn = getattr(importlib.import_module(module), func)
-        return json.loads(json.dumps(fn(config, root=str(root), **kwargs), default=str))
+        with self.loaded(config) as fn:
+            return json.loads(json.dumps(fn(config, root=str(root), **kwargs), default=str))
+
+    @contextlib.contextmanager
+    def loaded(self, config: Config) -> Iterator[Callable[..., Any]]:
+        """The library stage function, imported and run with bitsandbytes importable only for a quantized
+        base (transformers' Trainer imports peft, which imports bitsandbytes: a warning in every run)."""
+        from peft_framework.models.optional_imports import bitsandbytes_gate
+
+        with bitsandbytes_gate(config.model.quantization.bits is not None):
+            module, func = self.target.split(":")
+            yield getattr(importlib.import_module(module), func)
 
 
 def write_sample_data(config: Config, root: str = ".") -> dict[str, Any]:

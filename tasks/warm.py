@@ -56,6 +56,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from peft_framework.models.optional_imports import gate_bitsandbytes, is_gated
 from tasks import local_api
 
 _LOADED_NS = time.time_ns()
@@ -280,6 +281,7 @@ def serve(digest: str) -> int:
     signal.signal(signal.SIGINT, stop)
     started = time.perf_counter()
     files = ModuleFiles()
+    gate_bitsandbytes(False)  # the children of quantized runs lift it (tasks/stages.py: Stage.loaded)
     for name in FIRST:
         _import(name)
     files.record(since_ns=_LOADED_NS)
@@ -443,7 +445,7 @@ def _learned(pid: int) -> list[str]:
     except OSError:
         return []
     path.unlink(missing_ok=True)
-    return [n for n in names if n not in sys.modules and "__main__" not in n]
+    return [n for n in names if n not in sys.modules and "__main__" not in n and not is_gated(n)]
 
 
 def _import(name: str) -> Any:

@@ -133,9 +133,12 @@ def _stage(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
 
+        from peft_framework.models.optional_imports import bitsandbytes_gate
+
         config = _load(args)
-        stage = getattr(importlib.import_module(module), function)
-        summary = stage(config, root=args.root)
+        with bitsandbytes_gate(config.model.quantization.bits is not None):  # imported only when quantized
+            stage = getattr(importlib.import_module(module), function)
+            summary = stage(config, root=args.root)
         # under torchrun every process runs the stage; only the main one reports
         if os.environ.get("RANK", "0") == "0":
             _print_json(summary)
