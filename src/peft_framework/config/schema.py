@@ -8,7 +8,7 @@ special: its concrete model depends on `adapter.type` and comes from the adapter
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     Field,
@@ -155,6 +155,29 @@ class AdapterConfigBase(Section):
     modules_to_save: list[str] | None = Field(
         None, description="Extra modules trained in full and saved with the adapter (e.g. a classifier head)."
     )
+
+    #: keys of this base that a type does not use (e.g. bottleneck adapters are placed by `variant`, not by
+    #: `target_modules`): in a config file they count as keys of the other types, ignored like those
+    unused_base_keys: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def own_keys(cls) -> set[str]:
+        """The YAML keys this type reads."""
+        from peft_framework.config.problems import yaml_fields
+
+        return set(yaml_fields(cls)) - cls.unused_base_keys
+
+    @classmethod
+    def is_default(cls, key: str, value: Any) -> bool:
+        """Whether `value` is this type's default for `key`: a file holding the keys of every type (the
+        shipped params.yaml) sets nothing worth a warning by listing the other types' defaults."""
+        from peft_framework.config.problems import yaml_fields
+
+        field = yaml_fields(cls).get(key)
+        if field is None:
+            return False
+        default = field[1].get_default(call_default_factory=True)
+        return value == (default if not isinstance(default, tuple) else list(default))
 
     @field_validator("target_modules", "exclude_modules", "modules_to_save")
     @classmethod
