@@ -244,12 +244,18 @@ class PromoteConfig(Section):
         description="Metric of eval.report_path compared: adapter.<metric> - base.<metric> must reach min_delta "
         "(e.g. accuracy, f1_macro, exact_match, rougeL, loss with lower_is_better).",
     )
-    min_delta: float = Field(0.0, description="Smallest adapter - base gain on `metric` that promotes.")
+    min_delta: float = Field(
+        0.05,
+        description="Smallest adapter - base gain on `metric` that promotes: a real gain, not noise (0 would "
+        "promote an adapter that is merely no worse than the base).",
+    )
     lower_is_better: bool = Field(
         False, description="true for metrics such as loss: the gain is base - adapter."
     )
     require_parity: bool = Field(
-        True, description="Also require the export parity check passed (export.report_path: parity_passed)."
+        True,
+        description="Also require the export's own check passed (export.report_path): the parity check where the "
+        "adapter was merged (parity_passed), the unmerged export's load check otherwise (load_check_passed).",
     )
 
 
