@@ -20,6 +20,7 @@ from peft_framework.data.samples import write_samples
 from peft_framework.export import export
 from peft_framework.training import train
 
+pytestmark = pytest.mark.slow  # trains the demo classifier and a tiny-llama adapter (~30 s together)
 REPO = Path(__file__).resolve().parents[2]
 SHRINK = {
     "train": {"report_to": "none", "logging_steps": 10, "save_steps": 1000, "eval_steps": None},
