@@ -15,7 +15,7 @@ from prefect import get_run_logger
 from prefect.states import Failed, State
 from tasks import local_api
 from tasks.fingerprint import resolve
-from tasks.run import STAGE_TASKS
+from tasks.run import STAGE_TASKS, promote_gate
 
 from flows.artifacts import publish
 from peft_framework.config import load_config_with_warnings
@@ -78,6 +78,23 @@ def run_stages(names: Sequence[str], config: Config, root: Path) -> dict[str, An
         logger.info("stage %s: %s in %.1f s", name, "cache hit" if state.name == "Cached" else "ran", seconds)
         upstream = [state]
     return {"stages": results}
+
+
+def run_promote(results: dict[str, Any], config: Config, root: Path) -> dict[str, Any] | State[Any]:
+    """The promotion gate after the stages, as `dvc repro` runs dvc.yaml's `promote` stage: `results` (of
+    `run_stages`) gains its decision, or the gate's failed state is returned."""
+    started = time.perf_counter()
+    state = promote_gate(config=config, root=str(root), return_state=True)
+    if not state.is_completed():
+        return Failed(message=f"stage 'promote': {state.message}", data=state.data)
+    results["stages"]["promote"] = {
+        "state": state.name,
+        "seconds": round(time.perf_counter() - started, 3),
+        **state.result(),
+    }
+    for line in results["stages"]["promote"]["summary"]["reasons"]:
+        get_run_logger().info("promote: %s", line)
+    return results
 
 
 def user_error_of(state: State[Any]) -> UserError | None:

@@ -137,7 +137,7 @@ STAGES: dict[str, Stage] = {
             name="export",
             target="peft_framework.export:export",
             sections=("model", "data", "adapter", "train", "export"),
-            code=("export", "evaluation", "data", "runtime.py", *_CORE),
+            code=("export", "evaluation", "data", "runtime.py", "inference.py", "_lazy.py", *_CORE),
             inputs=lambda c, root: [c.data.output_dir, c.train.output_dir],
             outputs=lambda c: [c.export.output_dir, c.export.report_path],
         ),

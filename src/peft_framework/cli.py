@@ -191,6 +191,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peft_framework import predict
+
+    if (args.input is None) != (args.output is None):
+        raise UserError("--input and --output go together: predict FILE.jsonl into another FILE.jsonl")
+    target = Path(args.target)
+    if target.is_file() and target.suffix.lower() in (".yaml", ".yml", ".json"):
+        args.config, args.overrides = args.target, []
+        plan = predict.plan_for_config(_load(args), args.adapter)
+    else:
+        plan = predict.plan_for_model(args.target, args.adapter, args.task)
+    options = dict(
+        use=args.use, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device=args.device
+    )
+    if args.input is not None:
+        _print_json(predict.predict_file(plan, Path(args.input), Path(args.output), **options))
+        return 0
+    for row in predict.predict(plan, [{"text": t} for t in args.text], **options):
+        print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 def _positive_int(text: str) -> int:
     try:
@@ -280,6 +304,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_positive_int, default=32, metavar="N")
     p.add_argument("--json", action="store_true", help="print the outputs as a JSON list")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "predict", help="classify or complete new inputs with the trained adapter / merged model"
+    )
+    p.add_argument(
+        "target", metavar="CONFIG_OR_MODEL", help="params.yaml, a model dir / hub id, or an export"
+    )
+    p.add_argument(
+        "--adapter", metavar="DIR", help="adapter directory (default with a config: train.output_dir)"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", metavar="TEXT", help="an input text (repeatable)")
+    source.add_argument(
+        "--input", metavar="FILE.jsonl", help="JSON Lines with a 'text' (or 'prompt') per row"
+    )
+    p.add_argument(
+        "--output", metavar="FILE.jsonl", help="where --input's predictions go (written atomically)"
+    )
+    p.add_argument(
+        "--use", choices=("adapter", "merged", "both"), help="base + adapter, merged model, or both"
+    )
+    p.add_argument(
+        "--task", choices=("causal_lm", "sequence_classification"), help="default: the model's own"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=32, metavar="N")
+    p.add_argument("--device", default=None, help="auto (default) | cpu | cuda | cuda:N")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -8,7 +8,7 @@ special: its concrete model depends on `adapter.type` and comes from the adapter
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     Field,
@@ -156,6 +156,29 @@ class AdapterConfigBase(Section):
         None, description="Extra modules trained in full and saved with the adapter (e.g. a classifier head)."
     )
 
+    #: keys of this base that a type does not use (e.g. bottleneck adapters are placed by `variant`, not by
+    #: `target_modules`): in a config file they count as keys of the other types, ignored like those
+    unused_base_keys: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def own_keys(cls) -> set[str]:
+        """The YAML keys this type reads."""
+        from peft_framework.config.problems import yaml_fields
+
+        return set(yaml_fields(cls)) - cls.unused_base_keys
+
+    @classmethod
+    def is_default(cls, key: str, value: Any) -> bool:
+        """Whether `value` is this type's default for `key`: a file holding the keys of every type (the
+        shipped params.yaml) sets nothing worth a warning by listing the other types' defaults."""
+        from peft_framework.config.problems import yaml_fields
+
+        field = yaml_fields(cls).get(key)
+        if field is None:
+            return False
+        default = field[1].get_default(call_default_factory=True)
+        return value == (default if not isinstance(default, tuple) else list(default))
+
     @field_validator("target_modules", "exclude_modules", "modules_to_save")
     @classmethod
     def _module_patterns_are_usable(cls, value: Any, info: ValidationInfo) -> Any:
@@ -221,12 +244,18 @@ class PromoteConfig(Section):
         description="Metric of eval.report_path compared: adapter.<metric> - base.<metric> must reach min_delta "
         "(e.g. accuracy, f1_macro, exact_match, rougeL, loss with lower_is_better).",
     )
-    min_delta: float = Field(0.0, description="Smallest adapter - base gain on `metric` that promotes.")
+    min_delta: float = Field(
+        0.05,
+        description="Smallest adapter - base gain on `metric` that promotes: a real gain, not noise (0 would "
+        "promote an adapter that is merely no worse than the base).",
+    )
     lower_is_better: bool = Field(
         False, description="true for metrics such as loss: the gain is base - adapter."
     )
     require_parity: bool = Field(
-        True, description="Also require the export parity check passed (export.report_path: parity_passed)."
+        True,
+        description="Also require the export's own check passed (export.report_path): the parity check where the "
+        "adapter was merged (parity_passed), the unmerged export's load check otherwise (load_check_passed).",
     )
 
 
