@@ -49,7 +49,7 @@ STAGE_OUTPUTS: dict[str, Callable[[Any], dict[str, str]]] = {
         "train.checkpoint_dir": c.train.checkpoint_dir,
     },
     "evaluate": lambda c: {"eval.plots_dir": c.eval.plots_dir},
-    "harness": lambda c: {"eval.harness.samples_dir": c.eval.harness.samples_dir},
+    "harness": lambda c: {"harness samples directory": "reports/harness"},
     "export": lambda c: {"export.output_dir": c.export.output_dir},
 }
 

@@ -8,6 +8,12 @@ from pydantic import Field, field_validator
 
 from peft_framework.config.section import Section
 
+#: the harness stage's outputs (fixed, like the promote gate's, so dvc.yaml names them for every preset)
+REPORT_PATH = "reports/harness.json"
+"""Flat numbers: base.<task>.<metric>, adapter.<task>.<metric>, delta.<task>.<metric>, num_samples.<task>."""
+SAMPLES_DIR = "reports/harness"
+"""Per-sample logs (<model>/<task>.jsonl), lm-eval's results.json and a manifest; replaced as a whole."""
+
 
 class HarnessConfig(Section):
     """Benchmarks scored by lm-evaluation-harness (pip install 'peft-framework[eval]'). Empty `tasks`: off."""
@@ -32,15 +38,6 @@ class HarnessConfig(Section):
         None,
         description="A directory of local task YAMLs (lm-eval's --include_path), relative to the project "
         "root; its tasks take precedence over built-in ones of the same name. The project ships harness/tasks.",
-    )
-    report_path: str = Field(
-        "reports/harness.json",
-        description="Flat numbers: base.<task>.<metric>, adapter.<task>.<metric>, delta.<task>.<metric>.",
-    )
-    samples_dir: str = Field(
-        "reports/harness",
-        description="Owned by the harness stage (replaced as a whole): per-sample logs "
-        "(<model>/<task>.jsonl), lm-eval's full results and a manifest.",
     )
     cache_dir: str = Field(
         ".cache/harness",

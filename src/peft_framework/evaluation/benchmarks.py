@@ -1,15 +1,15 @@
 """The harness stage: EleutherAI's lm-evaluation-harness on the base model and on base + adapter.
 
 One base model is loaded; the adapter is injected into it once and switched off for the base run and
-on for the adapter run (`MultiAdapterModel`), so there is no second load and no merge. lm-eval's HF
+on for the adapter run (the adapter type's `set_active`), so there is no second load and no merge. lm-eval's HF
 wrapper (`HFLM`) takes that live model and its tokenizer.
 
 Outputs (written atomically):
-- `eval.harness.report_path` (reports/harness.json): flat numbers for `dvc metrics show` / `dvc exp show`:
+- `reports/harness.json`: flat numbers for `dvc metrics show` / `dvc exp show`:
   `base.<task>.<metric>`, `adapter.<task>.<metric>`, `delta.<task>.<metric>` (adapter - base, not for
   standard errors) and `num_samples.<task>`. A metric of a filter other than lm-eval's `none` is named
   `<metric>_<filter>`.
-- `eval.harness.samples_dir`: `<model>/<task>.jsonl` (lm-eval's per-sample log: document, requests,
+- `reports/harness/`: `<model>/<task>.jsonl` (lm-eval's per-sample log: document, requests,
   responses, per-sample metrics), `results.json` (lm-eval's results, task configs, versions, n-shot) and
   `manifest.json` (the cache key and what went into it).
 
@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from peft_framework.config.harness_schema import HarnessConfig
+from peft_framework.config.harness_schema import REPORT_PATH, SAMPLES_DIR, HarnessConfig
 from peft_framework.config.schema import Config
 from peft_framework.errors import ConfigError, StageFailed, UserError
 from peft_framework.io import (
@@ -54,7 +54,6 @@ MODELS = ("base", "adapter")
 FORMAT = 1  # version of the outputs' layout: part of the cache key
 REPORT = "report.json"  # the flat report, kept in a cache entry beside the samples
 RESULTS = "results.json"
-_ADAPTER = "adapter"  # the adapter's name on the shared base model
 
 
 # ------------------------------------------------------------------------------------------- lm-eval
@@ -286,36 +285,36 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- stage
-def _write_off(config: Config, root: str | os.PathLike[str]) -> dict[str, Any]:
-    cfg = config.eval.harness
-    samples_dir = resolve(root, cfg.samples_dir)
-    with atomic_dir(samples_dir, key="eval.harness.samples_dir", root=root) as tmp:
+def _write_off(root: str | os.PathLike[str]) -> dict[str, Any]:
+    samples_dir = resolve(root, SAMPLES_DIR)
+    with atomic_dir(samples_dir, key="harness samples directory", root=root) as tmp:
         write_manifest(tmp, {"tasks": [], "note": "eval.harness.tasks is empty: nothing scored"})
-    report_path = write_json_atomic(resolve(root, cfg.report_path), {})
+    report_path = write_json_atomic(resolve(root, REPORT_PATH), {})
     return {"report_path": str(report_path), "samples_dir": str(samples_dir), "tasks": [], "metrics": {}}
 
 
-def evaluate_models(config: Config, root: str | os.PathLike[str], adapter_dir: Path, device, manager) -> dict:
-    """lm-eval on the base model and on base + adapter: one model, the adapter switched off then on."""
+def evaluate_models(config: Config, adapter_dir: Path, device, manager) -> dict[str, dict[str, Any]]:
+    """lm-eval on the base model and on base + adapter: one model, the adapter injected once and switched
+    off (the adapter type's `set_active(model, None)`) for the base run, on for the adapter run."""
     from lm_eval.models.huggingface import HFLM
 
-    from peft_framework.inference import MultiAdapterModel
+    from peft_framework.adapters.checkpoint import DEFAULT_ADAPTER_NAME, load_adapter
     from peft_framework.models.loading import load_base_model
     from peft_framework.models.saved_tokenizer import adapter_tokenizer
 
     cfg = config.eval.harness
     tokenizer = adapter_tokenizer(config.model, adapter_dir)
-    model = MultiAdapterModel(load_base_model(config.model, tokenizer=tokenizer), tokenizer, device=device)
-    model.load_adapter(_ADAPTER, adapter_dir)
-    lm = HFLM(pretrained=model.model, tokenizer=tokenizer, batch_size=cfg.batch_size)
+    model = load_base_model(config.model, tokenizer=tokenizer)
+    method, _ = load_adapter(model, adapter_dir)
+    model.to(device).eval()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
     per_model: dict[str, dict[str, Any]] = {}
     for name in MODELS:
-        model.set_adapter(_ADAPTER if name == "adapter" else None)
+        method.set_active(model, DEFAULT_ADAPTER_NAME if name == "adapter" else None)
         log.info(
             "lm-eval %s on the %s", ", ".join(cfg.tasks), "base model" if name == "base" else "base + adapter"
         )
         per_model[name] = run_lm_eval(lm, manager, cfg, config.train.seed)
-    model.set_adapter(None)
     return per_model
 
 
@@ -328,7 +327,7 @@ def harness(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
 
     cfg = config.eval.harness
     if not cfg.tasks:
-        return _write_off(config, root)
+        return _write_off(root)
     adapter_dir = resolve(root, config.train.output_dir)
     if not (adapter_dir / CONFIG_NAME).is_file():
         raise StageFailed(
@@ -338,21 +337,21 @@ def harness(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
     material = cache_key(config, root, adapter_dir, device.type)
     key = canonical_json_sha256(material)
     cache_dir = resolve(root, cfg.cache_dir)
-    samples_dir = resolve(root, cfg.samples_dir)
+    samples_dir = resolve(root, SAMPLES_DIR)
     entry = _cached(cache_dir, key)
     if entry is not None:
         log.info("eval.harness: unchanged adapter and task config; results restored from %s", entry)
         report = json.loads((entry / REPORT).read_text(encoding="utf-8"))
-        with atomic_dir(samples_dir, key="eval.harness.samples_dir", root=root, inputs=[adapter_dir]) as tmp:
+        with atomic_dir(samples_dir, key="harness samples directory", root=root, inputs=[adapter_dir]) as tmp:
             _copy_tree(entry, tmp)
             (tmp / REPORT).unlink()
     else:
         with _quiet_lm_eval():
             manager = task_manager(cfg, root)
             check_tasks(manager, cfg)
-            per_model = evaluate_models(config, root, adapter_dir, device, manager)
+            per_model = evaluate_models(config, adapter_dir, device, manager)
         report = flat_report(per_model)
-        with atomic_dir(samples_dir, key="eval.harness.samples_dir", root=root, inputs=[adapter_dir]) as tmp:
+        with atomic_dir(samples_dir, key="harness samples directory", root=root, inputs=[adapter_dir]) as tmp:
             for name in MODELS:
                 for task, rows in sorted(per_model[name].get("samples", {}).items()):
                     write_text_atomic(tmp / name / f"{task}.jsonl", _json_lines(rows))
@@ -363,7 +362,7 @@ def harness(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
         ) as tmp:
             _copy_tree(samples_dir, tmp)
             write_json_atomic(tmp / REPORT, report)
-    report_path = write_json_atomic(resolve(root, cfg.report_path), report)
+    report_path = write_json_atomic(resolve(root, REPORT_PATH), report)
     log.info(
         "harness report: %s", ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float))
     )
