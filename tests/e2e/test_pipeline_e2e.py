@@ -370,7 +370,7 @@ def test_experiment_reruns_only_what_the_param_feeds(
     proc = project.run(
         "dvc", "exp", "run", "-S", "adapter.r=32", "-S", "adapter.use_dora=true", env=api(server), timeout=900
     )
-    assert stages_run(proc.stdout + proc.stderr) == ["train", "evaluate", "export", "promote"]
+    assert stages_run(proc.stdout + proc.stderr) == ["train", "evaluate", "harness", "export", "promote"]
 
     shown = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
     params = yaml.safe_load((project.root / "params.yaml").read_text())
