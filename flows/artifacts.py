@@ -111,6 +111,17 @@ def _eval_table(config: Config, root: Path) -> None:
         )
 
 
+def _harness_table(config: Config, root: Path) -> None:
+    from peft_framework.config.harness_schema import REPORT_PATH
+
+    if report := _load(resolve(root, REPORT_PATH)):  # empty when eval.harness has no tasks
+        create_table_artifact(
+            comparison_rows(report),
+            key="harness-base-vs-adapter",
+            description=f"lm-evaluation-harness: base model vs adapter ({REPORT_PATH})",
+        )
+
+
 def _export_parity(config: Config, root: Path) -> None:
     rel = f"{config.export.output_dir.rstrip('/')}/{EXPORT_DETAILS}"
     if not resolve(root, rel).is_file():
@@ -126,6 +137,7 @@ def _export_parity(config: Config, root: Path) -> None:
 PUBLISHERS: dict[str, Callable[[Config, Path], None]] = {
     "prepare": _data_report,
     "evaluate": _eval_table,
+    "harness": _harness_table,
     "export": _export_parity,
 }
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peft_framework.config.harness_schema import REPORT_PATH as HARNESS_REPORT
+from peft_framework.config.harness_schema import SAMPLES_DIR as HARNESS_SAMPLES
 from peft_framework.config.schema import Config
 from tasks.fingerprint import expand
 
@@ -95,6 +97,17 @@ def prepare_inputs(config: Config, root: Path) -> list[str]:
     return [*local_sources(config, root), *custom]
 
 
+HARNESS_TASKS = "harness/tasks"
+"""The lm-eval tasks the project ships (eval.harness.include_path of params/harness.yaml)."""
+
+
+def harness_inputs(config: Config, root: Path) -> list[str]:
+    """The adapter, the shipped task directory, and eval.harness.include_path when it names another one."""
+    include = config.eval.harness.include_path
+    extra = [include] if include is not None and Path(include) != Path(HARNESS_TASKS) else []
+    return [config.train.output_dir, HARNESS_TASKS, *extra]
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -132,6 +145,14 @@ STAGES: dict[str, Stage] = {
             code=("evaluation", "data", "runtime.py", *_CORE),
             inputs=lambda c, root: [c.data.output_dir, c.train.output_dir],
             outputs=lambda c: [c.eval.report_path, c.eval.predictions_path, c.eval.plots_dir],
+        ),
+        Stage(
+            name="harness",
+            target="peft_framework.evaluation:harness",
+            sections=("model", "train", "eval"),
+            code=("evaluation", "data", "runtime.py", *_CORE),
+            inputs=harness_inputs,
+            outputs=lambda c: [HARNESS_REPORT, HARNESS_SAMPLES],
         ),
         Stage(
             name="export",

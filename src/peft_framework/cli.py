@@ -26,6 +26,11 @@ STAGES: dict[str, tuple[str, str, str]] = {
         "evaluate",
         "evaluate base vs adapter on the test split (eval.*)",
     ),
+    "harness": (
+        "peft_framework.evaluation",
+        "harness",
+        "lm-evaluation-harness benchmarks on base vs adapter (eval.harness.*)",
+    ),
     "export": ("peft_framework.export", "export", "merge the adapter and export a loadable model (export.*)"),
 }
 

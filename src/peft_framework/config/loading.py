@@ -16,6 +16,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
+from peft_framework.config.harness_schema import harness_problems
 from peft_framework.config.overrides import apply_overrides
 from peft_framework.config.problems import (
     error_lines,
@@ -179,6 +180,8 @@ def _resolve(data: dict[str, Any], overrides: Iterable[str]) -> tuple[Config, li
         problems.extend(config_problems(config.model, adapter.type))
     if config is not None and adapter is not None and config.model.add_tokens:
         problems.extend(_added_token_problems(adapter))
+    if config is not None:
+        problems.extend(harness_problems(config))
     if problems or config is None or adapter is None:
         problems.sort(key=_section_order)  # stable: override syntax first, then section by section
         n = len(problems)

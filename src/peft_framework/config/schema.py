@@ -25,6 +25,7 @@ from peft_framework.config.data_schema import (  # noqa: F401  (re-exported: the
     SplitConfig,
     ValidateConfig,
 )
+from peft_framework.config.harness_schema import HarnessConfig
 from peft_framework.config.section import Section
 from peft_framework.config.train_schema import TrainConfig
 
@@ -232,6 +233,11 @@ class EvalConfig(Section):
     )
     device: str = Field(
         "auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."
+    )
+    harness: HarnessConfig = Field(
+        default_factory=HarnessConfig,
+        description="lm-evaluation-harness benchmarks on base vs base + adapter (the harness stage); "
+        "no tasks: off.",
     )
 
 
