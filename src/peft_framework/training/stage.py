@@ -34,6 +34,7 @@ from peft_framework.training import checkpoints as ckpts
 from peft_framework.training import warm_start
 from peft_framework.training.determinism import restore_global_determinism
 from peft_framework.training.distributed import materialize_trainable
+from peft_framework.training.moe_report import moe_adapted_by_kind
 from peft_framework.training.output import (
     MANIFEST,
     build_manifest,
@@ -82,6 +83,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise StageFailed(f"adapter: {config.adapter.type!r} left no trainable parameters in the model")
+    moe_kinds = moe_adapted_by_kind(model, method.active_adapter(model) or "default")  # MoE: warns once
 
     # checkpoints: continue this run's, or start fresh
     run = run_fingerprint(config, data.sha256, args.world_size, warm_start.init_sha256(init))
@@ -122,6 +124,8 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         "world_size": args.world_size,
         "written": is_main,
     }
+    if moe_kinds is not None:
+        summary["adapted_tensors"] = moe_kinds
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     materialize_trainable(unwrapped)  # FSDP/ZeRO-3: whole adapter tensors before writing (every process)
     if is_main:
@@ -136,6 +140,8 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
             summary=summary,
             wall_time_s=round(time.perf_counter() - started, 3),
         )
+        if moe_kinds is not None:
+            manifest["adapter"]["adapted_tensors"] = moe_kinds
         manifest["run_lineage"] = run["lineage"]  # raising train.epochs later: training/extend.py
         if init is not None:
             manifest["init_adapter"] = init

@@ -173,6 +173,11 @@ class LoraMethod(WrapperMethod):
         """What the train manifest records about this adapter's variant and saved form."""
         config = self.check_config(config)
         extra: dict[str, Any] = {"use_dora": config.use_dora, "init": config.init}
+        if config.dropout and config.target_parameters:
+            extra["saved_as"] = (
+                f"lora_dropout {config.dropout} trained, saved as 0.0: peft refuses dropout with target_parameters "
+                "(it only acts in training)"
+            )
         if lora_init.mutates_base(config.init):
             r2, _ = lora_init.converted_r_alpha(config.r, config.alpha, config.use_rslora)
             extra["saved_as"] = _SAVED_AS_PLAIN_LORA.format(init=config.init, r=config.r, r2=r2)
@@ -222,6 +227,9 @@ class LoraMethod(WrapperMethod):
             saved["target_parameters"] = saved_target_parameters(
                 model, self.param_names(model, record), LoraParams, config.target_parameters
             )
+            # peft's ParamWrapper refuses lora_dropout != 0 at load; dropout only acts in training, and the
+            # train manifest keeps the value trained with (manifest_extra)
+            saved["lora_dropout"] = 0.0
         return saved
 
     def config_from_saved(self, saved: dict[str, Any]) -> AdapterConfigBase:
