@@ -147,3 +147,37 @@ def test_router_trains_whole_with_modules_to_save(tmp_path) -> None:
     with torch.no_grad():
         oracle = peft.PeftModel.from_pretrained(tiny_moe(), str(tmp_path)).eval()
         torch.testing.assert_close(oracle(torch.tensor(IDS[:1])).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_router_aux_loss_is_added_and_logged(trained) -> None:
+    root, config, _ = trained
+    aux = config.model_copy(
+        update={
+            "adapter": LoraConfig(r=4, target_parameters=EXPERTS),
+            "train": TrainConfig(
+                max_steps=4,
+                batch_size=8,
+                logging_steps=2,
+                report_to="none",
+                router_aux_loss_coef=0.01,
+                output_dir="out/aux/adapter",
+                checkpoint_dir="out/aux/ckpt",
+                metrics_dir="out/aux/metrics",
+            ),
+        }
+    )
+    train(aux, root)
+    logs = [
+        json.loads(line) for line in (root / "out/aux/adapter/trainer_log.jsonl").read_text().splitlines()
+    ]
+    values = [e["router_aux_loss"] for e in logs if "router_aux_loss" in e]
+    assert len(values) >= 2 and all(v > 0 for v in values)  # load-balancing loss of 8 experts, top-2: > 0
+
+
+def test_router_aux_loss_on_a_dense_model_is_a_config_error() -> None:
+    from peft_framework.errors import ConfigError
+    from peft_framework.models.tiny import tiny_llama
+    from peft_framework.training.moe_report import router_aux_loss
+
+    with pytest.raises(ConfigError, match="train.router_aux_loss_coef"):
+        router_aux_loss(tiny_llama(), 0.01)

@@ -10,6 +10,7 @@ from torch import nn
 
 from peft_framework.adapters.layer import AdapterLayer
 from peft_framework.adapters.modules_to_save import ModulesToSave
+from peft_framework.errors import ConfigError
 from peft_framework.models.moe import count_by_kind, is_moe
 
 log = logging.getLogger(__name__)
@@ -44,3 +45,26 @@ def moe_adapted_by_kind(model: nn.Module, adapter_name: str, warn: bool = True) 
     if warn and not counts.get("routed_experts"):
         log.warning(NO_ROUTED_EXPERTS, ", ".join(f"{k}: {v}" for k, v in counts.items()) or "nothing")
     return counts
+
+
+def router_aux_loss(model: nn.Module, coef: float | None) -> None:
+    """`train.router_aux_loss_coef`: transformers' MoE models add `coef` x their load-balancing loss to the
+    loss when `output_router_logits` is on. ConfigError on a model without one."""
+    if coef is None:
+        return
+    config = getattr(model, "config", None)
+    if (
+        not is_moe(model)
+        or not hasattr(config, "output_router_logits")
+        or not hasattr(model, "router_aux_loss_coef")
+    ):
+        raise ConfigError(
+            "invalid config",
+            [
+                f"train.router_aux_loss_coef: {coef} needs a Mixture-of-Experts model with a router load-balancing "
+                f"loss (transformers' output_router_logits), not {type(model).__name__}; allowed: null"
+            ],
+        )
+    config.output_router_logits = True
+    config.router_aux_loss_coef = coef
+    model.router_aux_loss_coef = coef  # the model read it from its config when built

@@ -34,7 +34,7 @@ from peft_framework.training import checkpoints as ckpts
 from peft_framework.training import warm_start
 from peft_framework.training.determinism import restore_global_determinism
 from peft_framework.training.distributed import materialize_trainable
-from peft_framework.training.moe_report import moe_adapted_by_kind
+from peft_framework.training.moe_report import moe_adapted_by_kind, router_aux_loss
 from peft_framework.training.output import (
     MANIFEST,
     build_manifest,
@@ -251,6 +251,7 @@ def _model_with_adapter(
     prepare_kbit_training(model, config.train.gradient_checkpointing)  # quantized bases only (QLoRA)
     adapter = with_token_rows(config.adapter, model, tokenizer, config.model.add_tokens)
     config = config.model_copy(update={"adapter": adapter})
+    router_aux_loss(model, config.train.router_aux_loss_coef)
     method = registry.get(config.adapter.type)
     method.inject(model, config.adapter)
     if config.train.gradient_checkpointing and hasattr(model.config, "use_cache"):
