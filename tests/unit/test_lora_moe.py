@@ -297,3 +297,36 @@ def test_shard_by_shard_merge_fuses_per_expert_checkpoints(family: str, tmp_path
         assert (merged(tokens()).logits - ours(tokens()).logits).abs().max() < 1e-4
     if family == "mixtral":  # the per-expert, renamed checkpoint layout really was exercised
         assert any(".block_sparse_moe.experts.0.w1." in k for k in checkpoint.weight_map)
+
+
+def test_grouped_products_agree_with_the_per_expert_loop() -> None:
+    """The low-rank products use torch's grouped_mm on CPU/bf16 and transformers' per-expert loop elsewhere
+    (fp32 factors on a GPU): both give the same values and gradients, empty groups included."""
+    from peft_framework.adapters.lora.params import grouped_mm
+
+    offsets = torch.tensor([3, 3, 7, 10], dtype=torch.int32)
+    results = []
+    for native in (True, False):
+        torch.manual_seed(0)
+        x = torch.randn(10, 8, requires_grad=True)
+        w = torch.randn(4, 4, 8, requires_grad=True)  # stored (E, r, in) like A, used transposed
+        y = grouped_mm(x, w.transpose(1, 2), offsets, native=native)
+        (y * torch.arange(40.0).view(10, 4)).sum().backward()
+        results.append((y.detach(), x.grad, w.grad))
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_odd_expert_sizes_take_the_per_expert_loop(monkeypatch) -> None:
+    """grouped_mm on CPU wants 16-byte strides: an intermediate size of 15 runs the loop, same logits."""
+    plain = moe_config
+
+    def odd(family: str):
+        config = plain(family)
+        config.intermediate_size = 15
+        return config
+
+    monkeypatch.setitem(globals(), "moe_config", odd)
+    theirs, ours, _ = pair("mixtral", EXPERTS, None)
+    with torch.no_grad():
+        assert (theirs(tokens()).logits - ours(tokens()).logits).abs().max() < TOL

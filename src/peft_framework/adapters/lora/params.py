@@ -11,8 +11,8 @@ adapter and parameter, peft's `ParamWrapper` tensors:
 
 On an experts module the low-rank path runs inside the experts' forward on the tokens routed to each
 expert, `y_e = x_e W_eᵀ (+ b_e) + s · (dropout(x_e) A_eᵀ) B_eᵀ`, with the tokens sorted by expert and each
-product one grouped GEMM (transformers' `_grouped_linear`: torch's grouped_mm, or its per-expert loop where
-that kernel cannot run). The E × out × in delta is never formed (peft forms it on every forward through
+product one grouped GEMM (`grouped_mm`: torch's grouped_mm, or transformers' per-expert loop where that
+kernel cannot run). The E × out × in delta is never formed (peft forms it on every forward through
 `torch.nn.utils.parametrize`), and dropout works (peft refuses it). Other modules (a router) run their own
 forward with `W + s·BA` swapped in (`torch.func.functional_call`): a 2-D delta, as small as the weight.
 
@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers.integrations.moe import _grouped_linear
+from transformers.integrations.moe import _grouped_mm
 
 from peft_framework.adapters.layer import AdapterLayer, adapter_factory
 from peft_framework.errors import AdapterError
@@ -158,14 +158,17 @@ class LoraParams(AdapterLayer):
         low-rank path on the same groups of tokens."""
         experts = self.base_layer
         bias = getattr(experts, f"{name}_bias")[expert_ids] if experts.has_bias else None
-        y = _grouped_linear(x, self.param(name), offsets, bias=bias, is_transposed=experts.is_transposed)
+        weight = self.param(name)
+        y = grouped_mm(x, weight if experts.is_transposed else weight.transpose(1, 2), offsets)
+        if bias is not None:
+            y = y + bias
         if name not in self.lora_A[adapter]:
             return y
         a3, b3 = self.factors(adapter, name)
         xb = self.lora_dropout[adapter](x.to(a3.dtype))
-        h = _grouped_linear(xb, a3, offsets)  # (S, r)
+        h = grouped_mm(xb, a3.transpose(1, 2), offsets)  # (S, r)
         # grouped GEMMs need one of a weight's last two dims contiguous: B as (E, r, out), a small copy
-        update = _grouped_linear(h, b3.transpose(1, 2).contiguous(), offsets, is_transposed=True)  # (S, out)
+        update = grouped_mm(h, b3.transpose(1, 2).contiguous(), offsets)  # (S, out)
         return y.add_(update.to(y.dtype), alpha=self.scaling[adapter][name])
 
     # --- merge ------------------------------------------------------------------------------------
@@ -192,6 +195,20 @@ class LoraParams(AdapterLayer):
     def extra_repr(self) -> str:
         kind = type(self.base_layer).__name__
         return f"{kind}, adapters={self.adapter_names}, active={self.active_adapter}"
+
+
+def grouped_mm(
+    x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, native: bool | None = None
+) -> torch.Tensor:
+    """x (S, in) sorted by expert times weight (E, in, out) per group: torch's grouped_mm where it surely runs
+    (CPU, or bf16 as transformers' own experts use it; strides in multiples of 16 bytes), else transformers'
+    per-expert loop (any dtype, device and shape; the adapter's fp32 factors on a GPU)."""
+    if native is None:
+        aligned = all(st * t.element_size() % 16 == 0 for t in (x, weight) for st in t.stride() if st != 1)
+        native = aligned and (weight.device.type == "cpu" or weight.dtype == torch.bfloat16)
+    if native:
+        return _grouped_mm(x, weight, offsets)
+    return torch.ops.transformers.grouped_mm_fallback(x.to(weight.dtype), weight, offs=offsets)
 
 
 def experts_forward(
