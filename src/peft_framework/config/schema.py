@@ -156,6 +156,33 @@ class AdapterConfigBase(Section):
     modules_to_save: list[str] | None = Field(
         None, description="Extra modules trained in full and saved with the adapter (e.g. a classifier head)."
     )
+    target_parameters: list[str] | None = Field(
+        None,
+        description="Parameters adapted directly (peft's target_parameters): names or suffixes such as "
+        "mlp.experts.gate_up_proj, mlp.experts.down_proj (MoE experts) or mlp.gate.weight (a router). With "
+        "target_modules null, only these. Types that cannot adapt parameters refuse it.",
+    )
+    #: whether the type adapts parameters (`target_parameters`); others refuse a non-null value
+    adapts_parameters: ClassVar[bool] = False
+
+    @field_validator("target_parameters")
+    @classmethod
+    def _parameter_names_are_usable(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or any(not name.strip() for name in value)):
+            raise ValueError(
+                f"adapter.target_parameters: {value!r}; allowed: null or a non-empty list of parameter names"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _parameters_only_where_supported(self) -> AdapterConfigBase:
+        if self.target_parameters is not None and not self.adapts_parameters:
+            raise ValueError(
+                f"adapter.target_parameters: {self.target_parameters!r} is not supported by adapter.type "
+                f"{self.type!r} (it wraps modules, not parameters such as MoE expert weights); allowed: null, or "
+                "adapter.type lora. This type can still adapt modules through adapter.target_modules"
+            )
+        return self
 
     #: keys of this base that a type does not use (e.g. bottleneck adapters are placed by `variant`, not by
     #: `target_modules`): in a config file they count as keys of the other types, ignored like those

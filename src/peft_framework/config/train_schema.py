@@ -40,6 +40,12 @@ class TrainConfig(Section):
         1e-6, gt=0, description="LoRA+: lr of LoRA tensors on embedding layers (peft's default 1e-6)."
     )
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping; 0 turns it off.")
+    router_aux_loss_coef: float | None = Field(
+        None,
+        ge=0.0,
+        description="Mixture-of-Experts bases: add the router load-balancing loss times this coefficient "
+        "(transformers' output_router_logits) and log it as router_aux_loss; null: off.",
+    )
     seed: int = 42
     data_seed: int | None = Field(None, description="Seed of the data order; null: same as seed.")
     deterministic: bool | None = Field(

@@ -27,7 +27,8 @@ from peft_framework.models.quantization import (
     quantize_built_model,
 )
 
-BUILTIN_MODELS = (BUILTIN_TINY_LLAMA,)
+BUILTIN_TINY_MOE = "builtin:tiny-moe"
+BUILTIN_MODELS = (BUILTIN_TINY_LLAMA, BUILTIN_TINY_MOE)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -189,9 +190,10 @@ def load_base_model(
     name = model_config.name_or_path
     if is_builtin(name):
         _check_builtin(name)
-        from peft_framework.models.tiny import tiny_llama
+        from peft_framework.models.tiny import tiny_llama, tiny_moe
 
-        model = tiny_llama(task=task, num_labels=n_labels or 2)
+        build = tiny_moe if name == BUILTIN_TINY_MOE else tiny_llama
+        model = build(task=task, num_labels=n_labels or 2)
         if model_config.dtype not in ("float32", "auto"):
             model = model.to(_DTYPES[model_config.dtype])
         if is_quantized_config(model_config):

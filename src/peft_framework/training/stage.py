@@ -34,6 +34,7 @@ from peft_framework.training import checkpoints as ckpts
 from peft_framework.training import warm_start
 from peft_framework.training.determinism import restore_global_determinism
 from peft_framework.training.distributed import materialize_trainable
+from peft_framework.training.moe_report import moe_adapted_by_kind, router_aux_loss
 from peft_framework.training.output import (
     MANIFEST,
     build_manifest,
@@ -86,6 +87,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise StageFailed(f"adapter: {config.adapter.type!r} left no trainable parameters in the model")
+    moe_kinds = moe_adapted_by_kind(model, method.active_adapter(model) or "default")  # MoE: warns once
 
     # checkpoints: continue this run's, or start fresh
     run = run_fingerprint(config, data.sha256, args.world_size, warm_start.init_sha256(init))
@@ -126,6 +128,8 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         "world_size": args.world_size,
         "written": is_main,
     }
+    if moe_kinds is not None:
+        summary["adapted_tensors"] = moe_kinds
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     materialize_trainable(unwrapped)  # FSDP/ZeRO-3: whole adapter tensors before writing (every process)
     if is_main:
@@ -140,6 +144,8 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
             summary=summary,
             wall_time_s=round(time.perf_counter() - started, 3),
         )
+        if moe_kinds is not None:
+            manifest["adapter"]["adapted_tensors"] = moe_kinds
         manifest["run_lineage"] = run["lineage"]  # raising train.epochs later: training/extend.py
         if init is not None:
             manifest["init_adapter"] = init
@@ -249,6 +255,7 @@ def _model_with_adapter(
     prepare_kbit_training(model, config.train.gradient_checkpointing)  # quantized bases only (QLoRA)
     adapter = with_token_rows(config.adapter, model, tokenizer, config.model.add_tokens)
     config = config.model_copy(update={"adapter": adapter})
+    router_aux_loss(model, config.train.router_aux_loss_coef)
     method = registry.get(config.adapter.type)
     method.inject(model, config.adapter)
     if config.train.gradient_checkpointing and hasattr(model.config, "use_cache"):

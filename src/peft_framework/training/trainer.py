@@ -57,6 +57,7 @@ class AdapterTrainer(Trainer):
         self.loraplus = loraplus
         #: LoRA+ groups as built ({group: tensors, parameters, lr, weight_decay}), for the manifest
         self.loraplus_groups: dict[str, dict[str, Any]] | None = None
+        self._router_aux_losses: list[float] = []  # train.router_aux_loss_coef: values since the last log
         with allow_quantized_training(kwargs.get("model", args[0] if args else None)):
             super().__init__(*args, **kwargs)
         check_strategy_applied(self.args, self.accelerator.state)
@@ -109,9 +110,16 @@ class AdapterTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
+        router_aux = model.training and self._logs_router_aux(model)
         result = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            model, inputs, return_outputs=return_outputs or router_aux, num_items_in_batch=num_items_in_batch
         )
+        if router_aux:  # MoE with train.router_aux_loss_coef: the model added it to the loss; log it too
+            loss, outputs = result
+            aux = outputs.get("aux_loss") if hasattr(outputs, "get") else None
+            if aux is not None:
+                self._router_aux_losses.append(float(aux.detach()))
+            result = (loss, outputs) if return_outputs else loss
         if not model.training:
             return result
         extra = self.adapter_method.extra_loss(self.accelerator.unwrap_model(model))
@@ -124,6 +132,18 @@ class AdapterTrainer(Trainer):
             extra = extra / self.current_gradient_accumulation_steps
         loss = loss + extra.to(loss.device, loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+    def _logs_router_aux(self, model: nn.Module) -> bool:
+        config = getattr(self.accelerator.unwrap_model(model), "config", None)
+        return bool(getattr(config, "output_router_logits", False))
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Adds `router_aux_loss` (mean since the last log) to training logs of an MoE run that weights it."""
+        losses = getattr(self, "_router_aux_losses", None)
+        if losses and "loss" in logs:
+            logs = {**logs, "router_aux_loss": round(sum(losses) / len(losses), 6)}
+            losses.clear()
+        super().log(logs, *args, **kwargs)
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
