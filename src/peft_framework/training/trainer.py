@@ -22,7 +22,6 @@ import logging
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,19 +155,12 @@ class AdapterTrainer(Trainer):
             self._objective_metrics[mode][name].append(float(value.mean()))
         return loss
 
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
+    def reference(self) -> contextlib.AbstractContextManager[None]:
         """The model as the reference: the adapter off (or `reference_adapter` active), dropout off."""
+        from peft_framework.training.objectives.base import as_reference
+
         model = self.accelerator.unwrap_model(self.model)
-        active = self.adapter_method.active_adapter(model)
-        training = model.training
-        self.adapter_method.set_active(model, self.reference_adapter)
-        model.eval()
-        try:
-            yield
-        finally:
-            self.adapter_method.set_active(model, active)
-            model.train(training)
+        return as_reference(model, self.adapter_method, self.reference_adapter)
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None

@@ -14,7 +14,8 @@ named as TRL names them, so dashboards carry over. An online objective (GRPO) ad
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -43,6 +44,21 @@ class Objective:
         self, model: torch.nn.Module, batch: dict[str, Any], reference: Reference | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
         return None
+
+
+@contextlib.contextmanager
+def as_reference(model: torch.nn.Module, method: Any, adapter_name: str | None = None) -> Iterator[None]:
+    """`model` (adapters injected by `method`) as the reference: adapter `adapter_name` active (None: all
+    off, the base model), dropout off; the active adapter and train mode put back after."""
+    active = method.active_adapter(model)
+    training = model.training
+    method.set_active(model, adapter_name)
+    model.eval()
+    try:
+        yield
+    finally:
+        method.set_active(model, active)
+        model.train(training)
 
 
 # -------------------------------------------------------------------------------------------- helpers
