@@ -288,6 +288,11 @@ class Config(Section):
                 f"train.packing: true does not fit train.objective {spec.name!r} (no pair-aware packing); "
                 "allowed: false"
             )
+        if self.train.precompute_reference and spec.name == "kto":
+            raise ValueError(
+                "train.precompute_reference: true does not fit train.objective 'kto' (its KL pairs change with "
+                "the batch); allowed: false"
+            )
         if spec.name != "sft" and self.model.task != "causal_lm":
             raise ValueError(
                 f"train.objective: {spec.name!r} needs model.task causal_lm, got {self.model.task!r}"

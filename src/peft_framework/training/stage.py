@@ -85,6 +85,12 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     if trainable == 0:
         raise StageFailed(f"adapter: {config.adapter.type!r} left no trainable parameters in the model")
 
+    if tc.precompute_reference and objective.needs_reference:
+        data = _precomputed_reference(data, model, method, reference_adapter, objective, config, root, init)
+        summary_reference = True
+    else:
+        summary_reference = False
+
     # checkpoints: continue this run's, or start fresh
     run = run_fingerprint(config, data.sha256, args.world_size, warm_start.init_sha256(init))
     resume_plan = choose_resume(config, root, checkpoint_dir, run, args.world_size)
@@ -129,6 +135,8 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         "resumed_from": str(resume_from) if resume_from else None,
         "world_size": args.world_size,
         "written": is_main,
+        "objective": tc.objective,
+        "precomputed_reference": summary_reference,
     }
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     materialize_trainable(unwrapped)  # FSDP/ZeRO-3: whole adapter tensors before writing (every process)
@@ -280,6 +288,32 @@ def _frozen_reference(
     method.mark_trainable(model, DEFAULT_ADAPTER_NAME)
     log.info("train.objective %s: the reference is base + train.init_adapter, frozen", objective.name)
     return REFERENCE_ADAPTER
+
+
+def _precomputed_reference(
+    data: PreparedData, model, method, reference_adapter, objective, config: Config, root: Path, init
+) -> PreparedData:
+    """train.precompute_reference: the splits with the reference log-probs as columns (cached)."""
+    import dataclasses
+
+    from peft_framework.models.loading import load_tokenizer
+    from peft_framework.training.reference_cache import reference_identity, with_reference_logps
+
+    pad_id = load_tokenizer(config.model).pad_token_id or 0
+    key_parts = (data.sha256, reference_identity(config, root, warm_start.init_sha256(init)))
+    args = dict(
+        model=model,
+        method=method,
+        adapter_name=reference_adapter,
+        objective=objective,
+        pad_token_id=pad_id,
+        batch_size=config.train.eval_batch_size or config.train.batch_size,
+    )
+    train, _ = with_reference_logps(data.train, "train", key_parts=key_parts, root=root, **args)
+    evaluation = None
+    if data.eval is not None:
+        evaluation, _ = with_reference_logps(data.eval, "validation", key_parts=key_parts, root=root, **args)
+    return dataclasses.replace(data, train=train, eval=evaluation)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
