@@ -274,7 +274,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _objective_fits_data(self) -> Config:
         """A loss is never chosen by the data's shape: train.objective and data.kind must agree."""
-        from peft_framework.training.objectives import OBJECTIVES
+        from peft_framework.config.objectives import OBJECTIVES
 
         spec = OBJECTIVES[self.train.objective]
         if self.data.kind not in spec.data_kinds:

@@ -167,8 +167,8 @@ class TrainConfig(Section):
     @field_validator("objective")
     @classmethod
     def _known_objective(cls, value: str) -> str:
+        from peft_framework.config import objectives
         from peft_framework.config.problems import did_you_mean
-        from peft_framework.training import objectives
 
         if value not in objectives.OBJECTIVES:
             raise ValueError(
