@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from peft_framework.config import load_config
 from peft_framework.data.preference import truncate
 from peft_framework.data.stage import prepare
 from peft_framework.errors import ConfigError
+from peft_framework.inspect_data import inspect_data
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET = str(ROOT / "params" / "tiny-llama.yaml")
@@ -85,6 +87,16 @@ def test_pairs_are_cleaned_with_reasons_and_nothing_lost(tmp_path: Path) -> None
         # the prompt's tokens are the same on both sides
         cut = sum(t == -100 for t in row["chosen_labels"])
         assert row["chosen_input_ids"][:cut] == row["rejected_input_ids"][:cut]
+    # inspect-data shows each pair's two answers with their trained tokens marked
+    out = io.StringIO()
+    config = load_config(PRESET, ["data.kind=preference", "train.objective=dpo", "data.max_seq_len=48"])
+    shown = inspect_data(config, tmp_path, rows=1, out=out, colour=False)
+    assert shown["rows"] == 1 and shown["rejected"] == 6
+    assert (
+        "chosen: tokens" in out.getvalue()
+        and "⟦blue</s>⟧" in out.getvalue()
+        and "⟦red</s>⟧" in out.getvalue()
+    )
 
 
 def test_unpaired_labels_must_be_booleans(tmp_path: Path) -> None:
