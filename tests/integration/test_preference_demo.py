@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from peft_framework.config import load_config
+from peft_framework.config.schema import PromoteConfig
 from peft_framework.data.samples import write_samples
 from peft_framework.data.stage import prepare
 from peft_framework.evaluation.stage import evaluate
+from peft_framework.export.promote import decide
 from peft_framework.training import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +44,8 @@ def test_dpo_from_the_sft_adapter_learns_the_rule(project: Path) -> None:
     assert 0.3 <= metrics["base.preference_accuracy"] <= 0.7
     assert metrics["adapter.preference_accuracy"] >= 0.9
     assert metrics["adapter.reward_margin"] > 0 == metrics["base.reward_margin"]
+    rules = PromoteConfig(metric="preference_accuracy", min_delta=0.3, require_parity=False)
+    assert decide(rules, metrics, {})["promote"]  # promotion rules can name the preference metrics
     log = (project / "models" / "adapter" / "trainer_log.jsonl").read_text()
     for name in (
         "rewards/chosen",
