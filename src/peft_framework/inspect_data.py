@@ -145,6 +145,18 @@ def inspect_data(
     label_names = manifest.get("label_names") or []
     totals = {"rows": 0, "tokens": 0, "trained": 0}
     for i, row in enumerate(data.select(range(min(rows, len(data))))):
+        if "chosen_input_ids" in row:  # preference pairs: the two answers one under the other
+            source = row.get("source") or ""
+            print(f"\n{dim[0]}── row {i} {source} · pair{dim[1]}", file=out)
+            for side in ("chosen", "rejected"):
+                ids, labels = list(row[f"{side}_input_ids"]), list(row[f"{side}_labels"])
+                trained = sum(label != IGNORE_INDEX for label in labels)
+                print(f"{dim[0]}  {side}: tokens {len(ids)} total, {trained} trained{dim[1]}", file=out)
+                print(marked_text(tokenizer, ids, labels, colour), file=out)
+                totals["tokens"] += len(ids)
+                totals["trained"] += trained
+            totals["rows"] += 1
+            continue
         ids = list(row["input_ids"])
         if classification:
             label = row["labels"]
@@ -158,6 +170,8 @@ def inspect_data(
             labels = list(row["labels"])
             trained = sum(label != IGNORE_INDEX for label in labels)
             head = f"tokens: {len(ids)} total, {trained} trained"
+            if "label" in row:  # unpaired preference rows
+                head += f" · label: {'desirable' if row['label'] else 'undesirable'}"
             body = marked_text(tokenizer, ids, labels, colour)
         source = escaped(str(row.get("source") or ""))
         print(f"\n{dim[0]}── row {i} {source} · {head}{dim[1]}", file=out)

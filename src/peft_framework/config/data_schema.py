@@ -15,6 +15,8 @@ DATA_FIELDS: dict[str, tuple[str, ...]] = {
     "chat": ("messages", "role", "content"),
     "text": ("text",),
     "classification": ("text", "label"),
+    "preference": ("prompt", "chosen", "rejected"),
+    "unpaired_preference": ("prompt", "completion", "label"),
 }
 """Canonical field names per `data.kind`: the keys `data.columns` may map to other column names."""
 
@@ -125,7 +127,14 @@ class DataConfig(Section):
         "auto",
         description="'auto': from the file extension (.jsonl/.ndjson, .json, .csv, .tsv, .parquet, + .gz).",
     )
-    kind: Literal["instruction", "chat", "text", "classification"] = "instruction"
+    kind: Literal["instruction", "chat", "text", "classification", "preference", "unpaired_preference"] = (
+        Field(
+            "instruction",
+            description="instruction | chat | text | classification | preference (prompt/chosen/rejected: text, or "
+            "chat message lists split at the first divergent turn) | unpaired_preference (prompt/completion/label "
+            "true|false). The preference kinds need a preference train.objective, and the other kinds sft.",
+        )
+    )
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Canonical field -> column name in the source, e.g. {output: answer}.",
@@ -152,6 +161,12 @@ class DataConfig(Section):
         True, description="Labels -100 on prompt tokens (loss on responses only)."
     )
     max_seq_len: int = Field(512, ge=8, description="Longer rows are truncated (counted in the report).")
+    truncation: Literal["keep_end", "keep_start"] = Field(
+        "keep_start",
+        description="Preference data over max_seq_len: keep_start cuts the answer's end (then the prompt's end); "
+        "keep_end drops the prompt's start first (keeping its end next to the answer), then the answer's end. "
+        "A row that cannot keep one answer token is rejected.",
+    )
     add_eos: bool = Field(
         True, description="Append the EOS token to every training sequence (if not already there)."
     )

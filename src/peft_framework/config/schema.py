@@ -333,6 +333,34 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
 
+    @model_validator(mode="after")
+    def _objective_fits_data(self) -> Config:
+        """A loss is never chosen by the data's shape: train.objective and data.kind must agree."""
+        from peft_framework.config.objectives import OBJECTIVES
+
+        spec = OBJECTIVES[self.train.objective]
+        if self.data.kind not in spec.data_kinds:
+            fits = [name for name, s in OBJECTIVES.items() if self.data.kind in s.data_kinds]
+            raise ValueError(
+                f"train.objective: {spec.name!r} trains on data.kind {', '.join(spec.data_kinds)}, but data.kind is "
+                f"{self.data.kind!r}; allowed for this data: {', '.join(fits)}"
+            )
+        if spec.name != "sft" and self.train.packing:
+            raise ValueError(
+                f"train.packing: true does not fit train.objective {spec.name!r} (no pair-aware packing); "
+                "allowed: false"
+            )
+        if self.train.precompute_reference and spec.name == "kto":
+            raise ValueError(
+                "train.precompute_reference: true does not fit train.objective 'kto' (its KL pairs change with "
+                "the batch); allowed: false"
+            )
+        if spec.name != "sft" and self.model.task != "causal_lm":
+            raise ValueError(
+                f"train.objective: {spec.name!r} needs model.task causal_lm, got {self.model.task!r}"
+            )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict with YAML key names (e.g. `data.validate`)."""
         return self.model_dump(mode="json", by_alias=True)

@@ -44,6 +44,8 @@ def resolve_template(cfg: DataConfig) -> str:
     instruction data uses `data.chat_template` when one is set and `data.template` is auto."""
     if cfg.kind == "chat":
         return "chat_template"
+    if cfg.kind in ("preference", "unpaired_preference"):  # chat rows use the chat template, text rows none
+        return "chat_template" if cfg.chat_template else "none"
     if cfg.kind == "instruction":
         if cfg.template == "auto":  # a chat template named in the config is the one to use
             return "chat_template" if cfg.chat_template else "alpaca"
@@ -73,7 +75,10 @@ class Encoded:
     truncated: bool
     text: dict[str, str]  # raw text columns: prompt/response or text/label_text
     prompt_tokens: int = 0  # tokens before the first trained one (causal LM)
-    problem: tuple[str, str] | None = None  # (reason, detail): the row could not be formatted
+    columns: dict[str, Any] | None = (
+        None  # preference kinds: the row's own token columns (data/preference.py)
+    )
+    problem: RowProblem | None = None  # a reason to reject found while formatting the row
 
 
 class Formatter:
@@ -109,6 +114,10 @@ class Formatter:
 
     # ------------------------------------------------------------------------------------------ batch
     def encode_batch(self, rows: list[dict[str, Any]]) -> list[Encoded]:
+        if self.cfg.kind in ("preference", "unpaired_preference"):
+            from peft_framework.data.preference import encode_preference
+
+            return encode_preference(self, rows)
         if self.cfg.kind == "classification":
             return self._encode_classification(rows)
         if self.template == "chat_template":
@@ -124,13 +133,22 @@ class Formatter:
 
     # ------------------------------------------------------------------------------ prompt + response
     def _encode_prompt_response(self, pairs: list[tuple[str, str]]) -> list[Encoded]:
+        out: list[Encoded] = []
+        for (prompt, response), (ids, boundary) in zip(pairs, self.tokenize_pairs(pairs)):
+            out.append(self._finish_at(ids, boundary, {"prompt": prompt, "response": response}))
+        return out
+
+    def tokenize_pairs(
+        self, pairs: list[tuple[str, str]], add_special_tokens: bool = True
+    ) -> list[tuple[list[int], int]]:
+        """(token ids of prompt + response, number of prompt tokens) per pair, untruncated, no EOS added."""
         if not pairs:
             return []
         fulls = [p + r for p, r in pairs]
         # ids only: attention masks, type ids and offsets cost a Python object per token to convert
         full_enc = self.tok(
             fulls,
-            add_special_tokens=True,
+            add_special_tokens=add_special_tokens,
             return_attention_mask=False,
             return_token_type_ids=False,
             verbose=False,
@@ -149,7 +167,7 @@ class Formatter:
         if unsure:  # no token boundary at the prompt's end (or a slow tokenizer): tokenize those prompts
             prompts = self.tok(
                 [pairs[i][0] for i in unsure],
-                add_special_tokens=True,
+                add_special_tokens=add_special_tokens,
                 return_attention_mask=False,
                 return_token_type_ids=False,
                 verbose=False,
@@ -164,11 +182,7 @@ class Formatter:
                     ids = list(prompt_ids) + self.tok(pairs[i][1], add_special_tokens=False)["input_ids"]
                     all_ids[i] = ids
                     boundaries[i] = len(prompt_ids)
-        out: list[Encoded] = []
-        for (prompt, response), ids, boundary in zip(pairs, all_ids, boundaries):
-            assert boundary is not None
-            out.append(self._finish_at(list(ids), boundary, {"prompt": prompt, "response": response}))
-        return out
+        return [(list(ids), int(b)) for ids, b in zip(all_ids, boundaries)]  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------------------- chat
     def _encode_chat_bounded(self, row: dict[str, Any]) -> Encoded:
@@ -178,7 +192,7 @@ class Formatter:
             with row_time_limit():
                 return self._encode_chat(row)
         except RowProblem as exc:
-            return Encoded([], [], 0, False, {"prompt": "", "response": ""}, problem=(exc.reason, exc.detail))
+            return Encoded([], [], 0, False, {"prompt": "", "response": ""}, problem=exc)
 
     def _render(
         self, messages: list[dict[str, str]], row_chars: int, add_generation_prompt: bool = False
@@ -293,6 +307,8 @@ class Formatter:
 
     def no_response_problem(self, enc: Encoded) -> RowProblem | None:
         """A causal-LM row with no label left to train on (after truncation) is useless; say why."""
+        if enc.problem is not None:
+            return enc.problem
         if self.cfg.kind == "classification" or enc.labels.count(IGNORE_INDEX) < len(enc.labels):
             return None
         return RowProblem(

@@ -18,8 +18,10 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from peft_framework.config.schema import DataConfig
+from peft_framework.data import preference
 from peft_framework.data.clean import clean_text, normalize_label, normalized_key
 from peft_framework.data.formatting import Encoded, Formatter
+from peft_framework.data.preference import PREFERENCE_KINDS
 from peft_framework.data.rows import Reason, Record, Rejected
 from peft_framework.data.validate import extract_fields
 
@@ -76,6 +78,8 @@ def assign_split(key: str, cfg: DataConfig) -> str:
 
 
 def _text_values(fields: dict[str, Any], kind: str) -> list[str]:
+    if kind in PREFERENCE_KINDS:
+        return preference.text_values(fields, kind)
     if kind == "instruction":
         return [fields["instruction"], fields["input"], fields["output"]]
     if kind == "chat":
@@ -86,6 +90,8 @@ def _text_values(fields: dict[str, Any], kind: str) -> list[str]:
 
 
 def _n_chars(fields: dict[str, Any], kind: str) -> int:
+    if kind in PREFERENCE_KINDS:
+        return preference.n_chars(fields, kind)
     if kind == "instruction":
         return len(fields["instruction"]) + len(fields["input"]) + len(fields["output"])
     if kind == "chat":
@@ -95,6 +101,8 @@ def _n_chars(fields: dict[str, Any], kind: str) -> int:
 
 def _prompt_values(fields: dict[str, Any], kind: str) -> list[str]:
     """The input side of a row: rows sharing it share a split (no test prompt is seen in training)."""
+    if kind in PREFERENCE_KINDS:
+        return preference.prompt_values(fields)
     if kind == "instruction":
         return [fields["instruction"], fields["input"]]
     if kind == "chat":
@@ -106,6 +114,8 @@ def _clean_fields(
     fields: dict[str, Any], cfg: DataConfig
 ) -> tuple[dict[str, Any], set[str], list[tuple[str, str]]]:
     """Cleaned fields, the cleaning steps that changed something, and empty-field problems."""
+    if cfg.kind in PREFERENCE_KINDS:
+        return preference.clean(fields, cfg)
     changed: set[str] = set()
     problems: list[tuple[str, str]] = []
 
@@ -185,7 +195,7 @@ def label_names_for(cfg: DataConfig, allowed_labels: set[str] | None, seen: set[
 def token_problem(enc: Encoded, cfg: DataConfig, formatter: Formatter) -> tuple[str, str] | None:
     """The checks on the tokenized row: formatted at all, length in tokens, a response token left to train on."""
     if enc.problem is not None:
-        return enc.problem
+        return (enc.problem.reason, enc.problem.detail)
     if enc.n_tokens < cfg.clean.min_tokens:
         return (
             Reason.TOO_FEW_TOKENS,

@@ -1,6 +1,7 @@
 """Deterministic sample data for the default pipeline, with realistic defects of every kind.
 
-`write_samples()` writes two JSON Lines files (about 100 KB together):
+`write_samples()` writes JSON Lines files (about 130 KB together); the two preference files are described
+in `sample_preferences.py`:
 
 - `instructions.jsonl`: short instruction tasks a tiny model can learn (uppercase a text, reverse the
   word order, add two numbers, count words, name a country's capital), plus defective rows: invalid
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_framework.data.clean import normalized_key
+from peft_framework.data.sample_preferences import preference_lines, preference_sft_lines
 from peft_framework.data.sample_vocab import (
     ADD,
     CAPITAL,
@@ -324,6 +326,8 @@ def write_samples(out_dir: str | os.PathLike[str] = "data/raw", overwrite: bool 
     for name, make in (
         ("instructions.jsonl", instruction_lines),
         ("classification.jsonl", classification_lines),
+        ("preferences.jsonl", preference_lines),  # data/sample_preferences.py
+        ("preferences_sft.jsonl", preference_sft_lines),
     ):
         lines, expected = make(random.Random(f"{SEED}:{name}"))
         files.append((name, b"\n".join(lines) + b"\n", expected, len(lines)))

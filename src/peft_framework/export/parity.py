@@ -35,8 +35,12 @@ def parity_atol(config: Config, max_abs_logit: float) -> float:
 def parity_inputs(config: Config, held_out, tokenizer) -> list[list[int]]:
     n = config.export.parity_samples
     limit = min(config.data.max_seq_len, 256)
-    if held_out is not None and "input_ids" in held_out.column_names:
-        rows = held_out.select(range(min(n, len(held_out))))["input_ids"]
+    column = next(  # preference data: the chosen sequences
+        (c for c in ("input_ids", "chosen_input_ids") if held_out is not None and c in held_out.column_names),
+        None,
+    )
+    if column is not None:
+        rows = held_out.select(range(min(n, len(held_out))))[column]
         return [list(ids)[:limit] for ids in rows]
     texts = [FALLBACK_TEXTS[i % len(FALLBACK_TEXTS)] for i in range(n)]
     return [tokenizer(t)["input_ids"][:limit] for t in texts]

@@ -45,10 +45,12 @@ def load_prepared(config: Config, root: Path) -> PreparedData:
     dataset = datasets.load_from_disk(str(data_dir))
     if "train" not in dataset or len(dataset["train"]) == 0:
         raise DataError(f"data.output_dir: {config.data.output_dir!r} has no training rows")
-    missing = [c for c in ("input_ids", "labels") if c not in dataset["train"].column_names]
+    columns = model_columns(config)
+    missing = [c for c in columns if c != "attention_mask" and c not in dataset["train"].column_names]
     if missing:
         raise DataError(
-            f"data.output_dir: the train split lacks columns {missing}; has {dataset['train'].column_names}"
+            f"data.output_dir: the train split lacks columns {missing} (train.objective "
+            f"{config.train.objective!r}); has {dataset['train'].column_names}; prepare the data again"
         )
     label_names = manifest.get("label_names")
     if label_names is None and config.model.task == "sequence_classification":
@@ -61,8 +63,8 @@ def load_prepared(config: Config, root: Path) -> PreparedData:
         directory=data_dir,
         sha256=dir_sha256(data_dir),
         label_names=label_names,
-        train=_model_columns(dataset["train"]),
-        eval=_model_columns(dataset["validation"]) if has_eval else None,
+        train=_select(dataset["train"], columns),
+        eval=_select(dataset["validation"], columns) if has_eval else None,
     )
 
 
@@ -79,7 +81,12 @@ def _check_max_seq_len(config: Config, manifest: dict[str, Any]) -> None:
         )
 
 
-def _model_columns(split: Any) -> Any:
-    from peft_framework.training.collator import MODEL_COLUMNS
+def model_columns(config: Config) -> tuple[str, ...]:
+    """The prepared columns the objective's collator reads."""
+    from peft_framework.training import objectives
 
-    return split.select_columns([c for c in MODEL_COLUMNS if c in split.column_names])
+    return objectives.get(config.train.objective, config.train).columns
+
+
+def _select(split: Any, columns: tuple[str, ...]) -> Any:
+    return split.select_columns([c for c in columns if c in split.column_names])
