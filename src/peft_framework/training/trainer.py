@@ -128,7 +128,10 @@ class AdapterTrainer(Trainer):
         else:
             router_aux = model.training and self._logs_router_aux(model)
             result = super().compute_loss(
-                model, inputs, return_outputs=return_outputs or router_aux, num_items_in_batch=num_items_in_batch
+                model,
+                inputs,
+                return_outputs=return_outputs or router_aux,
+                num_items_in_batch=num_items_in_batch,
             )
             if router_aux:  # MoE with train.router_aux_loss_coef: the model added it to the loss; log it too
                 loss, outputs = result
@@ -191,7 +194,9 @@ class AdapterTrainer(Trainer):
         prefix = "eval_" if mode == "eval" else ""
         logs = {**logs, **{f"{prefix}{k}": sum(v) / len(v) for k, v in metrics.items() if v}}
         losses = getattr(self, "_router_aux_losses", None)
-        if losses and "loss" in logs:  # MoE run weighting the load-balancing loss: its mean since the last log
+        if (
+            losses and "loss" in logs
+        ):  # MoE run weighting the load-balancing loss: its mean since the last log
             logs = {**logs, "router_aux_loss": round(sum(losses) / len(losses), 6)}
             losses.clear()
         super().log(logs, start_time)
