@@ -15,7 +15,7 @@ from prefect import get_run_logger
 from prefect.states import Failed, State
 from tasks import local_api
 from tasks.fingerprint import resolve
-from tasks.run import STAGE_TASKS
+from tasks.run import STAGE_TASKS, promote_gate
 
 from flows.artifacts import publish
 from peft_framework.config import load_config_with_warnings
@@ -80,6 +80,23 @@ def run_stages(names: Sequence[str], config: Config, root: Path) -> dict[str, An
     return {"stages": results}
 
 
+def run_promote(results: dict[str, Any], config: Config, root: Path) -> dict[str, Any] | State[Any]:
+    """The promotion gate after the stages, as `dvc repro` runs dvc.yaml's `promote` stage: `results` (of
+    `run_stages`) gains its decision, or the gate's failed state is returned."""
+    started = time.perf_counter()
+    state = promote_gate(config=config, root=str(root), return_state=True)
+    if not state.is_completed():
+        return Failed(message=f"stage 'promote': {state.message}", data=state.data)
+    results["stages"]["promote"] = {
+        "state": state.name,
+        "seconds": round(time.perf_counter() - started, 3),
+        **state.result(),
+    }
+    for line in results["stages"]["promote"]["summary"]["reasons"]:
+        get_run_logger().info("promote: %s", line)
+    return results
+
+
 def user_error_of(state: State[Any]) -> UserError | None:
     """The UserError a failed flow run ended with, if that is why it failed."""
     exc = state.result(raise_on_failure=False)
@@ -110,8 +127,12 @@ def cli(
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    with local_api.session():  # one local Prefect API for all stages unless PREFECT_API_URL is set
-        return _report(run(args), args.summary_json)
+    try:
+        with local_api.session():  # one local Prefect API for all stages unless PREFECT_API_URL is set
+            return _report(run(args), args.summary_json)
+    except local_api.ApiUnavailable as exc:  # raised before any run: a bad PREFECT_API_URL, a full disk
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 def _report(state: State[Any], summary_json: Path | None) -> int:

@@ -6,6 +6,7 @@ Built from the report files on disk, so a stage that was a cache hit still shows
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,17 @@ def _eval_table(config: Config, root: Path) -> None:
         )
 
 
+def _harness_table(config: Config, root: Path) -> None:
+    from peft_framework.config.harness_schema import REPORT_PATH
+
+    if report := _load(resolve(root, REPORT_PATH)):  # empty when eval.harness has no tasks
+        create_table_artifact(
+            comparison_rows(report),
+            key="harness-base-vs-adapter",
+            description=f"lm-evaluation-harness: base model vs adapter ({REPORT_PATH})",
+        )
+
+
 def _export_parity(config: Config, root: Path) -> None:
     rel = f"{config.export.output_dir.rstrip('/')}/{EXPORT_DETAILS}"
     if not resolve(root, rel).is_file():
@@ -125,6 +137,7 @@ def _export_parity(config: Config, root: Path) -> None:
 PUBLISHERS: dict[str, Callable[[Config, Path], None]] = {
     "prepare": _data_report,
     "evaluate": _eval_table,
+    "harness": _harness_table,
     "export": _export_parity,
 }
 
@@ -132,5 +145,14 @@ PUBLISHERS: dict[str, Callable[[Config, Path], None]] = {
 def publish(stage: str, config: Config, root: Path) -> None:
     """Create the artifact of `stage` (if it has one and its report exists) in the current flow run."""
     publisher = PUBLISHERS.get(stage)
-    if publisher is not None:
+    if publisher is None:
+        return
+    try:
         publisher(config, root)
+    except Exception as exc:  # noqa: BLE001 - best-effort: the stage's outputs are written already
+        print(
+            f"warning: the {stage} artifact was not published to the Prefect API ({type(exc).__name__}: "
+            f"{exc}); the stage's outputs are unaffected",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -1,10 +1,12 @@
-"""The full pipeline as one Prefect flow: sample_data -> prepare -> train -> evaluate -> export.
+"""The full pipeline as one Prefect flow: sample_data -> prepare -> train -> evaluate -> export -> promote,
+the stages of dvc.yaml (`PIPELINE`), so the scheduled `nightly` deployment gates like `dvc repro` does.
 
     python -m flows.pipeline [--config params.yaml] [KEY=VALUE ...]
 
 Runs on Prefect's ephemeral local API, or against a server when PREFECT_API_URL is set. Every stage is
 a cached task (tasks/cache.py): a second run with unchanged inputs is all cache hits, and a stage whose
-recorded outputs were deleted or changed runs again. The flow publishes the data report, the eval table
+recorded outputs were deleted or changed runs again; the promotion gate (decides, registers nothing) runs
+every time. The flow publishes the data report, the eval table
 (base vs adapter) and the export parity as artifacts.
 """
 
@@ -27,10 +29,15 @@ from prefect import flow  # noqa: E402
 from prefect.states import State  # noqa: E402
 from tasks.stages import ORDER  # noqa: E402
 
-from flows._run import cli, load_in_flow, run_stages  # noqa: E402
+from flows._run import cli, load_in_flow, run_promote, run_stages  # noqa: E402
+
+PIPELINE: tuple[str, ...] = (*ORDER, "promote")
+"""What the flow runs, in order: the stage tasks, then the promotion gate (dvc.yaml's stages)."""
 
 
-@flow(name="peft-pipeline", description="prepare -> train -> evaluate -> export, cached by content")
+@flow(
+    name="peft-pipeline", description="prepare -> train -> evaluate -> export (cached by content) -> promote"
+)
 def pipeline(
     config_path: str = "params.yaml",
     overrides: list[str] | None = None,
@@ -43,7 +50,10 @@ def pipeline(
     """
     config, root_path = load_in_flow(config_path, overrides, root)
     names = ORDER if sample_data else tuple(n for n in ORDER if n != "sample_data")
-    return run_stages(names, config, root_path)
+    results = run_stages(names, config, root_path)
+    if isinstance(results, State):
+        return results
+    return run_promote(results, config, root_path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
     python -m flows.pools [--summary-json FILE]     # needs PREFECT_API_URL and the deployments (prefect.yaml)
 
 `pool_stage` runs on a worker of the stage's pool (prefect.yaml: `cpu` for sample_data, prepare, evaluate and
-export, `gpu` for train), in that worker's checkout of the project (the pool's `working_dir`). It
+export, `gpu` for train and harness), in that worker's checkout of the project (the pool's `working_dir`). It
   1. writes the dvc.lock entries it was given (what upstream stages produced, on other machines),
   2. `dvc pull`s those outputs from the project's default DVC remote,
   3. `dvc repro --single-item STAGE`: DVC runs the stage's command (flows.stage, the same cached task) or
@@ -37,6 +37,7 @@ POOLS: dict[str, str] = {
     "prepare": "cpu",
     "train": "gpu",
     "evaluate": "cpu",
+    "harness": "gpu",  # lm-evaluation-harness benchmarks
     "export": "cpu",
 }
 """Where each stage runs (the work pools of the deployments in prefect.yaml)."""

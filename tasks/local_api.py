@@ -19,7 +19,13 @@ stops the server once nobody has held that lock for `PEFT_LOCAL_API_IDLE_SECONDS
 `python -m tasks.local_api stop`. Starting and stopping are serialised by `$PREFECT_HOME/local-api.lock`,
 so two processes never start two servers and a server never stops under a process that just found it.
 
-`PREFECT_API_URL` set (your own server or Prefect Cloud): nothing is started. `PEFT_LOCAL_API=off`:
+The state file names the PREFECT_HOME it belongs to (its path and inode): a copy of the project (`cp -r`,
+its `.prefect/` included) does not use the original's server, it starts its own. A corrupt `prefect.db`
+is moved aside (`prefect.db.corrupt-<time>`, with a warning) and the server starts with a fresh one. A
+server that cannot start, or a PREFECT_HOME that cannot be written (a full disk), is an `error:`.
+
+`PREFECT_API_URL` set (your own server or Prefect Cloud): nothing is started; a value that is not an
+http(s) URL, or names a server that does not answer, is an `error:` naming the variable, before any run. `PEFT_LOCAL_API=off`:
 Prefect's per-process ephemeral API, as before.
 
     python -m tasks.local_api status|stop
@@ -45,6 +51,8 @@ from pathlib import Path
 from typing import IO
 
 import tasks  # noqa: F401  -- the project's Prefect settings (PREFECT_HOME) before anything reads them
+from peft_framework.errors import UserError
+from peft_framework.failures import describe_failure
 
 STATE_FILE = "local-api.json"
 STARTING_FILE = "local-api.starting"
@@ -55,6 +63,11 @@ IDLE_ENV = "PEFT_LOCAL_API_IDLE_SECONDS"
 SWITCH_ENV = "PEFT_LOCAL_API"
 DEFAULT_IDLE_S = 300.0
 POLL_S = 0.5
+
+
+class ApiUnavailable(UserError):
+    """The Prefect API this command should use cannot be used: an `error:` line and exit 2, before any run."""
+
 
 _client_lock: IO[bytes] | None = None
 """This process's shared lock on the clients file: held until the process exits."""
@@ -93,9 +106,19 @@ def prefect_home() -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, mode: int) -> Iterator[IO[bytes]]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as f:
+def _locked(path: Path, mode: int, create: bool = True) -> Iterator[IO[bytes] | None]:
+    """Hold `path` locked. `create=False` (the supervisor): when its directory is gone, yield None rather
+    than create it again (a queued `dvc exp run`'s project copy, deleted by DVC, must stay deleted)."""
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        f = open(path, "ab")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        if create:
+            raise
+        yield None
+        return
+    with f:
         fcntl.flock(f, mode)
         try:
             yield f
@@ -112,12 +135,25 @@ def _healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _home_identity(home: Path) -> list[object]:
+    """What ties a state file to its PREFECT_HOME: the path and the directory's device and inode (a copied
+    project's `.prefect/` holds a copy of the original's state file, naming the original's server)."""
+    try:
+        st = os.stat(home)
+    except OSError:
+        return [str(home)]
+    return [str(home), st.st_dev, st.st_ino]
+
+
 def _read_state(paths: Paths) -> dict[str, object] | None:
+    """The state file, if it is this PREFECT_HOME's own (not one copied from another project)."""
     try:
         state = json.loads(paths.state.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return state if isinstance(state, dict) else None
+    if not isinstance(state, dict) or state.get("home") != _home_identity(paths.home):
+        return None
+    return state
 
 
 def _alive(pid: object) -> bool:
@@ -180,15 +216,49 @@ def ensure(home: Path | None = None) -> str | None:
     """The API URL this process should use: None when PREFECT_API_URL is set or the switch is off;
     else the project's local server, started now if none runs. Marks this process as its client."""
     if not _wanted():
+        check_api_url()
         return None
     paths = Paths(home or prefect_home())
-    with _locked(paths.lock, fcntl.LOCK_EX):
-        api_url = running_api(paths)
-        if api_url is None:
-            pid = _starting_pid(paths)
-            api_url = _wait(paths, pid if _alive(pid) else _spawn(paths))
-        _hold_client_lock(paths)  # before the start lock goes: the server cannot stop under us
+    try:
+        with _locked(paths.lock, fcntl.LOCK_EX):
+            api_url = running_api(paths)
+            if api_url is None:
+                pid = _starting_pid(paths)
+                api_url = _wait(paths, pid if _alive(pid) else _spawn(paths))
+            _hold_client_lock(paths)  # before the start lock goes: the server cannot stop under us
+    except OSError as exc:
+        raise ApiUnavailable(
+            f"PREFECT_HOME: {describe_failure(exc) or exc}; the local Prefect API keeps its database and "
+            f"state in {paths.home}. Free space there, or set PREFECT_HOME to a writable directory"
+        ) from None
     return api_url
+
+
+def check_api_url(timeout: float = 10.0) -> None:
+    """A PREFECT_API_URL the user set must be an http(s) URL that a server answers (any HTTP response:
+    Prefect Cloud asks for a key); otherwise ApiUnavailable now instead of a traceback after retries."""
+    value = os.environ.get("PREFECT_API_URL")
+    if not value:
+        return
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    shown = value if len(value) <= 200 else value[:200] + "..."
+    unset = "or unset PREFECT_API_URL to use the project's local API"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ApiUnavailable(
+            f"PREFECT_API_URL: {shown!r} is not an http(s) URL; allowed: a Prefect API address such as "
+            f"http://127.0.0.1:4200/api, {unset}"
+        )
+    try:
+        httpx.get(f"{value.rstrip('/')}/health", timeout=timeout)
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ApiUnavailable(
+            f"PREFECT_API_URL: no Prefect server answers at {shown!r} ({type(exc).__name__}: {exc}); "
+            f"start that server, {unset}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -260,6 +330,8 @@ def _wait(paths: Paths, pid: int) -> str:
         state = _read_state(paths)
         if state and state.get("pid") == pid and _healthy(str(state["api_url"])):
             paths.starting.unlink(missing_ok=True)
+            for note in state.get("notes") or []:  # e.g. a corrupt database moved aside
+                print(f"warning: {note}", file=sys.stderr, flush=True)
             return str(state["api_url"])
         if _exited(pid):
             break
@@ -267,8 +339,18 @@ def _wait(paths: Paths, pid: int) -> str:
     if not _exited(pid):
         os.kill(pid, signal.SIGTERM)
     paths.starting.unlink(missing_ok=True)
-    tail = paths.log.read_text(encoding="utf-8", errors="replace")[-3000:]
-    raise RuntimeError(f"the local Prefect API did not start (log {paths.log}):\n{tail}")
+    try:
+        tail = paths.log.read_text(encoding="utf-8", errors="replace")[-3000:]
+    except OSError:
+        tail = ""
+    full = ""
+    with contextlib.suppress(OSError):
+        st = os.statvfs(paths.home)
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            full = f" PREFECT_HOME {paths.home} is on a full disk (no space left on device)."
+    raise ApiUnavailable(
+        f"the local Prefect API did not start (log {paths.log}).{full} Its last lines:\n{tail.strip()}"
+    )
 
 
 def _idle_seconds() -> float:
@@ -276,7 +358,11 @@ def _idle_seconds() -> float:
 
 
 def _clients_busy(paths: Paths) -> bool:
-    with open(paths.clients, "ab") as f:
+    try:
+        f = open(paths.clients, "ab")  # noqa: SIM115 - closed below
+    except FileNotFoundError:  # the home is gone: nobody can use this server any more
+        return False
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -294,6 +380,7 @@ def serve(home: Path) -> int:
     paths.clients.touch()
     stopping = threading.Event()
     database = _sqlite_database()
+    notes = [note] if database is not None and (note := _set_aside_if_corrupt(database)) else []
     seeded = database is not None and _seed_from_template(database, home)
 
     def stop(signum: int, frame: object) -> None:
@@ -317,7 +404,13 @@ def serve(home: Path) -> int:
             server.should_exit = True
             return 1
         time.sleep(0.1)
-    state = {"api_url": api_url, "pid": os.getpid(), "started": time.time()}
+    state = {
+        "api_url": api_url,
+        "pid": os.getpid(),
+        "started": time.time(),
+        "home": _home_identity(paths.home),
+        "notes": notes,
+    }
     tmp = paths.state.with_suffix(".tmp")
     tmp.write_text(json.dumps(state) + "\n", encoding="utf-8")
     tmp.replace(paths.state)
@@ -327,21 +420,54 @@ def serve(home: Path) -> int:
     idle_s, last_busy = _idle_seconds(), time.monotonic()
     try:
         while not stopping.wait(POLL_S) and thread.is_alive():
+            if not paths.home.is_dir():  # its project went (a `dvc exp run --queue/--temp` copy): stop
+                break
             if _clients_busy(paths):
                 last_busy = time.monotonic()
             elif time.monotonic() - last_busy > idle_s:
-                with _locked(paths.lock, fcntl.LOCK_EX):
+                with _locked(paths.lock, fcntl.LOCK_EX, create=False):
                     if not _clients_busy(paths):  # nobody found us while we waited for the lock
                         _forget(paths)
                         break
                 last_busy = time.monotonic()
     finally:
-        with _locked(paths.lock, fcntl.LOCK_EX):
+        with _locked(paths.lock, fcntl.LOCK_EX, create=False):
             _forget(paths)
             server.should_exit = True
             thread.join(timeout=30)
     print(f"local Prefect API on {api_url} stopped", flush=True)
     return 0
+
+
+def _set_aside_if_corrupt(database: Path) -> str | None:
+    """Move a database SQLite cannot read (or whose quick check fails) aside, with its -wal/-shm files,
+    so the server starts with a fresh one; what was done, for the warning, or None when it is sound."""
+    import sqlite3
+
+    if not database.is_file() or database.stat().st_size == 0:
+        return None
+    try:
+        connection = sqlite3.connect(database)
+        try:
+            rows = connection.execute("PRAGMA quick_check").fetchall()
+        finally:
+            connection.close()
+        if rows == [("ok",)]:
+            return None
+        why = "; ".join(str(row[0]) for row in rows[:3])
+    except sqlite3.DatabaseError as exc:
+        why = str(exc)
+    aside = database.with_name(f"{database.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        source = database.with_name(database.name + suffix)
+        if source.exists():
+            os.replace(source, aside.with_name(aside.name + suffix))
+    note = (
+        f"the Prefect database {database} is corrupt ({why}); moved aside to {aside}, the local Prefect API "
+        "starts with a fresh one (past flow runs are in the old file)"
+    )
+    print(note, flush=True)
+    return note
 
 
 def _template_dir() -> Path:

@@ -3,10 +3,15 @@ artifact up to date (step/total, loss, ETA) while the train stage runs.
 
 The library stays free of Prefect: the train task passes this callback to `peft_framework.training.train`
 through its `callbacks` argument. Outside a Prefect run (a notebook, the CLI) it does nothing.
+
+Best-effort: reporting never costs the training run. When the API cannot be reached (the local API's
+supervisor killed, a server gone), the callback warns once on stderr and stops reporting; training goes on
+and writes its adapter.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -41,6 +46,8 @@ class PrefectProgressCallback(TrainerCallback):
         self._started = 0.0
         self._first_step = 0
         self._last_update = 0.0
+        self.failed: str | None = None
+        """Why reporting stopped (the first error), if it did."""
 
     @staticmethod
     def _in_run() -> bool:
@@ -51,7 +58,8 @@ class PrefectProgressCallback(TrainerCallback):
             return
         self._started = time.monotonic()
         self._first_step = state.global_step  # a resumed run starts past 0
-        self.artifact_id = create_progress_artifact(
+        self._report(
+            create_progress_artifact,
             progress=self._percent(state),
             key=self.key,
             description=describe(state.global_step, state.max_steps, None, None),
@@ -82,8 +90,26 @@ class PrefectProgressCallback(TrainerCallback):
             return
         self._last_update = time.monotonic()
         eta = 0.0 if done else self.eta_s(state)
-        update_progress_artifact(
+        self._report(
+            update_progress_artifact,
             artifact_id=self.artifact_id,
             progress=100.0 if done else self._percent(state),
             description=describe(state.global_step, state.max_steps, self.loss, eta),
         )
+
+    def _report(self, call: Any, **kwargs: Any) -> None:
+        """One API call; on any error warn once and report nothing more (the artifact id is dropped)."""
+        try:
+            result = call(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - a progress bar must never end a training run
+            self.artifact_id = None
+            self.failed = f"{type(exc).__name__}: {exc}"
+            print(
+                f"warning: training progress is no longer reported to the Prefect API ({self.failed}); "
+                "training goes on",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        if call is create_progress_artifact:
+            self.artifact_id = result

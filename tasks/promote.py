@@ -58,13 +58,34 @@ def resolve_ref(root: Path, ref: str) -> str:
 
 
 def _show(root: Path, sha: str, path: str, what: str) -> str:
-    proc = subprocess.run(["git", "show", f"{sha}:{path}"], cwd=root, capture_output=True, text=True)
+    """The text of `path` as committed at `sha`; a UserError naming the file and the commit when it is
+    missing or not UTF-8 (exit 1 is kept for "rules failed")."""
+    proc = subprocess.run(["git", "show", f"{sha}:{path}"], cwd=root, capture_output=True)
     if proc.returncode != 0:
         raise UserError(
             f"{what}: {path!r} is not committed at {sha[:10]}; commit the pipeline's results "
             "(dvc.lock, params.yaml and the reports) or promote a `dvc exp` run"
         )
-    return proc.stdout
+    try:
+        return proc.stdout.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{what}: {path!r} at commit {sha[:10]} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+
+
+def _show_json(root: Path, sha: str, path: str, what: str) -> dict[str, Any]:
+    """`_show` parsed as a JSON object (a report); a UserError naming the file and the commit otherwise."""
+    text = _show(root, sha, path, what)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{what}: {path!r} at commit {sha[:10]} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{what}: {path!r} at commit {sha[:10]} holds {type(data).__name__}, expected a JSON object"
+        )
+    return data
 
 
 def decide_at(root: Path, sha: str, params: str = "params.yaml") -> dict[str, Any]:
@@ -74,14 +95,18 @@ def decide_at(root: Path, sha: str, params: str = "params.yaml") -> dict[str, An
         cfg_file.write_text(_show(root, sha, params, "params"), encoding="utf-8")
         with warnings.catch_warnings():  # e.g. keys of other adapter types: `peft-framework check` says so
             warnings.simplefilter("ignore")
-            config = load_config(cfg_file)
+            try:
+                config = load_config(cfg_file)
+            except UserError as exc:  # its messages name the temporary copy: name the file and commit
+                message = str(exc).replace(str(cfg_file), f"{params} at commit {sha[:10]}")
+                raise UserError(message) from None
     rules = config.export.promote
     eval_report: dict[str, Any] = {}
     export_report: dict[str, Any] = {}
     if rules is not None:
-        eval_report = json.loads(_show(root, sha, config.eval.report_path, "eval.report_path"))
+        eval_report = _show_json(root, sha, config.eval.report_path, "eval.report_path")
         if rules.require_parity:
-            export_report = json.loads(_show(root, sha, config.export.report_path, "export.report_path"))
+            export_report = _show_json(root, sha, config.export.report_path, "export.report_path")
     decision = decide(rules, eval_report, export_report)
     decision["config_sha256"] = config_hash(config)
     decision["commit"] = sha

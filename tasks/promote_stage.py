@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_framework.config import load_config_with_warnings
+from peft_framework.config.schema import Config
 from peft_framework.errors import UserError
 from peft_framework.export.promote import decide
 from peft_framework.io import write_json_atomic
@@ -57,6 +58,12 @@ def numbers(decision: dict[str, Any]) -> dict[str, float | int]:
 
 def run(root: Path, config_path: str, metric: str, manifest: str) -> dict[str, Any]:
     config, _ = load_config_with_warnings(root / config_path)
+    return gate(config, root, metric, manifest)
+
+
+def gate(config: Config, root: Path, metric: str = METRIC, manifest: str = MANIFEST) -> dict[str, Any]:
+    """Decide on `config`'s rules from the reports under `root`; write `metric` and `manifest` there. The
+    dvc.yaml stage (`run`) and the Prefect pipeline flow (tasks.run.promote_gate) both come here."""
     rules = config.export.promote
     eval_report: dict[str, Any] = {}
     export_report: dict[str, Any] = {}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import Failed, State
 
@@ -105,3 +106,23 @@ def _make_task(name: str) -> Task[..., dict[str, Any]]:
 
 
 STAGE_TASKS: dict[str, Task[..., dict[str, Any]]] = {name: _make_task(name) for name in ORDER}
+
+
+@task(
+    name="promote",
+    description="The promotion gate of dvc.yaml's `promote` stage (tasks/promote_stage.py): decides from this "
+    "run's reports, registers nothing",
+    cache_policy=NO_CACHE,  # two small JSON files: deciding again is cheaper than validating a cache entry
+)
+def promote_gate(config: Config, root: str = ".") -> dict[str, Any] | State[Any]:
+    from tasks.promote_stage import MANIFEST, METRIC, gate
+
+    try:
+        decision = gate(config, Path(root).resolve())
+    except UserError as exc:
+        return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
+    return {
+        "stage": "promote",
+        "summary": {"promote": decision["promote"], "reasons": decision["reasons"]},
+        "outputs": [METRIC, MANIFEST],
+    }

@@ -7,13 +7,16 @@ Paths are relative to the project root unless the config gives absolute ones.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peft_framework.config.harness_schema import REPORT_PATH as HARNESS_REPORT
+from peft_framework.config.harness_schema import SAMPLES_DIR as HARNESS_SAMPLES
 from peft_framework.config.schema import Config
 from tasks.fingerprint import expand
 
@@ -51,9 +54,18 @@ class Stage:
 
             if launch.wanted(config):  # train.devices x train.nodes > 1: the job runs under torchrun
                 return launch.train(config, root)
-        module, func = self.target.split(":")
-        fn = getattr(importlib.import_module(module), func)
-        return json.loads(json.dumps(fn(config, root=str(root), **kwargs), default=str))
+        with self.loaded(config) as fn:
+            return json.loads(json.dumps(fn(config, root=str(root), **kwargs), default=str))
+
+    @contextlib.contextmanager
+    def loaded(self, config: Config) -> Iterator[Callable[..., Any]]:
+        """The library stage function, imported and run with bitsandbytes importable only for a quantized
+        base (transformers' Trainer imports peft, which imports bitsandbytes: a warning in every run)."""
+        from peft_framework.models.optional_imports import bitsandbytes_gate
+
+        with bitsandbytes_gate(config.model.quantization.bits is not None):
+            module, func = self.target.split(":")
+            yield getattr(importlib.import_module(module), func)
 
 
 def write_sample_data(config: Config, root: str = ".") -> dict[str, Any]:
@@ -86,6 +98,17 @@ def prepare_inputs(config: Config, root: Path) -> list[str]:
     if config.data.kind == "vision":  # image paths are relative to each data file's directory
         sources += sorted({str(Path(s).parent) for s in sources} - set(sources))
     return [*sources, *custom]
+
+
+HARNESS_TASKS = "harness/tasks"
+"""The lm-eval tasks the project ships (eval.harness.include_path of params/harness.yaml)."""
+
+
+def harness_inputs(config: Config, root: Path) -> list[str]:
+    """The adapter, the shipped task directory, and eval.harness.include_path when it names another one."""
+    include = config.eval.harness.include_path
+    extra = [include] if include is not None and Path(include) != Path(HARNESS_TASKS) else []
+    return [config.train.output_dir, HARNESS_TASKS, *extra]
 
 
 STAGES: dict[str, Stage] = {
@@ -122,15 +145,32 @@ STAGES: dict[str, Stage] = {
             name="evaluate",
             target="peft_framework.evaluation:evaluate",
             sections=("model", "data", "adapter", "train", "eval"),
-            code=("evaluation", "data", "runtime.py", *_CORE),
+            code=("evaluation", "data", "training", "runtime.py", *_CORE),
             inputs=lambda c, root: [c.data.output_dir, c.train.output_dir],
             outputs=lambda c: [c.eval.report_path, c.eval.predictions_path, c.eval.plots_dir],
+        ),
+        Stage(
+            name="harness",
+            target="peft_framework.evaluation:harness",
+            sections=("model", "train", "eval"),
+            code=("evaluation", "data", "runtime.py", *_CORE),
+            inputs=harness_inputs,
+            outputs=lambda c: [HARNESS_REPORT, HARNESS_SAMPLES],
         ),
         Stage(
             name="export",
             target="peft_framework.export:export",
             sections=("model", "data", "adapter", "train", "export"),
-            code=("export", "evaluation", "data", "runtime.py", *_CORE),
+            code=(
+                "export",
+                "evaluation",
+                "data",
+                "training",
+                "runtime.py",
+                "inference.py",
+                "_lazy.py",
+                *_CORE,
+            ),
             inputs=lambda c, root: [c.data.output_dir, c.train.output_dir],
             outputs=lambda c: [c.export.output_dir, c.export.report_path],
         ),

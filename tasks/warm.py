@@ -9,20 +9,25 @@ commands, plus whatever a finished command imported that it had not (it learns t
 sends its arguments, working directory and environment and passes its own stdin/stdout/stderr (the file
 descriptors themselves, `SCM_RIGHTS`); the runner forks, and the forked child (a fresh process with
 everything already imported, copy-on-write) runs the command as `python -m` would, writing straight to
-the client's terminal or pipes. The client forwards SIGINT/SIGTERM/SIGHUP to the child and exits with
-its exit code; a child whose client dies is terminated. Like a fork server (multiprocessing's
+the client's terminal or pipes. The client forwards SIGINT/SIGTERM/SIGHUP to the child and ends as it
+did: with its exit code, or by the same signal when a signal ended it (an uncaught KeyboardInterrupt
+counts as SIGINT, as in Python itself), so a shell script stops on Ctrl-C as without the runner; a child
+whose client dies is terminated. Like a fork server (multiprocessing's
 `forkserver`, Android's zygote), with one runner per code version and environment.
 
 What cannot go stale: the runner is keyed on the interpreter, the working directory, `sys.path` (with the
 modification times of its site-packages directories, which change when packages are installed), every
-`.py` file of
-peft_framework, tasks and flows (size and mtime), and the environment (less DVC's per-stage variables):
-change any of them and the next command gets a new runner; the old one exits when idle
-(`PEFT_WARM_IDLE_SECONDS`, default 300), or at once when its working directory is deleted (the temporary
-copies of `dvc exp run --temp/--queue`). The runner imports modules but never runs a stage itself, so no
-thread, CUDA context or RNG draw is inherited by the children (each child reseeds `random` and numpy's
-global generator, as a fresh process would have); an import that starts a thread or initialises CUDA
-retires the runner (the next command starts a new one).
+`.py` file of peft_framework, tasks and flows (size and mtime), and the environment (less DVC's per-stage
+variables): change any of them and the next command gets a new runner. Before each fork the runner also
+checks the file of every module it has imported (size and mtime, the check Python's import cache makes):
+a plug-in, an editable install or a module on PYTHONPATH edited since then retires the runner, and that
+command runs in its own process (bench/warm_check.py measures the check: milliseconds per command). A
+project path that is not valid UTF-8 runs every command in its own process. An old runner exits when
+idle (`PEFT_WARM_IDLE_SECONDS`, default 300), or at once when its working directory is deleted (the
+temporary copies of `dvc exp run --temp/--queue`). The runner imports modules but never runs a stage
+itself, so no thread, CUDA context or RNG draw is inherited by the children (each child reseeds `random`
+and numpy's global generator, as a fresh process would have); an import that starts a thread or
+initialises CUDA retires the runner (the next command starts a new one).
 
 `PEFT_WARM=off`: every command runs in its own process, as before. Not used where `fork` or
 `socket.send_fds` is missing (non-Linux), or for the children's own subprocesses.
@@ -51,8 +56,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from peft_framework.models.optional_imports import gate_bitsandbytes, is_gated
 from tasks import local_api
 
+_LOADED_NS = time.time_ns()
+"""About when this process started importing (the few modules before this one load within milliseconds)."""
 SWITCH_ENV = "PEFT_WARM"
 IDLE_ENV = "PEFT_WARM_IDLE_SECONDS"
 CHILD_ENV = "PEFT_WARM_CHILD"
@@ -93,7 +101,7 @@ def forward(module: str) -> None:
     try:
         digest = runner_key()
         sock = _connect_or_spawn(digest)
-    except OSError:
+    except (OSError, UnicodeError):  # e.g. a project path that is not valid UTF-8: run here instead
         return
     if sock is None:
         return
@@ -105,7 +113,7 @@ def forward(module: str) -> None:
         except OSError:
             return
         except KeyboardInterrupt:  # nothing started yet; the runner drops the request with the socket
-            sys.exit(130)
+            _die_of(signal.SIGINT)
         if not first:  # the runner went away before it started the command: run it here instead
             return
         pid = json.loads(first)["pid"]
@@ -118,7 +126,22 @@ def forward(module: str) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
-    sys.exit(int(json.loads(last)["rc"]))
+    result = json.loads(last)
+    if result.get("signal"):
+        _die_of(int(result["signal"]))
+    sys.exit(int(result["rc"]))
+
+
+def _die_of(signum: int) -> None:
+    """End this process by `signum`, as the command did (or, for SIGINT, as Python does on an uncaught
+    KeyboardInterrupt): a shell script running it then stops too instead of carrying on after an exit
+    code of 130 (bash's wait-and-cooperative-exit looks at how the child ended, not at the number)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(1)  # delivered at once; should it be blocked, the exit code says the same
+    sys.exit(128 + signum)
 
 
 def _kill(pid: int, signum: int) -> None:
@@ -237,7 +260,9 @@ def serve(digest: str) -> int:
     listener.listen(64)
     state = state_dir() / f"{digest}-{os.getpid()}.json"
     state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"pid": os.getpid(), "socket": str(path), "cwd": os.getcwd()}) + "\n")
+    identity = local_api._home_identity(state.parent)  # a copied project's copy of this file is not its own
+    record = {"pid": os.getpid(), "socket": str(path), "cwd": os.getcwd(), "home": identity}
+    state.write_text(json.dumps(record) + "\n")
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -255,8 +280,11 @@ def serve(digest: str) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     started = time.perf_counter()
+    files = ModuleFiles()
+    gate_bitsandbytes(False)  # the children of quantized runs lift it (tasks/stages.py: Stage.loaded)
     for name in FIRST:
         _import(name)
+    files.record(since_ns=_LOADED_NS)
     _log(f"runner {digest} (pid {os.getpid()}) ready in {time.perf_counter() - started:.1f} s")
     imports = deque(_library_modules())
 
@@ -284,6 +312,14 @@ def serve(digest: str) -> int:
                 ready, _, _ = select.select([listener], [], [], 0 if imports else 0.2)
                 if ready:
                     conn, _ = listener.accept()
+                    changed = files.changed()
+                    if (
+                        changed is not None
+                    ):  # this command runs in its own process; the next gets a new runner
+                        _log(f"{changed} changed since it was imported: retiring")
+                        conn.close()
+                        stopping = True
+                        continue
                     pid = _start(conn, listener, lock, running)
                     if pid is not None:
                         running[pid] = conn
@@ -291,13 +327,53 @@ def serve(digest: str) -> int:
             while imports:  # one module per turn, then look for a command again
                 name = imports.popleft()
                 if name not in sys.modules:
+                    since = time.time_ns()
                     _import(name)
+                    files.record(since_ns=since)
                     break
     finally:
         retire()
         state.unlink(missing_ok=True)
         _log(f"runner {digest} stopped")
     return 0
+
+
+class ModuleFiles:
+    """The file of every module this process has imported, with its size and mtime when first seen: the
+    check Python's own import cache makes (a `.pyc` is reused while its source's size and mtime match).
+    A runner whose imported file changed (a plug-in, an editable install, a module on PYTHONPATH) would
+    run old code in its children: it retires instead (see bench/README.md for what the check costs)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.stats: dict[str, tuple[int, int] | None] = {}
+
+    @staticmethod
+    def _stat(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    def record(self, since_ns: int) -> None:
+        """Note the files of the modules imported since the last call, which began at `since_ns` (time.time_ns).
+        A file modified after that may have changed after it was read: it counts as changed at once."""
+        for name, module in list(sys.modules.items()):
+            if name in self.seen:
+                continue
+            self.seen.add(name)
+            path = getattr(module, "__file__", None)
+            if isinstance(path, str) and path not in self.stats:
+                stat = self._stat(path)
+                self.stats[path] = (-1, -1) if stat is not None and stat[1] >= since_ns else stat
+
+    def changed(self) -> str | None:
+        """The first recorded file whose size or mtime is not what it was (or that is gone), if any."""
+        for path, before in self.stats.items():
+            if self._stat(path) != before:
+                return path
+        return None
 
 
 def _fork_unsafe() -> str | None:
@@ -349,7 +425,8 @@ def _reap(running: dict[int, socket.socket]) -> list[str]:
         conn = running.pop(pid, None)
         if conn is not None:
             with contextlib.suppress(OSError):
-                conn.sendall(json.dumps({"rc": code if code >= 0 else 128 - code}).encode() + b"\n")
+                reply = {"rc": 128 - code, "signal": -code} if code < 0 else {"rc": code}
+                conn.sendall(json.dumps(reply).encode() + b"\n")
             conn.close()
         learned += _learned(pid)
     return learned
@@ -368,7 +445,7 @@ def _learned(pid: int) -> list[str]:
     except OSError:
         return []
     path.unlink(missing_ok=True)
-    return [n for n in names if n not in sys.modules and "__main__" not in n]
+    return [n for n in names if n not in sys.modules and "__main__" not in n and not is_gated(n)]
 
 
 def _import(name: str) -> Any:
@@ -470,7 +547,7 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
             os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch_client, name="warm-client", daemon=True).start()
-    code = 0
+    code, died_of = 0, 0
     imported_before = set(sys.modules)
     sys.modules.pop(request["module"], None)  # preloaded as a module; runs afresh as __main__
     try:
@@ -481,9 +558,9 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
         else:
             print(exc.code, file=sys.stderr)
             code = 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Python ends a process by SIGINT itself then; the client does (see _die_of)
         traceback.print_exc()
-        code = 130
+        code, died_of = 130, signal.SIGINT
     except BaseException:  # noqa: BLE001 - as the interpreter would: the traceback, exit 1
         traceback.print_exc()
         code = 1
@@ -500,7 +577,7 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
     # the exit code straight to the client: the runner may be busy importing a module for seconds before
     # it reaps this process (it still reports the exit of a child that died before getting here)
     with contextlib.suppress(OSError):
-        conn.sendall(json.dumps({"rc": code}).encode() + b"\n")
+        conn.sendall(json.dumps({"rc": code, "signal": int(died_of)}).encode() + b"\n")
     return code
 
 
@@ -516,9 +593,13 @@ def _log(message: str) -> None:
 
 
 def _runners() -> Iterator[tuple[Path, dict[str, Any]]]:
+    """This PREFECT_HOME's runners (not those named by state files copied with the project)."""
+    home = local_api._home_identity(state_dir())
     for path in sorted(state_dir().glob("*.json")):
         with contextlib.suppress(OSError, ValueError):
-            yield path, json.loads(path.read_text())
+            state = json.loads(path.read_text())
+            if state.get("home") == home:
+                yield path, state
 
 
 def _is_runner(pid: int) -> bool:

@@ -26,6 +26,11 @@ STAGES: dict[str, tuple[str, str, str]] = {
         "evaluate",
         "evaluate base vs adapter on the test split (eval.*)",
     ),
+    "harness": (
+        "peft_framework.evaluation",
+        "harness",
+        "lm-evaluation-harness benchmarks on base vs adapter (eval.harness.*)",
+    ),
     "export": ("peft_framework.export", "export", "merge the adapter and export a loadable model (export.*)"),
 }
 
@@ -133,9 +138,12 @@ def _stage(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
 
+        from peft_framework.models.optional_imports import bitsandbytes_gate
+
         config = _load(args)
-        stage = getattr(importlib.import_module(module), function)
-        summary = stage(config, root=args.root)
+        with bitsandbytes_gate(config.model.quantization.bits is not None):  # imported only when quantized
+            stage = getattr(importlib.import_module(module), function)
+            summary = stage(config, root=args.root)
         # under torchrun every process runs the stage; only the main one reports
         if os.environ.get("RANK", "0") == "0":
             _print_json(summary)
@@ -154,7 +162,7 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
 def cmd_sample_data(args: argparse.Namespace) -> int:
     from peft_framework.data.samples import write_samples
 
-    _print_json(write_samples(args.out))
+    _print_json(write_samples(args.out, overwrite=False))  # never over a user's own file
     return 0
 
 
@@ -186,6 +194,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if len(outputs) > 1:
                 print(f"--- {i + 1}/{len(outputs)}")
             print(text)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peft_framework import predict
+
+    if (args.input is None) != (args.output is None):
+        raise UserError("--input and --output go together: predict FILE.jsonl into another FILE.jsonl")
+    target = Path(args.target)
+    if target.is_file() and target.suffix.lower() in (".yaml", ".yml", ".json"):
+        args.config, args.overrides = args.target, []
+        plan = predict.plan_for_config(_load(args), args.adapter)
+    else:
+        plan = predict.plan_for_model(args.target, args.adapter, args.task)
+    options = dict(
+        use=args.use, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device=args.device
+    )
+    if args.input is not None:
+        _print_json(predict.predict_file(plan, Path(args.input), Path(args.output), **options))
+        return 0
+    for row in predict.predict(plan, [{"text": t} for t in args.text], **options):
+        print(json.dumps(row, ensure_ascii=False))
     return 0
 
 
@@ -285,6 +317,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_positive_int, default=32, metavar="N")
     p.add_argument("--json", action="store_true", help="print the outputs as a JSON list")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "predict", help="classify or complete new inputs with the trained adapter / merged model"
+    )
+    p.add_argument(
+        "target", metavar="CONFIG_OR_MODEL", help="params.yaml, a model dir / hub id, or an export"
+    )
+    p.add_argument(
+        "--adapter", metavar="DIR", help="adapter directory (default with a config: train.output_dir)"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", action="append", metavar="TEXT", help="an input text (repeatable)")
+    source.add_argument(
+        "--input", metavar="FILE.jsonl", help="JSON Lines with a 'text' (or 'prompt') per row"
+    )
+    p.add_argument(
+        "--output", metavar="FILE.jsonl", help="where --input's predictions go (written atomically)"
+    )
+    p.add_argument(
+        "--use", choices=("adapter", "merged", "both"), help="base + adapter, merged model, or both"
+    )
+    p.add_argument(
+        "--task", choices=("causal_lm", "sequence_classification"), help="default: the model's own"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=32, metavar="N")
+    p.add_argument("--device", default=None, help="auto (default) | cpu | cuda | cuda:N")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

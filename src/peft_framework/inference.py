@@ -53,9 +53,10 @@ class MultiAdapterModel:
         revision: str | None = None,
         tokenizer: Any = None,
         device: str | torch.device | None = None,
+        label_names: Sequence[str] | None = None,
     ) -> MultiAdapterModel:
         """Load the base model (hub id, local dir, `builtin:tiny-llama`, or a config's `model` section)
-        and its tokenizer once."""
+        and its tokenizer once. `label_names`: a classifier's classes (their number sizes a new head)."""
         from peft_framework.models.loading import load_base_model, load_tokenizer
 
         if isinstance(base, ModelConfig):
@@ -63,7 +64,7 @@ class MultiAdapterModel:
         else:
             model_config = ModelConfig(name_or_path=base, task=task, dtype=dtype, revision=revision)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_config)
-        model = load_base_model(model_config, tokenizer=tokenizer)
+        model = load_base_model(model_config, tokenizer=tokenizer, label_names=label_names)
         out = cls(model, tokenizer, device=device)
         if model_config.task == "image_text_to_text":  # image prompts go through the processor
             from peft_framework.models.vlm import load_processor
@@ -103,7 +104,9 @@ class MultiAdapterModel:
         tokenizer = None
         if has_tokenizer(export_dir):
             tokenizer = load_saved_tokenizer(export_dir)
-        model = cls.from_base(model_config, tokenizer=tokenizer, device=device)
+        model = cls.from_base(
+            model_config, tokenizer=tokenizer, device=device, label_names=info.get("label_names")
+        )
         model.load_adapter(name, export_dir)
         model.set_adapter(name)
         return model
@@ -186,6 +189,48 @@ class MultiAdapterModel:
             input_ids=input_ids.to(self.device),
             attention_mask=None if attention_mask is None else attention_mask.to(self.device),
         ).logits
+
+    @property
+    def label_names(self) -> list[str]:
+        """A classifier's class names by id, from the model config (`id2label`)."""
+        config = self.model.config
+        id2label = getattr(config, "id2label", None) or {}
+        return [str(id2label.get(i, id2label.get(str(i), i))) for i in range(config.num_labels)]
+
+    @torch.no_grad()
+    def classify(
+        self,
+        texts: Sequence[str],
+        *,
+        adapter: str | None = None,
+        batch_size: int = 32,
+        max_length: int | None = None,
+    ) -> list[list[float]]:
+        """Class probabilities (softmax, in `label_names` order) of each text with adapter `adapter` (None or
+        'base': the base model). Right-padded, as training and evaluation batch them; texts longer than
+        `max_length` tokens are truncated."""
+        self._activate(None if adapter == BASE else adapter)
+        previous = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "right"
+        out: list[list[float]] = []
+        try:
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer(
+                    list(texts[start : start + batch_size]),
+                    truncation=max_length is not None,
+                    max_length=max_length,
+                    padding=True,
+                    return_tensors="pt",
+                    verbose=False,
+                )
+                logits = self.model(
+                    input_ids=batch["input_ids"].to(self.device),
+                    attention_mask=batch["attention_mask"].to(self.device),
+                ).logits
+                out.extend(logits.float().softmax(-1).tolist())
+        finally:
+            self.tokenizer.padding_side = previous
+        return out
 
     def generate(
         self,
@@ -356,6 +401,10 @@ def generate_cli(
         raise UserError(
             "--image: the base is not a vision-language model; pass a config with model.task image_text_to_text"
         )
+    if model_config.task == "causal_lm":
+        from peft_framework.models.heads import check_head
+
+        check_head(model_config, what="generate", key="--base")
     tokenizer = _tokenizer_for(model_config, list(adapters.values()))
     model = MultiAdapterModel.from_base(model_config, tokenizer=tokenizer)
     for name, directory in adapters.items():

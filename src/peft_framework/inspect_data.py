@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,6 +25,20 @@ PLAIN = ("⟦", "⟧")
 ANSI = ("\033[1;32m", "\033[0m")  # trained tokens: bold green
 ANSI_DIM = ("\033[2m", "\033[0m")  # headers
 _PREVIEW = 300
+
+
+def escaped(text: str, keep: str = "") -> str:
+    """`text` safe to print: control characters (an ESC that starts an OSC/CSI sequence could retitle or
+    clear the terminal) and lone surrogates (not encodable as UTF-8) written as escapes (`\\x1b`,
+    `\\ud83d`); the characters in `keep` (a row's newlines and tabs) stay as they are."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c.encode("unicode_escape").decode("ascii")
+        if c not in keep and unicodedata.category(c) in ("Cc", "Cs")
+        else c
+        for c in text
+    )
 
 
 def use_colour(stream: TextIO) -> bool:
@@ -51,7 +66,9 @@ def marked_text(tokenizer: Any, input_ids: list[int], labels: list[int], colour:
     start, end = ANSI if colour else PLAIN
     parts = []
     for trained, ids in trained_spans(input_ids, labels):
-        text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = escaped(
+            tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), "\n\t"
+        )
         parts.append(f"{start}{text}{end}" if trained else text)
     return "".join(parts)
 
@@ -90,7 +107,7 @@ def rejected_rows(path: Path, limit: int) -> tuple[int, list[dict[str, Any]]]:
 
 def _preview(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = " ".join(text.split())
+    text = escaped(" ".join(text.split()))
     return text if len(text) <= _PREVIEW else text[: _PREVIEW - 3] + "..."
 
 
@@ -128,19 +145,35 @@ def inspect_data(
     label_names = manifest.get("label_names") or []
     totals = {"rows": 0, "tokens": 0, "trained": 0}
     for i, row in enumerate(data.select(range(min(rows, len(data))))):
+        if "chosen_input_ids" in row:  # preference pairs: the two answers one under the other
+            source = row.get("source") or ""
+            print(f"\n{dim[0]}── row {i} {source} · pair{dim[1]}", file=out)
+            for side in ("chosen", "rejected"):
+                ids, labels = list(row[f"{side}_input_ids"]), list(row[f"{side}_labels"])
+                trained = sum(label != IGNORE_INDEX for label in labels)
+                print(f"{dim[0]}  {side}: tokens {len(ids)} total, {trained} trained{dim[1]}", file=out)
+                print(marked_text(tokenizer, ids, labels, colour), file=out)
+                totals["tokens"] += len(ids)
+                totals["trained"] += trained
+            totals["rows"] += 1
+            continue
         ids = list(row["input_ids"])
         if classification:
             label = row["labels"]
             name = label_names[label] if 0 <= label < len(label_names) else label
             trained = 0
             head = f"tokens: {len(ids)} · label: {name}"
-            body = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            body = escaped(
+                tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), "\n\t"
+            )
         else:
             labels = list(row["labels"])
             trained = sum(label != IGNORE_INDEX for label in labels)
             head = f"tokens: {len(ids)} total, {trained} trained"
+            if "label" in row:  # unpaired preference rows
+                head += f" · label: {'desirable' if row['label'] else 'undesirable'}"
             body = marked_text(tokenizer, ids, labels, colour)
-        source = row.get("source") or ""
+        source = escaped(str(row.get("source") or ""))
         print(f"\n{dim[0]}── row {i} {source} · {head}{dim[1]}", file=out)
         print(body, file=out)
         for k, image in enumerate(row.get("images") or []):  # data.kind vision: each placeholder's image
@@ -168,6 +201,6 @@ def inspect_data(
             where += f"#{rej['row']}"
         reasons = ", ".join(rej.get("reasons") or [])
         details = "; ".join(d for d in rej.get("details") or [] if d)
-        print(f"{where}: {reasons}" + (f" ({details})" if details else ""), file=out)
+        print(escaped(f"{where}: {reasons}" + (f" ({details})" if details else "")), file=out)
         print(f"    {_preview(rej.get('raw'))}", file=out)
     return {**totals, "rejected": n_rejected, "split": split}

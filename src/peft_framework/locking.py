@@ -49,6 +49,7 @@ STAGE_OUTPUTS: dict[str, Callable[[Any], dict[str, str]]] = {
         "train.checkpoint_dir": c.train.checkpoint_dir,
     },
     "evaluate": lambda c: {"eval.plots_dir": c.eval.plots_dir},
+    "harness": lambda c: {"harness samples directory": "reports/harness"},
     "export": lambda c: {"export.output_dir": c.export.output_dir},
 }
 
@@ -58,6 +59,7 @@ STAGE_INPUTS: dict[str, Callable[[Any], list[str]]] = {
     "prepare": lambda c: [],
     "train": lambda c: [c.data.output_dir],
     "evaluate": lambda c: [c.data.output_dir, c.train.output_dir],
+    "harness": lambda c: [c.train.output_dir],
     "export": lambda c: [c.data.output_dir, c.train.output_dir],
 }
 #: outputs that are not replaced as a whole (so `check_output_dir` does not apply)

@@ -70,3 +70,35 @@ def prefect_version() -> str:
     from importlib.metadata import version
 
     return version("prefect")
+
+
+def test_the_local_api_stops_without_recreating_a_deleted_project(tmp_path):
+    """A queued `dvc exp run` starts the local API in its temporary copy, which DVC deletes when the run
+    ends: the supervisor must stop then, and leave no `.prefect/local-api.lock` behind (issue 28)."""
+    import shutil
+    import time
+
+    copy = tmp_path / "exps" / "tmpcopy"
+    home = copy / ".prefect"
+    home.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PREFECT_HOME=str(home))
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "tasks.local_api", "serve", "--home", str(home)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (home / "local-api.json").exists():
+            assert supervisor.poll() is None and time.monotonic() < deadline, "the local API did not start"
+            time.sleep(0.2)
+        shutil.rmtree(copy)
+        assert supervisor.wait(timeout=60) == 0
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+    assert not copy.exists()

@@ -50,7 +50,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(
     # promote: the gate after export (tasks/promote_stage.py), plain Python, not a Prefect flow run
     assert stages_run(reproduced["output"]) == [*ORDER, "promote"], reproduced["output"]
     lock = yaml.safe_load((project.root / "dvc.lock").read_text())
-    assert list(lock["stages"]) == [*ORDER, "promote"]
+    # DVC keeps a lock file's entries in their first-written order (a stage added later comes last)
+    assert sorted(lock["stages"]) == sorted([*ORDER, "promote"])
     assert set(json.loads((project.root / "reports" / "promote.json").read_text())) >= {"promote", "gain"}
     assert lock["stages"]["train"]["params"]["params.yaml"]["adapter"]["type"]  # params recorded per stage
 
@@ -101,12 +102,16 @@ def _pipeline(project: Project, summary: Path, env: dict[str, str] | None = None
     return {name: stage["state"] for name, stage in json.loads(summary.read_text())["stages"].items()}
 
 
+# every stage a cache hit; the promotion gate decides again every run (as dvc.yaml's promote stage)
+ALL_CACHED = {**{name: "Cached" for name in ORDER}, "promote": "Completed"}
+
+
 def test_flow_is_all_cache_hits_until_an_output_goes(
     project: Project, server: Server, reproduced: dict[str, Any], tmp_path: Path
 ):
     # On the default ephemeral API (no PREFECT_API_URL). The stage flows of `dvc repro` filled the
     # result cache: the full flow has nothing to do.
-    assert _pipeline(project, tmp_path / "first.json") == {name: "Cached" for name in ORDER}
+    assert _pipeline(project, tmp_path / "first.json") == ALL_CACHED
 
     # The same cache from flow runs reported to a server (saves starting a temporary API per run).
     adapter = project.root / "models" / "adapter"
@@ -116,7 +121,7 @@ def test_flow_is_all_cache_hits_until_an_output_goes(
     assert all(second[name] == "Cached" for name in ("sample_data", "prepare")), second
     assert (adapter / "adapter_config.json").is_file()
 
-    assert _pipeline(project, tmp_path / "third.json", api(server)) == {name: "Cached" for name in ORDER}
+    assert _pipeline(project, tmp_path / "third.json", api(server)) == ALL_CACHED
 
 
 def test_scheduled_deployment_runs_on_a_server(project: Project, server: Server, reproduced: dict[str, Any]):
@@ -137,6 +142,9 @@ def test_scheduled_deployment_runs_on_a_server(project: Project, server: Server,
         assert [s.schedule.cron for s in deployment.schedules] == [s["cron"] for s in spec["schedules"]]
         assert all(s.active for s in deployment.schedules)
         flow_run = client.create_flow_run_from_deployment(deployment.id)
+    (
+        project.root / "reports" / "promote_decision.json"
+    ).unlink()  # the deployment runs the gate too (issue 28)
 
     project.run("prefect", "worker", "start", "--pool", pool, "--run-once", env=api(server))
 
@@ -152,6 +160,7 @@ def test_scheduled_deployment_runs_on_a_server(project: Project, server: Server,
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert any(row["base"] and row["adapter"] for row in rows), rows
     assert "rows.read" in by_key["data-report"].data
+    assert "reasons" in json.loads((project.root / "reports" / "promote_decision.json").read_text())
 
 
 def test_bad_data_fails_the_stage_with_one_message(
@@ -369,7 +378,7 @@ def test_experiment_reruns_only_what_the_param_feeds(
     proc = project.run(
         "dvc", "exp", "run", "-S", "adapter.r=32", "-S", "adapter.use_dora=true", env=api(server), timeout=900
     )
-    assert stages_run(proc.stdout + proc.stderr) == ["train", "evaluate", "export", "promote"]
+    assert stages_run(proc.stdout + proc.stderr) == ["train", "evaluate", "harness", "export", "promote"]
 
     shown = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
     params = yaml.safe_load((project.root / "params.yaml").read_text())

@@ -110,6 +110,33 @@ def test_prefect_deployment_is_the_pipeline_on_a_cron_schedule():
     assert "pull" not in yaml.safe_load((ROOT / "prefect.yaml").read_text())  # no machine-specific paths
 
 
+def test_the_pipeline_flow_runs_the_stages_of_dvc_yaml_promote_included(tmp_path):
+    """Issue 28: the flow (and so the `nightly` deployment) skipped the gate `dvc repro` runs. Its last step
+    is the promote task, which writes exactly the promote stage's outputs from this run's reports."""
+    import json
+
+    from flows.pipeline import PIPELINE
+    from tasks.run import promote_gate
+
+    assert PIPELINE == tuple(_dvc_stages())
+    dvc = _dvc_stages()["promote"]
+    config = Config.model_validate(
+        {"export": {"promote": {"metric": "accuracy", "min_delta": 0.1}}}
+    )  # a merged export with parity
+    (tmp_path / "reports").mkdir()
+    (tmp_path / config.eval.report_path).write_text(
+        json.dumps({"base.accuracy": 0.4, "adapter.accuracy": 0.9})
+    )
+    (tmp_path / config.export.report_path).write_text(
+        json.dumps({"merged": 1, "parity_passed": 1, "parity_max_abs_diff": 0.0, "parity_atol": 1e-3})
+    )
+    result = promote_gate.fn(config, str(tmp_path))
+    assert result["summary"]["promote"] is True
+    written = _paths(dvc.get("outs", [])) + _paths(dvc.get("metrics", []))
+    assert sorted(result["outputs"]) == sorted(written)
+    assert json.loads((tmp_path / "reports/promote.json").read_text()) == {"promote": 1, "gain": 0.5}
+
+
 def test_project_prefect_settings(monkeypatch):
     env = settings.env_defaults(settings._load_toml(settings.PREFECT_TOML))
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"

@@ -71,6 +71,8 @@ class WrapperMethod(AdapterMethod):
     label: ClassVar[str]
     #: the wrapper this type puts around each target
     layer_class: ClassVar[type[AdapterLayer]]
+    #: further wrappers of the type (LoRA's `LoraParams` for `adapter.target_parameters`), placed by `inject_extra`
+    extra_layer_classes: ClassVar[tuple[type[AdapterLayer], ...]] = ()
     #: prefix of every on-disk tensor name
     disk_prefix: ClassVar[str] = PEFT_PREFIX
     #: name ending of saved tensors that are never all zero once initialised: all zero means sharded
@@ -99,6 +101,13 @@ class WrapperMethod(AdapterMethod):
 
     def wrap(self, module: nn.Module, path: str, record: AdapterRecord) -> AdapterLayer:
         return self.layer_class(module)
+
+    def inject_extra(self, model: nn.Module, adapter_name: str, record: Any) -> None:
+        """Place wrappers beyond `record.targets` (e.g. LoRA on parameters); none by default."""
+
+    def wrapped_paths(self, record: Any) -> list[str]:
+        """Paths of every wrapper holding the adapter of `record` (its targets and `inject_extra`'s)."""
+        return record.targets
 
     def add_to_layer(self, layer: Any, adapter_name: str, record: Any, path: str) -> None:
         raise NotImplementedError
@@ -142,7 +151,9 @@ class WrapperMethod(AdapterMethod):
 
     def layers(self, model: nn.Module, adapter_name: str) -> dict[str, Any]:
         """Target path -> the wrapper holding adapter `adapter_name`."""
-        return {path: model.get_submodule(path) for path in self.record(model, adapter_name).targets}
+        return {
+            path: model.get_submodule(path) for path in self.wrapped_paths(self.record(model, adapter_name))
+        }
 
     def check_config(self, config: AdapterConfigBase) -> Any:
         if not isinstance(config, self.config_class):
@@ -165,7 +176,7 @@ class WrapperMethod(AdapterMethod):
         self._check_nothing_merged(model, None, f"add adapter {adapter_name!r}")
         record = self.plan(model, config)
         names = effective_modules_to_save(model, config)
-        record.saved_modules = resolve_modules_to_save(model, names, record.targets)
+        record.saved_modules = resolve_modules_to_save(model, names, self.wrapped_paths(record))
         for path in record.targets:
             layer = model.get_submodule(path)
             if not isinstance(layer, self.layer_class):
@@ -173,6 +184,7 @@ class WrapperMethod(AdapterMethod):
                 replace_module(model, path, layer)
             self.add_to_layer(layer, adapter_name, record, path)
             layer.train(layer.base.training)  # new submodules follow the model's train/eval mode
+        self.inject_extra(model, adapter_name, record)
         for path in record.saved_modules:
             module = model.get_submodule(path)
             if not isinstance(module, ModulesToSave):
@@ -195,7 +207,9 @@ class WrapperMethod(AdapterMethod):
             )
         self._check_nothing_merged(model, adapter_name, f"activate {adapter_name!r}")
         for module in model.modules():
-            if isinstance(module, (self.layer_class, ModulesToSave, TrainableTokens)):
+            if isinstance(
+                module, (self.layer_class, *self.extra_layer_classes, ModulesToSave, TrainableTokens)
+            ):
                 module.set_adapter(adapter_name)
         self._state(model)["active"] = adapter_name
 
@@ -335,7 +349,7 @@ class WrapperMethod(AdapterMethod):
         trained module copies (modules_to_save) replace the originals; otherwise the originals come back."""
         merged = [n for n, rec in self.records(model).items() if rec.merged]
         for path, module in list(model.named_modules()):
-            if isinstance(module, (self.layer_class, TrainableTokens)):
+            if isinstance(module, (self.layer_class, *self.extra_layer_classes, TrainableTokens)):
                 replace_module(model, path, module.base)
             elif isinstance(module, ModulesToSave):
                 copy_name = next((n for n in merged if n in module.modules_to_save), None)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from peft_framework.config.section import Section
+from peft_framework.config.source_entries import MAX_MIXED_ROWS, MAX_WEIGHT
 
 # ---------------------------------------------------------------------------------------------- data
 DATA_FIELDS: dict[str, tuple[str, ...]] = {
@@ -14,6 +15,8 @@ DATA_FIELDS: dict[str, tuple[str, ...]] = {
     "chat": ("messages", "role", "content"),
     "text": ("text",),
     "classification": ("text", "label"),
+    "preference": ("prompt", "chosen", "rejected"),
+    "unpaired_preference": ("prompt", "completion", "label"),
     "vision": ("messages", "role", "content", "images"),
 }
 """Canonical field names per `data.kind`: the keys `data.columns` may map to other column names."""
@@ -105,12 +108,14 @@ class SourceEntry(Section):
     weight: float | None = Field(
         None,
         gt=0,
+        le=MAX_WEIGHT,
         description="The entry's kept rows times this (round half up): 2 = every row twice, 0.5 = half of "
         "them, sampled without replacement (seeded by data.split.seed).",
     )
     count: int | None = Field(
         None,
         ge=1,
+        le=MAX_MIXED_ROWS,
         description="Exactly this many rows of the entry's kept rows: whole passes over them, the rest "
         "sampled without replacement (seeded by data.split.seed).",
     )
@@ -135,10 +140,15 @@ class DataConfig(Section):
         "auto",
         description="'auto': from the file extension (.jsonl/.ndjson, .json, .csv, .tsv, .parquet, + .gz).",
     )
-    kind: Literal["instruction", "chat", "text", "classification", "vision"] = Field(
+    kind: Literal[
+        "instruction", "chat", "text", "classification", "preference", "unpaired_preference", "vision"
+    ] = Field(
         "instruction",
-        description="vision: chat messages whose content parts include {type: image} placeholders, plus an "
-        "images column (paths relative to the data file, or image bytes); needs model.task image_text_to_text.",
+        description="instruction | chat | text | classification | preference (prompt/chosen/rejected: text, or "
+        "chat message lists split at the first divergent turn) | unpaired_preference (prompt/completion/label "
+        "true|false) | vision (chat messages whose content parts include {type: image} placeholders, plus an "
+        "images column: paths relative to the data file, or image bytes; needs model.task image_text_to_text). "
+        "The preference kinds need a preference train.objective, and the other kinds sft.",
     )
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     columns: dict[str, str] = Field(
@@ -167,6 +177,12 @@ class DataConfig(Section):
         True, description="Labels -100 on prompt tokens (loss on responses only)."
     )
     max_seq_len: int = Field(512, ge=8, description="Longer rows are truncated (counted in the report).")
+    truncation: Literal["keep_end", "keep_start"] = Field(
+        "keep_start",
+        description="Preference data over max_seq_len: keep_start cuts the answer's end (then the prompt's end); "
+        "keep_end drops the prompt's start first (keeping its end next to the answer), then the answer's end. "
+        "A row that cannot keep one answer token is rejected.",
+    )
     add_eos: bool = Field(
         True, description="Append the EOS token to every training sequence (if not already there)."
     )

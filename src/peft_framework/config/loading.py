@@ -1,10 +1,10 @@
 """Raw mapping (+ overrides) -> a validated, frozen `Config`, or one ConfigError listing every problem.
 
 The `adapter` section is resolved against the adapter registry: its concrete model is
-`registry.get(adapter.type).config_class`. Keys of *other* registered adapter types are dropped with a
-warning (so one params.yaml can hold the keys of every type and `adapter.type=ia3` still validates),
-unless they were given as an override, where they are an error: the user asked for a value that would
-not be used. Keys that belong to no adapter type are errors with a did-you-mean.
+`registry.get(adapter.type).config_class`. Keys of *other* registered adapter types are dropped (so one
+params.yaml can hold the keys of every type and `adapter.type=ia3` still validates): silently where the
+value is that type's default, with one warning line where the file sets a value that will not be used,
+and as an error where an override sets it: the user asked for a value that would not be used. Keys that belong to no adapter type are errors with a did-you-mean.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
+from peft_framework.config.harness_schema import harness_problems
 from peft_framework.config.overrides import apply_overrides
 from peft_framework.config.problems import (
     error_lines,
@@ -80,9 +81,9 @@ def _resolve_adapter(
     broken = sorted(set(registry.available()) - set(classes))
     owners: dict[str, list[str]] = {}
     for name, cls in classes.items():
-        for key in yaml_fields(cls):
+        for key in cls.own_keys():
             owners.setdefault(key, []).append(name)
-    own_keys = set(yaml_fields(chosen)) if chosen is not None else set()
+    own_keys = chosen.own_keys() if chosen is not None else set()
 
     kept: dict[str, Any] = {}
     ignored: dict[str, list[str]] = {}  # other type(s) -> their keys found here
@@ -91,6 +92,8 @@ def _resolve_adapter(
             kept[key] = value
         elif key in owners:
             types_ = "/".join(sorted(owners[key]))
+            if any(classes[t].is_default(key, value) for t in owners[key]):
+                continue  # another type's key at its default (the shipped params.yaml lists them all)
             if key in overridden:
                 problems.append(
                     f"adapter.{key}: set by an override but it is a key of adapter type {types_}, not of the "
@@ -177,6 +180,8 @@ def _resolve(data: dict[str, Any], overrides: Iterable[str]) -> tuple[Config, li
         problems.extend(config_problems(config.model, adapter.type))
     if config is not None and adapter is not None and config.model.add_tokens:
         problems.extend(_added_token_problems(adapter))
+    if config is not None:
+        problems.extend(harness_problems(config))
     if problems or config is None or adapter is None:
         problems.sort(key=_section_order)  # stable: override syntax first, then section by section
         n = len(problems)

@@ -8,7 +8,7 @@ special: its concrete model depends on `adapter.type` and comes from the adapter
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     Field,
@@ -25,6 +25,7 @@ from peft_framework.config.data_schema import (  # noqa: F401  (re-exported: the
     SplitConfig,
     ValidateConfig,
 )
+from peft_framework.config.harness_schema import HarnessConfig
 from peft_framework.config.section import Section
 from peft_framework.config.train_schema import TrainConfig
 
@@ -167,6 +168,56 @@ class AdapterConfigBase(Section):
         description="Vision-language models: also adapt the vision tower's linear layers that target_modules "
         "names; false: the language model only (a bare name like q_proj also matches the vision tower).",
     )
+    target_parameters: list[str] | None = Field(
+        None,
+        description="Parameters adapted directly (peft's target_parameters): names or suffixes such as "
+        "mlp.experts.gate_up_proj, mlp.experts.down_proj (MoE experts) or mlp.gate.weight (a router). With "
+        "target_modules null, only these. Types that cannot adapt parameters refuse it.",
+    )
+    #: whether the type adapts parameters (`target_parameters`); others refuse a non-null value
+    adapts_parameters: ClassVar[bool] = False
+
+    @field_validator("target_parameters")
+    @classmethod
+    def _parameter_names_are_usable(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or any(not name.strip() for name in value)):
+            raise ValueError(
+                f"adapter.target_parameters: {value!r}; allowed: null or a non-empty list of parameter names"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _parameters_only_where_supported(self) -> AdapterConfigBase:
+        if self.target_parameters is not None and not self.adapts_parameters:
+            raise ValueError(
+                f"adapter.target_parameters: {self.target_parameters!r} is not supported by adapter.type "
+                f"{self.type!r} (it wraps modules, not parameters such as MoE expert weights); allowed: null, or "
+                "adapter.type lora. This type can still adapt modules through adapter.target_modules"
+            )
+        return self
+
+    #: keys of this base that a type does not use (e.g. bottleneck adapters are placed by `variant`, not by
+    #: `target_modules`): in a config file they count as keys of the other types, ignored like those
+    unused_base_keys: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def own_keys(cls) -> set[str]:
+        """The YAML keys this type reads."""
+        from peft_framework.config.problems import yaml_fields
+
+        return set(yaml_fields(cls)) - cls.unused_base_keys
+
+    @classmethod
+    def is_default(cls, key: str, value: Any) -> bool:
+        """Whether `value` is this type's default for `key`: a file holding the keys of every type (the
+        shipped params.yaml) sets nothing worth a warning by listing the other types' defaults."""
+        from peft_framework.config.problems import yaml_fields
+
+        field = yaml_fields(cls).get(key)
+        if field is None:
+            return False
+        default = field[1].get_default(call_default_factory=True)
+        return value == (default if not isinstance(default, tuple) else list(default))
 
     @field_validator("target_modules", "exclude_modules", "modules_to_save")
     @classmethod
@@ -222,6 +273,11 @@ class EvalConfig(Section):
     device: str = Field(
         "auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."
     )
+    harness: HarnessConfig = Field(
+        default_factory=HarnessConfig,
+        description="lm-evaluation-harness benchmarks on base vs base + adapter (the harness stage); "
+        "no tasks: off.",
+    )
 
 
 # -------------------------------------------------------------------------------------------- export
@@ -233,12 +289,18 @@ class PromoteConfig(Section):
         description="Metric of eval.report_path compared: adapter.<metric> - base.<metric> must reach min_delta "
         "(e.g. accuracy, f1_macro, exact_match, rougeL, loss with lower_is_better).",
     )
-    min_delta: float = Field(0.0, description="Smallest adapter - base gain on `metric` that promotes.")
+    min_delta: float = Field(
+        0.05,
+        description="Smallest adapter - base gain on `metric` that promotes: a real gain, not noise (0 would "
+        "promote an adapter that is merely no worse than the base).",
+    )
     lower_is_better: bool = Field(
         False, description="true for metrics such as loss: the gain is base - adapter."
     )
     require_parity: bool = Field(
-        True, description="Also require the export parity check passed (export.report_path: parity_passed)."
+        True,
+        description="Also require the export's own check passed (export.report_path): the parity check where the "
+        "adapter was merged (parity_passed), the unmerged export's load check otherwise (load_check_passed).",
     )
 
 
@@ -282,6 +344,34 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @model_validator(mode="after")
+    def _objective_fits_data(self) -> Config:
+        """A loss is never chosen by the data's shape: train.objective and data.kind must agree."""
+        from peft_framework.config.objectives import OBJECTIVES
+
+        spec = OBJECTIVES[self.train.objective]
+        if self.data.kind not in spec.data_kinds:
+            fits = [name for name, s in OBJECTIVES.items() if self.data.kind in s.data_kinds]
+            raise ValueError(
+                f"train.objective: {spec.name!r} trains on data.kind {', '.join(spec.data_kinds)}, but data.kind is "
+                f"{self.data.kind!r}; allowed for this data: {', '.join(fits)}"
+            )
+        if spec.name != "sft" and self.train.packing:
+            raise ValueError(
+                f"train.packing: true does not fit train.objective {spec.name!r} (no pair-aware packing); "
+                "allowed: false"
+            )
+        if self.train.precompute_reference and spec.name == "kto":
+            raise ValueError(
+                "train.precompute_reference: true does not fit train.objective 'kto' (its KL pairs change with "
+                "the batch); allowed: false"
+            )
+        if spec.name != "sft" and self.model.task != "causal_lm":
+            raise ValueError(
+                f"train.objective: {spec.name!r} needs model.task causal_lm, got {self.model.task!r}"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict with YAML key names (e.g. `data.validate`)."""

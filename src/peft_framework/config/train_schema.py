@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from peft_framework.config.section import Section
 
@@ -40,6 +40,12 @@ class TrainConfig(Section):
         1e-6, gt=0, description="LoRA+: lr of LoRA tensors on embedding layers (peft's default 1e-6)."
     )
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping; 0 turns it off.")
+    router_aux_loss_coef: float | None = Field(
+        None,
+        ge=0.0,
+        description="Mixture-of-Experts bases: add the router load-balancing loss times this coefficient "
+        "(transformers' output_router_logits) and log it as router_aux_loss; null: off.",
+    )
     seed: int = 42
     data_seed: int | None = Field(None, description="Seed of the data order; null: same as seed.")
     deterministic: bool | None = Field(
@@ -100,6 +106,36 @@ class TrainConfig(Section):
         description="Start from the weights of this adapter directory (ours or peft's save_pretrained); "
         "its tensors must match adapter.* exactly. null: a fresh adapter.",
     )
+    # --- objective (training/objectives/) ---------------------------------------------------------
+    objective: str = Field(
+        "sft",
+        description="What is optimised: sft (next-token loss) | dpo | ipo | orpo | simpo (data.kind preference) | "
+        "kto (data.kind unpaired_preference). The adapter is the policy; the reference is the same network "
+        "with the adapter off (or train.init_adapter's weights, frozen).",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="dpo/ipo/kto/simpo: TRL's beta (the reward temperature; for ipo the regularisation tau).",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="dpo: conservative DPO (cDPO) label noise; simpo: as TRL's CPO."
+    )
+    orpo_lambda: float = Field(
+        0.1, gt=0, description="orpo: weight of the odds-ratio term (TRL ORPOConfig.beta)."
+    )
+    simpo_gamma: float = Field(
+        0.5, ge=0, description="simpo: target reward margin (TRL CPOConfig.simpo_gamma)."
+    )
+    kto_desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable (label true) rows.")
+    kto_undesirable_weight: float = Field(
+        1.0, gt=0, description="kto: weight of undesirable (label false) rows."
+    )
+    precompute_reference: bool = Field(
+        False,
+        description="Preference objectives with a reference: compute the reference log-probs once before "
+        "training (cached by prepared-data hash + reference identity) instead of a reference pass per batch.",
+    )
     metrics_dir: str = Field(
         "reports/train", description="dvclive output: metrics.json and plots/metrics/*.tsv"
     )
@@ -133,6 +169,19 @@ class TrainConfig(Section):
     nodes: int = Field(
         1, ge=1, description="Nodes (machines); > 1: torchrun --nnodes, rendezvous from PET_* variables."
     )
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, value: str) -> str:
+        from peft_framework.config import objectives
+        from peft_framework.config.problems import did_you_mean
+
+        if value not in objectives.OBJECTIVES:
+            raise ValueError(
+                f"unknown objective {value!r}{did_you_mean(value, objectives.names())}; "
+                f"allowed: {', '.join(objectives.names())}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _early_stopping_needs_step_evaluation(self) -> TrainConfig:

@@ -19,7 +19,7 @@ import yaml
 
 from peft_framework.errors import ConfigError
 
-#: a config file larger than this is refused before it is read (real ones are a few kilobytes)
+#: a config file larger than this is refused: at most this many bytes + 1 are read (real ones are a few KB)
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 #: the most values (mappings, lists and scalars, counted as expanded: YAML aliases repeat what they name)
 #: a config may hold; a "billion laughs" alias bomb stops here instead of exhausting memory downstream
@@ -142,19 +142,20 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if p.is_dir():
         raise ConfigError(f"config path is a directory, expected a YAML or JSON file: {str(p)!r}")
     try:
-        size = p.stat().st_size
+        # at most one byte past the cap, whatever the file is: `stat` says 0 bytes for /dev/zero or a FIFO
+        with open(p, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(p)!r}: {exc.strerror}") from None
-    if size > MAX_CONFIG_BYTES:
+    if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(
-            f"{p}: {size} bytes; a config file may be at most {MAX_CONFIG_BYTES} bytes (real ones are a few KB)"
+            f"{p}: more than {MAX_CONFIG_BYTES} bytes; a config file may be at most {MAX_CONFIG_BYTES} bytes "
+            "(real ones are a few KB)"
         )
     try:
-        text = p.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(p)!r}: {exc.strerror}") from None
     data = parse_json(text, str(p)) if p.suffix.lower() == ".json" else parse_yaml(text, str(p))
     if data is None:
         return {}

@@ -11,14 +11,16 @@ found by rendering the conversation up to that turn.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from peft_framework.config.schema import DataConfig
+from peft_framework.data.render_bounds import check_rendered, row_time_limit, template_failure
 from peft_framework.data.rows import Reason, RowProblem
 from peft_framework.errors import DataError
 
@@ -42,6 +44,8 @@ def resolve_template(cfg: DataConfig) -> str:
     instruction data uses `data.chat_template` when one is set and `data.template` is auto."""
     if cfg.kind in ("chat", "vision"):
         return "chat_template"
+    if cfg.kind in ("preference", "unpaired_preference"):  # chat rows use the chat template, text rows none
+        return "chat_template" if cfg.chat_template else "none"
     if cfg.kind == "instruction":
         if cfg.template == "auto":  # a chat template named in the config is the one to use
             return "chat_template" if cfg.chat_template else "alpaca"
@@ -71,6 +75,10 @@ class Encoded:
     truncated: bool
     text: dict[str, str]  # raw text columns: prompt/response or text/label_text
     prompt_tokens: int = 0  # tokens before the first trained one (causal LM)
+    columns: dict[str, Any] | None = (
+        None  # preference kinds: the row's own token columns (data/preference.py)
+    )
+    problem: RowProblem | None = None  # a reason to reject found while formatting the row
 
 
 class Formatter:
@@ -106,10 +114,14 @@ class Formatter:
 
     # ------------------------------------------------------------------------------------------ batch
     def encode_batch(self, rows: list[dict[str, Any]]) -> list[Encoded]:
+        if self.cfg.kind in ("preference", "unpaired_preference"):
+            from peft_framework.data.preference import encode_preference
+
+            return encode_preference(self, rows)
         if self.cfg.kind == "classification":
             return self._encode_classification(rows)
         if self.template == "chat_template":
-            return [self._encode_chat(row) for row in rows]
+            return [self._encode_chat_bounded(row) for row in rows]
         pairs = []
         for row in rows:
             if self.cfg.kind == "text":
@@ -121,13 +133,22 @@ class Formatter:
 
     # ------------------------------------------------------------------------------ prompt + response
     def _encode_prompt_response(self, pairs: list[tuple[str, str]]) -> list[Encoded]:
+        out: list[Encoded] = []
+        for (prompt, response), (ids, boundary) in zip(pairs, self.tokenize_pairs(pairs)):
+            out.append(self._finish_at(ids, boundary, {"prompt": prompt, "response": response}))
+        return out
+
+    def tokenize_pairs(
+        self, pairs: list[tuple[str, str]], add_special_tokens: bool = True
+    ) -> list[tuple[list[int], int]]:
+        """(token ids of prompt + response, number of prompt tokens) per pair, untruncated, no EOS added."""
         if not pairs:
             return []
         fulls = [p + r for p, r in pairs]
         # ids only: attention masks, type ids and offsets cost a Python object per token to convert
         full_enc = self.tok(
             fulls,
-            add_special_tokens=True,
+            add_special_tokens=add_special_tokens,
             return_attention_mask=False,
             return_token_type_ids=False,
             verbose=False,
@@ -146,7 +167,7 @@ class Formatter:
         if unsure:  # no token boundary at the prompt's end (or a slow tokenizer): tokenize those prompts
             prompts = self.tok(
                 [pairs[i][0] for i in unsure],
-                add_special_tokens=True,
+                add_special_tokens=add_special_tokens,
                 return_attention_mask=False,
                 return_token_type_ids=False,
                 verbose=False,
@@ -161,49 +182,70 @@ class Formatter:
                     ids = list(prompt_ids) + self.tok(pairs[i][1], add_special_tokens=False)["input_ids"]
                     all_ids[i] = ids
                     boundaries[i] = len(prompt_ids)
-        out: list[Encoded] = []
-        for (prompt, response), ids, boundary in zip(pairs, all_ids, boundaries):
-            assert boundary is not None
-            out.append(self._finish_at(list(ids), boundary, {"prompt": prompt, "response": response}))
-        return out
+        return [(list(ids), int(b)) for ids, b in zip(all_ids, boundaries)]  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------------------- chat
-    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-        return self.tok.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+    def _encode_chat_bounded(self, row: dict[str, Any]) -> Encoded:
+        """`_encode_chat` within the bounds of `render_bounds`: a row the template fails on, takes too long
+        for or floods comes back with `problem` set (and is rejected), instead of raising."""
+        try:
+            with row_time_limit():
+                return self._encode_chat(row)
+        except RowProblem as exc:
+            return Encoded([], [], 0, False, {"prompt": "", "response": ""}, problem=exc)
+
+    def _render(
+        self, messages: list[dict[str, str]], row_chars: int, add_generation_prompt: bool = False
+    ) -> str:
+        """The template's text (tokenized afterwards by the caller): RowProblem when the template raises
+        or renders more than `render_bounds.render_limit` characters."""
+        try:
+            text = self.tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as exc:  # noqa: BLE001 - jinja errors and raise_exception() of the template
+            raise template_failure(exc) from None
+        return check_rendered(text, row_chars, self.cfg.max_seq_len)
 
     def _encode_chat(self, row: dict[str, Any]) -> Encoded:
         if self.cfg.kind in ("chat", "vision"):
             messages = row["messages"]
         else:
             messages = instruction_messages(row["instruction"], row["input"], row["output"])
-        prompt = self._render(messages[:-1], add_generation_prompt=True)
+        row_chars = sum(len(_content_text(m["content"])) for m in messages)
+        render = functools.partial(self._render, row_chars=row_chars)
+        prompt = render(messages[:-1], add_generation_prompt=True)
         text = {"prompt": prompt, "response": _content_text(messages[-1]["content"])}
         if self.cfg.kind == "vision":  # the processor re-tokenizes the whole text with its images, per batch
-            text["text"] = self._render(messages)
+            text["text"] = render(messages)
         if not self.cfg.train_on_responses_only:  # every token is trained: no need to find the turns
-            ids = list(self.tok(self._render(messages), add_special_tokens=False)["input_ids"])
+            ids = list(self.tok(render(messages), add_special_tokens=False)["input_ids"])
             return self._finish(ids, [1] * len(ids), text)
         if self.generation_marks:
-            enc = self.tok.apply_chat_template(
-                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-            )
+            render(messages)  # its length checked before transformers renders and tokenizes it in one call
+            try:
+                enc = self.tok.apply_chat_template(
+                    messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+                )
+            except Exception as exc:  # noqa: BLE001 - as in _render
+                raise template_failure(exc) from None
             ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
             if any(mask):
                 return self._finish(ids, mask, text)
-        ids, mask = self._chat_by_spans(messages)
+        ids, mask = self._chat_by_spans(messages, render)
         return self._finish(ids, mask, text)
 
-    def _chat_by_spans(self, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    def _chat_by_spans(
+        self, messages: list[dict[str, str]], render: Callable[..., str]
+    ) -> tuple[list[int], list[int]]:
         """Assistant turns found by rendering the conversation up to each turn (templates without markers)."""
-        full = self._render(messages)
+        full = render(messages)
         spans: list[tuple[int, int]] = []
         for i, msg in enumerate(messages):
             if msg["role"] != "assistant":
                 continue
-            before = self._render(messages[:i], add_generation_prompt=True)
-            upto = full if i == len(messages) - 1 else self._render(messages[: i + 1])
+            before = render(messages[:i], add_generation_prompt=True)
+            upto = full if i == len(messages) - 1 else render(messages[: i + 1])
             if full.startswith(before) and full.startswith(upto) and len(upto) > len(before):
                 spans.append((len(before), len(upto)))
             elif i == len(messages) - 1:
@@ -267,6 +309,8 @@ class Formatter:
 
     def no_response_problem(self, enc: Encoded) -> RowProblem | None:
         """A causal-LM row with no label left to train on (after truncation) is useless; say why."""
+        if enc.problem is not None:
+            return enc.problem
         if self.cfg.kind == "classification" or enc.labels.count(IGNORE_INDEX) < len(enc.labels):
             return None
         return RowProblem(

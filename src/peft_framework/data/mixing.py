@@ -15,8 +15,10 @@ Semantics (exact and deterministic):
 - Each copy stays in its row's split (the split is a hash of the row's content, not of the weights), so
   no prompt straddles train and test. Within a split rows keep their input order, copies next to their
   row (training shuffles). The split sizes in the manifest and report count the copies.
-- An entry is the files it names (a glob or directory may name several); a file named by two entries
-  belongs to the first.
+- An entry is the files it names (a glob or directory may name several); a file named by two entries is
+  an error naming both (it would otherwise belong to the first, and the second's weight would get
+  nothing). Weights (finite, <= 1000) and counts (<= 1e8) are bounded at validate time, the rows they
+  give together (at most 1e8) before any copy is made.
 
 Memory: one small integer per kept row (its multiplicity), as for the split row lists; the prepared rows
 themselves stay in Arrow files (`Dataset.select`).
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from peft_framework.config.schema import DataConfig
+from peft_framework.config.source_entries import MAX_MIXED_ROWS
 from peft_framework.data.pipeline import SPLITS
 from peft_framework.data.sources import Source, resolve_sources
 from peft_framework.errors import DataError
@@ -52,11 +55,20 @@ def resolve(dc: DataConfig, root: Path) -> list[Source]:
     """`resolve_sources` of `data.source`; with weighted entries, an entry that names no data is an error
     naming `data.source[i]`."""
     if is_mixed(dc):
+        named_by: dict[str, int] = {}
         for i, entry in enumerate(dc.source):
             try:
-                resolve_sources(entry_path(entry), dc.format, root)
+                files = resolve_sources(entry_path(entry), dc.format, root)
             except DataError as exc:
                 raise DataError(f"data.source[{i}]: {exc.args[0]}", exc.problems) from None
+            for src in files:
+                j = named_by.setdefault(src.display, i)
+                if j != i:  # the file would belong to entry j: entry i's weight or count would get nothing
+                    raise DataError(
+                        f"data.source[{i}]: {entry_path(entry)!r} names {src.display}, which "
+                        f"data.source[{j}] ({entry_path(dc.source[j])!r}) names already; allowed: each file "
+                        "in one entry (give that entry the weight or count)"
+                    )
     return resolve_sources(source_paths(dc.source), dc.format, root)
 
 
@@ -108,6 +120,22 @@ def _row_entries(ds, owner: dict[str, int]) -> np.ndarray:
     return out
 
 
+def _check_total(dc: DataConfig, kepts: list[int], targets: list[int]) -> None:
+    """The mix stays within MAX_MIXED_ROWS rows (weights are bounded at validate time, but the rows they
+    give depend on how many rows each entry keeps)."""
+    if sum(targets) <= MAX_MIXED_ROWS:
+        return
+    parts = ", ".join(
+        f"data.source[{i}]: {kept} kept x weight {entry.weight:g} = {target}"
+        for i, (entry, kept, target) in enumerate(zip(dc.source, kepts, targets, strict=True))
+        if not isinstance(entry, str) and entry.weight is not None
+    )
+    raise DataError(
+        f"data.source: the weights and counts give {sum(targets)} rows ({parts}); allowed: at most "
+        f"{MAX_MIXED_ROWS} in all: lower the weights"
+    )
+
+
 def apply(splits: dict[str, Any], stats: Any, sources: list[Source], dc: DataConfig, root: Path):
     """The splits with each entry's rows repeated/sampled per its weight or count, `stats.splits` set to
     the new sizes; returns (splits, per-entry report or None when no entry is weighted)."""
@@ -117,11 +145,13 @@ def apply(splits: dict[str, Any], stats: Any, sources: list[Source], dc: DataCon
     entries = {split: _row_entries(ds, owner) for split, ds in splits.items()}
     # every kept row of an entry, in (split, row) order: the order the sample is drawn in
     mult = {split: np.ones(len(ds), dtype=np.int64) for split, ds in splits.items()}
+    wheres = [{split: np.flatnonzero(entries[split] == i) for split in splits} for i in range(len(dc.source))]
+    kepts = [sum(len(rows) for rows in where.values()) for where in wheres]
+    targets = [_target(entry, kept) for entry, kept in zip(dc.source, kepts, strict=True)]
+    _check_total(dc, kepts, targets)
     report = []
     for i, entry in enumerate(dc.source):
-        where = {split: np.flatnonzero(entries[split] == i) for split in splits}
-        kept = sum(len(rows) for rows in where.values())
-        target = _target(entry, kept)
+        where, kept, target = wheres[i], kepts[i], targets[i]
         m = multiplicities(kept, target, dc.split.seed, i)
         at = 0
         for split in SPLITS:

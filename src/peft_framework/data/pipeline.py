@@ -19,9 +19,10 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from peft_framework.config.schema import DataConfig
-from peft_framework.data import vision
+from peft_framework.data import preference, vision
 from peft_framework.data.clean import clean_text, normalize_label, normalized_key
 from peft_framework.data.formatting import Encoded, Formatter
+from peft_framework.data.preference import PREFERENCE_KINDS
 from peft_framework.data.rows import Reason, Record, Rejected
 from peft_framework.data.validate import extract_fields
 
@@ -80,6 +81,8 @@ def assign_split(key: str, cfg: DataConfig) -> str:
 def _text_values(fields: dict[str, Any], kind: str) -> list[str]:
     if kind == "vision":
         return vision.text_values(fields)
+    if kind in PREFERENCE_KINDS:
+        return preference.text_values(fields, kind)
     if kind == "instruction":
         return [fields["instruction"], fields["input"], fields["output"]]
     if kind == "chat":
@@ -92,6 +95,8 @@ def _text_values(fields: dict[str, Any], kind: str) -> list[str]:
 def _n_chars(fields: dict[str, Any], kind: str) -> int:
     if kind == "vision":
         return sum(len(vision.message_text(m["content"])) for m in fields["messages"])
+    if kind in PREFERENCE_KINDS:
+        return preference.n_chars(fields, kind)
     if kind == "instruction":
         return len(fields["instruction"]) + len(fields["input"]) + len(fields["output"])
     if kind == "chat":
@@ -101,6 +106,8 @@ def _n_chars(fields: dict[str, Any], kind: str) -> int:
 
 def _prompt_values(fields: dict[str, Any], kind: str) -> list[str]:
     """The input side of a row: rows sharing it share a split (no test prompt is seen in training)."""
+    if kind in PREFERENCE_KINDS:
+        return preference.prompt_values(fields)
     if kind == "instruction":
         return [fields["instruction"], fields["input"]]
     if kind == "vision":
@@ -114,6 +121,8 @@ def _clean_fields(
     fields: dict[str, Any], cfg: DataConfig
 ) -> tuple[dict[str, Any], set[str], list[tuple[str, str]]]:
     """Cleaned fields, the cleaning steps that changed something, and empty-field problems."""
+    if cfg.kind in PREFERENCE_KINDS:
+        return preference.clean(fields, cfg)
     changed: set[str] = set()
     problems: list[tuple[str, str]] = []
 
@@ -201,7 +210,9 @@ def label_names_for(cfg: DataConfig, allowed_labels: set[str] | None, seen: set[
 
 
 def token_problem(enc: Encoded, cfg: DataConfig, formatter: Formatter) -> tuple[str, str] | None:
-    """The checks on the tokenized row: length in tokens, and a response token left to train on."""
+    """The checks on the tokenized row: formatted at all, length in tokens, a response token left to train on."""
+    if enc.problem is not None:
+        return (enc.problem.reason, enc.problem.detail)
     if enc.n_tokens < cfg.clean.min_tokens:
         return (
             Reason.TOO_FEW_TOKENS,

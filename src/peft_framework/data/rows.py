@@ -24,6 +24,9 @@ class Reason:
     TOO_FEW_TOKENS = "too_few_tokens"
     TOO_MANY_TOKENS = "too_many_tokens"
     NO_RESPONSE_TOKENS = "no_response_tokens"
+    TEMPLATE_ERROR = "template_error"
+    TEMPLATE_TIMEOUT = "template_timeout"
+    TEMPLATE_TOO_LONG = "template_too_long"
     DUPLICATE_EXACT = "duplicate_exact"
     DUPLICATE_NORMALIZED = "duplicate_normalized"
 

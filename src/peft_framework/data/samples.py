@@ -1,6 +1,7 @@
 """Deterministic sample data for the default pipeline, with realistic defects of every kind.
 
-`write_samples()` writes two JSON Lines files (about 100 KB together):
+`write_samples()` writes JSON Lines files (about 130 KB together); the two preference files are described
+in `sample_preferences.py`:
 
 - `instructions.jsonl`: short instruction tasks a tiny model can learn (uppercase a text, reverse the
   word order, add two numbers, count words, name a country's capital), plus defective rows: invalid
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_framework.data.clean import normalized_key
+from peft_framework.data.sample_preferences import preference_lines, preference_sft_lines
 from peft_framework.data.sample_vocab import (
     ADD,
     CAPITAL,
@@ -39,6 +41,7 @@ from peft_framework.data.sample_vocab import (
     UPPER,
     WORDS,
 )
+from peft_framework.errors import UserError
 
 SEED = 20240611
 
@@ -309,22 +312,51 @@ def _umask() -> int:
     return mask
 
 
-def write_samples(out_dir: str | os.PathLike[str] = "data/raw") -> dict[str, Any]:
+def write_samples(out_dir: str | os.PathLike[str] = "data/raw", overwrite: bool = True) -> dict[str, Any]:
     """Write `instructions.jsonl` and `classification.jsonl` (the same bytes on every run).
 
-    Returns, per file, its path, size and what `prepare` must report for it."""
+    `overwrite=False` (the `sample-data` command): a file of that name already in `out_dir` with other
+    content is someone's own data; nothing is written and a UserError names it. The pipeline's
+    sample_data stage replaces its own output. Returns, per file, its path, size and what `prepare` must
+    report for it."""
     out = Path(out_dir)
-    summary: dict[str, Any] = {}
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {str(out_dir)!r} exists and is not a directory; allowed: a directory path")
+    files: list[tuple[str, bytes, dict[str, Any], int]] = []
     for name, make in (
         ("instructions.jsonl", instruction_lines),
         ("classification.jsonl", classification_lines),
+        ("preferences.jsonl", preference_lines),  # data/sample_preferences.py
+        ("preferences_sft.jsonl", preference_sft_lines),
     ):
         lines, expected = make(random.Random(f"{SEED}:{name}"))
-        data = b"\n".join(lines) + b"\n"
+        files.append((name, b"\n".join(lines) + b"\n", expected, len(lines)))
+    if not overwrite:
+        for name, data, _, _ in files:
+            _check_replaceable(out / name, data)
+    summary: dict[str, Any] = {}
+    for name, data, expected, n_lines in files:
         path = out / name
         _write_bytes(path, data)
-        summary[name] = {"path": str(path), "bytes": len(data), "lines": len(lines), "expected": expected}
+        summary[name] = {"path": str(path), "bytes": len(data), "lines": n_lines, "expected": expected}
     from peft_framework.data.vision_samples import write_vision_samples
 
     summary["vision/shapes.jsonl"] = write_vision_samples(out, _write_bytes, SEED)  # images drawn with PIL
     return summary
+
+
+def _check_replaceable(path: Path, data: bytes) -> None:
+    """Only a missing file, or the sample itself (same bytes), may be written over."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    try:
+        same = path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        same = False
+    if not same:
+        raise UserError(
+            f"--out: {str(path)!r} already exists and is not this sample (peft-framework did not write it); "
+            "refusing to overwrite it. Allowed: a directory without instructions.jsonl and "
+            "classification.jsonl, or one holding only these samples; move the file away or choose "
+            "another --out"
+        )

@@ -46,6 +46,8 @@ from peft_framework.data.pipeline import (
     screen,
     token_problem,
 )
+from peft_framework.data.preference import PREFERENCE_KINDS
+from peft_framework.data.preference import output_features as preference_features
 from peft_framework.data.rows import Reason, Record, Rejected
 from peft_framework.data.split_rows import SplitRows
 
@@ -133,6 +135,8 @@ def output_features(dc: DataConfig, label_names: list[str] | None):
     """Columns of the prepared splits, in order."""
     import datasets
 
+    if dc.kind in PREFERENCE_KINDS:
+        return preference_features(dc.kind)
     token = datasets.Value("int32")
     causal = dc.kind != "classification"
     features = {
@@ -176,24 +180,23 @@ def _helper_features() -> dict:
 class _Encode:
     """Pass 2, one batch of candidates (a picklable callable, so `num_proc` workers can run it)."""
 
-    def __init__(self, dc: DataConfig, formatter: Formatter, text_columns: tuple[str, ...]) -> None:
-        self.dc, self.formatter, self.text_columns = dc, formatter, text_columns
+    def __init__(self, dc: DataConfig, formatter: Formatter, columns: tuple[str, ...]) -> None:
+        self.dc, self.formatter, self.columns = dc, formatter, columns  # the output columns but "source"
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         fields = [json.loads(f) for f in batch["fields"]]
         encoded = self.formatter.encode_batch(fields)
-        out: dict[str, list] = {
-            name: []
-            for name in ("input_ids", "attention_mask", "labels", *self.text_columns, "source", *_HELPERS)
-        }
+        out: dict[str, list] = {name: [] for name in (*self.columns, "source", *_HELPERS)}
         for row, enc in zip(fields, encoded):
             problem = token_problem(enc, self.dc, self.formatter)
             exact, normalized, split = row_keys(row, self.dc)
-            out["input_ids"].append(enc.input_ids)
-            out["attention_mask"].append([1] * len(enc.input_ids))
-            out["labels"].append(enc.labels)
-            for name in self.text_columns:
-                out[name].append(enc.text[name])
+            values = enc.columns or {
+                "input_ids": enc.input_ids,
+                "attention_mask": [1] * len(enc.input_ids),
+                "labels": enc.labels,
+            }
+            for name in self.columns:
+                out[name].append(values[name] if name in values else enc.text[name])
             out["length"].append(len(enc.input_ids))
             out["truncated"].append(enc.truncated)
             out["problem"].append(problem[0] if problem else None)
@@ -402,7 +405,7 @@ def run(
     stats.template, stats.prompt_add_special_tokens = formatter.template, formatter.prompt_add_special_tokens
 
     features = output_features(dc, stats.label_names)
-    text_columns = tuple(list(features)[3:5])
+    columns = tuple(name for name in features if name != "source")
     all_features = datasets.Features({**features, **_helper_features()})
     candidates = datasets.Dataset.from_file(str(path))
     if len(candidates) == 0:  # map would hand back its input unchanged
@@ -410,7 +413,7 @@ def run(
     else:
         with datasets_bars_on_terminal():
             encoded = candidates.map(
-                _Encode(dc, formatter, text_columns),
+                _Encode(dc, formatter, columns),
                 batched=True,
                 batch_size=BATCH,
                 writer_batch_size=BATCH,

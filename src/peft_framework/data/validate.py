@@ -71,6 +71,16 @@ def _messages(row: dict, cfg: DataConfig, problems: list[Problem]) -> list[dict[
     if value is None:
         problems.append((Reason.MISSING_FIELD, f"{name} {'is null' if column in row else 'is missing'}"))
         return None
+    messages = message_list(value, name, cfg, problems)
+    if messages is not None:
+        problems.extend(check_roles(messages, cfg.validate_.allowed_roles))
+    return messages
+
+
+def message_list(
+    value: Any, name: str, cfg: DataConfig, problems: list[Problem]
+) -> list[dict[str, str]] | None:
+    """A list of {role, content} messages (roles normalised and allowed), or None with the problems."""
     if not isinstance(value, list):
         problems.append((Reason.WRONG_TYPE, f"{name} must be a list of messages, got {_describe(value)}"))
         return None
@@ -102,8 +112,13 @@ def _messages(row: dict, cfg: DataConfig, problems: list[Problem]) -> list[dict[
             messages.append({"role": _normalize_role(role, cfg), "content": content})
     if len(messages) != len(value):
         return None
-    problems.extend(check_roles(messages, cfg.validate_.allowed_roles))
-    return messages
+    allowed = cfg.validate_.allowed_roles
+    bad = [(i, m["role"]) for i, m in enumerate(messages) if m["role"] not in allowed]
+    for i, role in bad:
+        problems.append(
+            (Reason.INVALID_ROLE, f"message {i}: role {role!r} is not allowed; allowed: {allowed}")
+        )
+    return None if bad else messages
 
 
 def check_roles(messages: list[dict[str, str]], allowed_roles: list[str]) -> list[Problem]:
@@ -145,6 +160,15 @@ def extract_fields(data: Any, cfg: DataConfig) -> tuple[dict[str, Any] | None, l
     problems: list[Problem] = []
     kind = cfg.kind
     fields: dict[str, Any] = {}
+    if kind in ("preference", "unpaired_preference"):
+        from peft_framework.data import preference
+
+        return preference.extract(
+            data,
+            cfg,
+            lambda field, found, required: _get_str(data, cfg, field, found, required=required),
+            lambda value, field, found: message_list(value, _field_name(cfg, field), cfg, found),
+        )
     if kind == "instruction":
         fields["instruction"] = _get_str(data, cfg, "instruction", problems, required=True)
         fields["input"] = _get_str(data, cfg, "input", problems, required=False) or ""

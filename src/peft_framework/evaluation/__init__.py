@@ -2,6 +2,7 @@
 
     from peft_framework.evaluation import evaluate
     summary = evaluate(config, root=".")
+    summary = harness(config, root=".")   # lm-evaluation-harness on base vs adapter (eval.harness)
 
 Imported lazily, so `import peft_framework.evaluation` does not import torch.
 """
@@ -11,10 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from peft_framework.evaluation.benchmarks import harness
     from peft_framework.evaluation.metric_modules import load_metric
     from peft_framework.evaluation.stage import evaluate
 
-__all__ = ["evaluate", "load_metric"]
+__all__ = ["evaluate", "harness", "load_metric"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,6 +24,10 @@ def __getattr__(name: str) -> Any:
         from peft_framework.evaluation.stage import evaluate
 
         return evaluate
+    if name == "harness":
+        from peft_framework.evaluation.benchmarks import harness
+
+        return harness
     if name == "load_metric":
         from peft_framework.evaluation.metric_modules import load_metric
 

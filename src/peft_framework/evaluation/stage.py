@@ -10,6 +10,7 @@ Outputs (all written atomically):
   with `adapter_sha256` and `predictions_sha256`, which tie this run's outputs to the adapter they score
   and to the predictions file (a run killed between two writes leaves a visibly mismatched pair).
 
+Preference data (data.kind preference / unpaired_preference): see evaluation/preference.py.
 Metrics: causal LM loss and perplexity over the labelled (response) tokens, token-weighted; for
 instruction/chat data with `eval.generate`, greedy generation from `prompt` scored against `response`
 with exact match and ROUGE-L; for classification accuracy and macro-F1 (and the mean cross-entropy).
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from peft_framework.config.schema import Config
+from peft_framework.data.preference import PREFERENCE_KINDS
 from peft_framework.errors import DataError, StageFailed
 from peft_framework.evaluation import runner
 from peft_framework.evaluation.metric_modules import compute
@@ -197,6 +199,11 @@ def score(
         from peft_framework.evaluation.vision import score_vision
 
         return score_vision(model, tokenizer, test, config, device, generate, metrics_dir)
+    if config.data.kind in PREFERENCE_KINDS:
+        from peft_framework.evaluation.preference import score_preference
+
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return score_preference(model, test, config, device, pad_id)
     if config.model.task == "sequence_classification":
         return score_classification(model, tokenizer, test, config, device, label_names, metrics_dir)
     return score_causal_lm(model, tokenizer, test, config, device, generate, metrics_dir, add_special_tokens)
@@ -236,6 +243,14 @@ def prediction_rows(test, config: Config, per_model: dict[str, list[dict]], labe
                 row["text"] = test[i]["text"]
             label = int(test[i]["labels"])
             row["label"] = label_names[label] if label_names else label
+        elif config.data.kind in PREFERENCE_KINDS:
+            row.update(
+                {
+                    k: test[i][k]
+                    for k in ("prompt", "chosen", "rejected", "completion")
+                    if k in test.column_names
+                }
+            )
         elif "prompt" in test.column_names:
             row["prompt"] = test[i]["prompt"]
             row["reference"] = test[i]["response"]
@@ -311,6 +326,10 @@ def evaluate(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, An
     log.info("evaluating base + adapter (%s)", adapter_dir)
     results["adapter"], per_model["adapter"] = score(model, *args)
 
+    if config.data.kind in PREFERENCE_KINDS:  # margins against the base model (the adapter-off reference)
+        from peft_framework.evaluation.preference import add_reward_margins
+
+        add_reward_margins(results, per_model, config.data.kind, config.train.beta)
     report = flat_report(results, len(test))
     predictions = prediction_rows(test, config, per_model, label_names)
 

@@ -40,6 +40,7 @@ from peft_framework.adapters.checkpoint import (
     read_adapter_weights,
 )
 from peft_framework.errors import UserError
+from peft_framework.export.expert_keys import FusedKey, checkpoint_view
 from peft_framework.export.memory import release_free_heap
 from peft_framework.models.added_tokens import grow_rows
 
@@ -281,8 +282,17 @@ def stream_merge(
     renamings = checkpoint_renamings(skeleton)
     del skeleton
     all_keys = [k for keys in checkpoint.keys.values() for k in keys]
-    mapping, unused = map_keys(all_keys, model_keys, prefix, renamings)
-    covered = set(mapping.values())
+    # MoE: per-expert checkpoint tensors -> the model's fused ones (export/expert_keys.py)
+    renamed, fused = checkpoint_view(all_keys, getattr(hf_config, "model_type", None))
+    named, _ = map_keys(list(renamed.values()), model_keys, prefix, renamings)
+    mapping = {key: named[name] for key, name in renamed.items() if name in named}
+    unused = [k for k in renamed if k not in mapping]
+    fused_to, _ = map_keys([f.name for f in fused], model_keys, prefix, renamings)
+    unused += [k for f in fused if f.name not in fused_to for k in f.sources]
+    fused = [f for f in fused if f.name in fused_to]
+    for f in fused:
+        f.name = fused_to[f.name]  # from here on: the model's name
+    covered = set(mapping.values()) | set(fused_to.values())
     for group in ties:
         if group & covered:
             covered |= group
@@ -313,17 +323,38 @@ def stream_merge(
         result.largest_shard_bytes = max(result.largest_shard_bytes, size)
         result.weight_map.update({k: name for k in tensors})
 
+    # an experts module's fused tensors are merged and written with the shard holding its first source
+    shard_of = checkpoint.weight_map
+    fused_modules: dict[str, list[FusedKey]] = defaultdict(list)
+    for f in fused:
+        fused_modules[f.module].append(f)
+    position = {k: n for n, k in enumerate(all_keys)}
+    fused_home = {
+        m: shard_of[min((k for f in fs for k in f.sources), key=position.__getitem__)]
+        for m, fs in fused_modules.items()
+    }
     for i, shard in enumerate(checkpoint.shards):
         own = [k for k in checkpoint.keys[shard] if k in mapping]
+        own_fused = [f for m, fs in fused_modules.items() if fused_home[m] == shard for f in fs]
         # the other tensors of the modules this shard touches (a Linear's bias may sit in the next shard)
         needed = sorted({k for key in own for k in by_module[_module_of(mapping[key])]})
-        tensors = grown_embeddings(read_tensors(checkpoint, needed), mapping, model_shapes)
-        model = build_skeleton(model_class, hf_config)
-        model.load_state_dict({mapping[k]: v for k, v in tensors.items()}, strict=False, assign=True)
+        needed += sorted({k for f in own_fused for k in [*f.sources, *by_module[f.module]]} - set(needed))
+        tensors = read_tensors(checkpoint, needed)
+        state_in = {
+            mapping[k]: v
+            for k, v in grown_embeddings(
+                {k: tensors[k] for k in tensors if k in mapping}, mapping, model_shapes
+            ).items()
+        }
+        state_in.update({f.name: f.fuse(tensors) for f in own_fused})
         del tensors
+        model = build_skeleton(model_class, hf_config)
+        model.load_state_dict(state_in, strict=False, assign=True)
+        del state_in
         model = merge_into(model, adapter)
         state = model.state_dict()
         out = {mapping[k]: state[mapping[k]].detach().to(dtype).contiguous() for k in own}
+        out.update({f.name: state[f.name].detach().to(dtype).contiguous() for f in own_fused})
         del model, state
         write(i, out)
         del out  # plain refcounting frees the shard here (no gc.collect: slow with big module graphs)

@@ -35,8 +35,12 @@ def parity_atol(config: Config, max_abs_logit: float) -> float:
 def parity_inputs(config: Config, held_out, tokenizer) -> list[list[int]]:
     n = config.export.parity_samples
     limit = min(config.data.max_seq_len, 256)
-    if held_out is not None and "input_ids" in held_out.column_names:
-        rows = held_out.select(range(min(n, len(held_out))))["input_ids"]
+    column = next(  # preference data: the chosen sequences
+        (c for c in ("input_ids", "chosen_input_ids") if held_out is not None and c in held_out.column_names),
+        None,
+    )
+    if column is not None:
+        rows = held_out.select(range(min(n, len(held_out))))[column]
         return [list(ids)[:limit] for ids in rows]
     texts = [FALLBACK_TEXTS[i % len(FALLBACK_TEXTS)] for i in range(n)]
     return [tokenizer(t)["input_ids"][:limit] for t in texts]
@@ -67,22 +71,59 @@ def _logits(model, inputs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     return model(input_ids=ids, attention_mask=mask).logits.float(), mask.bool()
 
 
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def _reference_logits(config: Config, adapter_dir: Path, inputs, tokenizer, label_names):
+    """Logits of base + adapter as this framework runs them (train.seed seeds a new classification head)."""
+    from peft_framework.adapters.checkpoint import load_adapter
+    from peft_framework.models.loading import load_base_model
+
+    torch.manual_seed(config.train.seed)
+    reference_model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer)
+    load_adapter(reference_model, adapter_dir)
+    logits = _logits(reference_model.eval(), inputs, _pad_id(tokenizer))
+    del reference_model
+    gc.collect()
+    return logits
+
+
+def load_check(
+    config: Config, export_dir: Path, adapter_dir: Path, inputs, tokenizer, label_names
+) -> dict[str, Any]:
+    """The unmerged export's own check (it has no merge to compare): loaded back as a user loads it,
+    `MultiAdapterModel.from_export` (the base model its base_model.json names, plus the copied adapter),
+    against base + adapter from train.output_dir. Not seeded: a classification head the adapter does not
+    save (adapter.modules_to_save) comes out different, as it would for the user."""
+    from peft_framework.inference import MultiAdapterModel
+
+    reference, mask = _reference_logits(config, adapter_dir, inputs, tokenizer, label_names)
+    loaded = MultiAdapterModel.from_export(export_dir, device="cpu")
+    exported, _ = _logits(loaded.model, inputs, _pad_id(tokenizer))
+    del loaded
+    gc.collect()
+    if reference.dim() == 3:
+        reference, exported = reference[mask], exported[mask]
+    diff = (exported - reference).abs()
+    max_diff = float(diff.max()) if diff.numel() else 0.0
+    finite = math.isfinite(max_diff)
+    return {
+        "load_check_max_abs_diff": max_diff if finite else None,
+        "load_check_max_abs_logit": float(reference.abs().max()) if reference.numel() else 0.0,
+        "load_check_samples": len(inputs),
+        "_finite": finite,
+    }
+
+
 def parity_check(
     config: Config, export_dir: Path, adapter_dir: Path, inputs, tokenizer, label_names, model_class
 ) -> dict[str, Any]:
     """Max |logits(exported model, plain transformers) - logits(base + adapter, this framework)|.
 
     `model_class`: the transformers Auto class a user loads the export with."""
-    from peft_framework.adapters.checkpoint import load_adapter
-    from peft_framework.models.loading import load_base_model
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    torch.manual_seed(config.train.seed)
-    reference_model = load_base_model(config.model, label_names=label_names, tokenizer=tokenizer)
-    load_adapter(reference_model, adapter_dir)
-    reference, mask = _logits(reference_model.eval(), inputs, pad_id)
-    del reference_model
-    gc.collect()
+    pad_id = _pad_id(tokenizer)
+    reference, mask = _reference_logits(config, adapter_dir, inputs, tokenizer, label_names)
     exported_model = model_class.from_pretrained(str(export_dir)).eval()  # exactly what a user does
     loaded_dtype = str(next(exported_model.parameters()).dtype).removeprefix("torch.")
     exported, _ = _logits(exported_model, inputs, pad_id)

@@ -1,7 +1,8 @@
 """The promotion gate: do an evaluation and an export report meet `export.promote`'s rules?
 
 Pure decision from the numbers-only metric files (eval.report_path: `base.<m>`, `adapter.<m>`;
-export.report_path: `parity_passed`); registering the version is the pipeline layer's job
+export.report_path: `merged`, then `parity_passed` for a merged export or `load_check_passed` for an
+unmerged one, e.g. a bottleneck adapter, which has no merge to compare); registering the version is the pipeline layer's job
 (tasks/promote.py, GTO), so this module imports neither GTO nor DVC.
 """
 
@@ -23,6 +24,29 @@ def _number(report: Mapping[str, Any], key: str, where: str) -> float:
             f"{', '.join(have) or '(none)'}"
         )
     return float(value)
+
+
+def export_check(export_report: Mapping[str, Any]) -> dict[str, Any]:
+    """The export's own check: parity of merged vs base + adapter where a merge exists, else the unmerged
+    export's load check (loaded back as a user does, against base + adapter)."""
+    merged = export_report.get("merged")
+    prefix, label = (
+        ("load_check", "unmerged export load check")
+        if merged is not None and not merged
+        else (
+            "parity",
+            "export parity",
+        )
+    )
+    value = export_report.get(f"{prefix}_passed")
+    passed = value is not None and bool(value)
+    detail = (
+        f"{label}: no {prefix}_passed in the export report"
+        if value is None
+        else f"{label}: {'passed' if passed else 'failed'} (max |diff| "
+        f"{export_report.get(f'{prefix}_max_abs_diff')} vs atol {export_report.get(f'{prefix}_atol')})"
+    )
+    return {"rule": prefix, "passed": passed, "detail": detail}
 
 
 def decide(
@@ -51,16 +75,7 @@ def decide(
         }
     ]
     if rules.require_parity:
-        parity = export_report.get("parity_passed")
-        passed = parity is not None and bool(parity)
-        diff = export_report.get("parity_max_abs_diff")
-        atol = export_report.get("parity_atol")
-        detail = (
-            "export parity: no parity_passed in the export report"
-            if parity is None
-            else f"export parity: {'passed' if passed else 'failed'} (max |diff| {diff} vs atol {atol})"
-        )
-        checks.append({"rule": "parity", "passed": passed, "detail": detail})
+        checks.append(export_check(export_report))
     ok = all(c["passed"] for c in checks)
     reasons = [f"{'ok' if c['passed'] else 'FAILED'}: {c['detail']}" for c in checks]
     return {"promote": ok, "reasons": reasons, "checks": checks}

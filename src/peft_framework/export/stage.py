@@ -29,7 +29,7 @@ from peft_framework.config.schema import Config, QuantizationConfig
 from peft_framework.errors import StageFailed, UserError
 from peft_framework.export.memory import PeakRSS
 from peft_framework.export.merge import Adapter, open_checkpoint, stream_merge, warm_up
-from peft_framework.export.parity import parity_atol, parity_check, parity_inputs
+from peft_framework.export.parity import load_check, parity_atol, parity_check, parity_inputs
 from peft_framework.io import (
     atomic_dir,
     check_output_dir,
@@ -60,6 +60,9 @@ EXPORT_METRICS = (
     "parity_mean_abs_diff",
     "parity_top1_agreement",
     "parity_atol",
+    "load_check_passed",
+    "load_check_max_abs_diff",
+    "load_check_atol",
     "adapter_bytes",
     "model_bytes",
     "num_shards",
@@ -248,7 +251,11 @@ def export(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any]
             if not cfg.merge
             else f"adapter type {method.name!r} cannot be merged into the base weights"
         )
-        report.update(export_unmerged(config, adapter_dir, out_dir, tokenizer, reason, method.name))
+        report.update(
+            export_unmerged(
+                config, adapter_dir, out_dir, tokenizer, reason, method.name, held_out, label_names
+            )
+        )
     else:
         report.update(
             export_merged(config, root, adapter, adapter_dir, out_dir, tokenizer, held_out, label_names)
@@ -383,9 +390,17 @@ def _architecture(config: Config, hf_config) -> str:
 
 
 def export_unmerged(
-    config: Config, adapter_dir: Path, out_dir: Path, tokenizer, reason: str, method_name: str
+    config: Config,
+    adapter_dir: Path,
+    out_dir: Path,
+    tokenizer,
+    reason: str,
+    method_name: str,
+    held_out=None,
+    label_names: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The adapter directory as is, plus a reference to the base model it needs."""
+    """The adapter directory as is, plus a reference to the base model it needs; loaded back before it is
+    renamed into place (`load_check`): with no merge, that is the export's own check."""
     from peft_framework.adapters.checkpoint import read_adapter_config
     from peft_framework.models.saved_tokenizer import has_tokenizer
 
@@ -413,12 +428,26 @@ def export_unmerged(
                 "revision": config.model.revision,
                 "task": config.model.task,
                 "dtype": config.model.dtype,
+                "label_names": label_names if config.model.task == "sequence_classification" else None,
                 "adapter_type": method_name,
                 "merged": False,
                 "reason": reason,
                 "load_with": how,
             },
         )
+        check = load_check(
+            config, tmp, adapter_dir, parity_inputs(config, held_out, tokenizer), tokenizer, label_names
+        )
+        finite = check.pop("_finite")
+        atol = parity_atol(config, check.pop("load_check_max_abs_logit"))
+        passed = finite and check["load_check_max_abs_diff"] <= atol
+        if not passed:
+            raise StageFailed(
+                f"export: the unmerged export, loaded back from its base_model.json and adapter, differs from "
+                f"base + adapter: max |logit difference| {check['load_check_max_abs_diff']} > {atol:g}; nothing was "
+                f"written to {out_dir}. A classification head must be saved with the adapter "
+                "(adapter.modules_to_save, e.g. [classifier])"
+            )
     log.warning(
         "export: NOT merged (%s): exported the adapter to %s with %s naming the base model %s; load it with %s",
         reason,
@@ -427,4 +456,12 @@ def export_unmerged(
         config.model.name_or_path,
         how,
     )
-    return {"merged": False, "reason": reason, "load_with": how, "base_reference": BASE_REFERENCE}
+    return {
+        "merged": False,
+        "reason": reason,
+        "load_with": how,
+        "base_reference": BASE_REFERENCE,
+        "load_check_passed": passed,
+        "load_check_atol": atol,
+        **check,
+    }

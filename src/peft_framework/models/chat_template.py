@@ -99,8 +99,11 @@ def use_chat_template(tokenizer: Any, template: str, key: str) -> None:
         )
     previous = getattr(tokenizer, "chat_template", None)
     tokenizer.chat_template = template
+    from peft_framework.data.render_bounds import row_time_limit
+
     try:
-        tokenizer.apply_chat_template(_SAMPLE, tokenize=False, add_generation_prompt=False)
+        with row_time_limit():  # a template that loops on every conversation stops here, not in prepare
+            tokenizer.apply_chat_template(_SAMPLE, tokenize=False, add_generation_prompt=False)
     except Exception as exc:  # noqa: BLE001 - jinja syntax/runtime errors of the user's template
         tokenizer.chat_template = previous
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]

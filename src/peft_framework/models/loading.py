@@ -20,9 +20,15 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from peft_framework.config.schema import BUILTIN_TINY_LLAMA, BUILTIN_TINY_VLM, ModelConfig
 from peft_framework.errors import ConfigError
-from peft_framework.models.quantization import is_quantized_config, load_kwargs, quantize_built_model
+from peft_framework.models.quantization import (
+    is_quantized_config,
+    keep_off_cpu_packed_path,
+    load_kwargs,
+    quantize_built_model,
+)
 
-BUILTIN_MODELS = (BUILTIN_TINY_LLAMA, BUILTIN_TINY_VLM)
+BUILTIN_TINY_MOE = "builtin:tiny-moe"
+BUILTIN_MODELS = (BUILTIN_TINY_LLAMA, BUILTIN_TINY_MOE, BUILTIN_TINY_VLM)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -210,9 +216,10 @@ def load_base_model(
 
             model = tiny_vlm("llava")[0]
         else:
-            from peft_framework.models.tiny import tiny_llama
+            from peft_framework.models.tiny import tiny_llama, tiny_moe
 
-            model = tiny_llama(task=task, num_labels=n_labels or 2)
+            build = tiny_moe if name == BUILTIN_TINY_MOE else tiny_llama
+            model = build(task=task, num_labels=n_labels or 2)
         if model_config.dtype not in ("float32", "auto"):
             model = model.to(_DTYPES[model_config.dtype])
         if is_quantized_config(model_config):
@@ -247,6 +254,8 @@ def load_base_model(
             if not isinstance(exc, (OSError, ValueError)) and not Path(name).is_dir():
                 raise  # not a problem of a local directory's files: a bug, keep the traceback
             raise ConfigError("invalid config", [_load_problem(name, f"{task} model", exc)]) from exc
+    if is_quantized_config(model_config):
+        keep_off_cpu_packed_path(model)
     if model_config.add_tokens:  # rows for the tokens the tokenizer gained (models/added_tokens.py)
         from peft_framework.models.added_tokens import grow_embeddings
 

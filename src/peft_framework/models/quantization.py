@@ -137,6 +137,23 @@ def quantize_built_model(model: Any, model_config: ModelConfig) -> Any:
     return loaded.eval()
 
 
+def keep_off_cpu_packed_path(model: torch.nn.Module) -> torch.nn.Module:
+    """Keep bitsandbytes' 4-bit layers off their CPU packed-weight path (returns `model`).
+
+    On CPUs with avx512_bf16, bitsandbytes 0.50 repacks a `Linear4bit` weight on its first eval-mode
+    forward without gradients, and that repacking fails for shapes it does not expect
+    (`shape '[64, 5]' is invalid` for intermediate 352, `N must be divisible by block_n` on the built-in
+    tiny Llama): evaluation and generation on a 4-bit base crashed. The flag it checks is per layer;
+    turned off, eval takes the same dequantizing path as training, so eval and train logits agree.
+    """
+    import bitsandbytes as bnb  # only for quantized bases: the caller checked model.quantization
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def config_problems(model_config: ModelConfig, adapter_type: str) -> list[str]:
     """Combinations of `model.quantization` with other keys that cannot work, one line each."""
     bits = model_config.quantization.bits

@@ -1,4 +1,5 @@
-"""The built-in demo model: a tiny Llama built deterministically, with a byte-level tokenizer.
+"""The built-in demo models: a tiny Llama and a tiny Mixture-of-Experts (Qwen3-MoE, `builtin:tiny-moe`), built
+deterministically, with a byte-level tokenizer.
 
 It exists so the default pipeline runs offline in minutes on 2 CPU cores. It is not a useful language
 model; point `model.name_or_path` at a real model (hub id or local directory) for real work.
@@ -13,6 +14,9 @@ from transformers import (
     LlamaForCausalLM,
     LlamaForSequenceClassification,
     PreTrainedTokenizerFast,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+    Qwen3MoeForSequenceClassification,
 )
 
 TINY_LLAMA_SEED = 1234
@@ -83,4 +87,50 @@ def tiny_llama(task: str = "causal_lm", num_labels: int = 2, seed: int = TINY_LL
         else:
             model = LlamaForCausalLM(config)
     model.config.name_or_path = "builtin:tiny-llama"
+    return model.eval()
+
+
+def tiny_moe_config(vocab_size: int = 259, **overrides) -> Qwen3MoeConfig:
+    """A tiny Qwen3-MoE: 8 routed experts per layer, top-2, fused 3-D expert weights (transformers 5)."""
+    params = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_experts=8,
+        num_experts_per_tok=2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=TINY_INIT_STD,
+    )
+    params.update(overrides)
+    return Qwen3MoeConfig(**params)
+
+
+def tiny_moe(task: str = "causal_lm", num_labels: int = 2, seed: int = TINY_LLAMA_SEED, **overrides):
+    """`builtin:tiny-moe`: the Mixture-of-Experts demo model, built like `tiny_llama` (same seed, same weights).
+    transformers initialises routers at zero (every expert equally likely): they get the same random init as
+    the other weights so that routing depends on the token."""
+    config = tiny_moe_config(**overrides)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        if task == "sequence_classification":
+            config.num_labels = num_labels
+            model = Qwen3MoeForSequenceClassification(config)
+        else:
+            model = Qwen3MoeForCausalLM(config)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("mlp.gate.weight"):
+                    param.normal_(0.0, TINY_INIT_STD)
+    model.config.name_or_path = "builtin:tiny-moe"
     return model.eval()

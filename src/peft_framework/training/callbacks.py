@@ -11,12 +11,15 @@ only when the callback is used.
 from __future__ import annotations
 
 import csv
+import fcntl
 import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+
+from peft_framework.paths import lasting_root
 
 
 def dvclive_available() -> bool:
@@ -70,10 +73,17 @@ def mlflow_available() -> bool:
     return importlib.util.find_spec("mlflow") is not None
 
 
+def default_mlflow_store(root: str | os.PathLike[str]) -> Path:
+    """`<project>/mlruns`: of the original repository when `root` is a DVC experiment's temporary copy,
+    which DVC deletes after the run (`paths.lasting_root`)."""
+    return lasting_root(root) / "mlruns"
+
+
 def make_mlflow_callback(config: Any, root: str | os.PathLike[str]) -> TrainerCallback:
     """transformers' MLflowCallback, plus our config as params and the adapter as an artifact.
 
     The run goes to MLFLOW_TRACKING_URI, or when it is unset to a local SQLite store in `<root>/mlruns`
+    (the original repository's in a queued DVC experiment's temporary copy: `default_mlflow_store`)
     (`mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`; artifacts in mlruns/artifacts),
     experiment MLFLOW_EXPERIMENT_NAME or 'peft-framework'. (MLflow 3 refuses new plain-file stores.) Besides the TrainingArguments the callback logs, the
     resolved peft-framework config is logged flattened (`cfg.adapter.r`, ...). The callback ends the run
@@ -102,15 +112,19 @@ def make_mlflow_callback(config: Any, root: str | os.PathLike[str]) -> TrainerCa
                 if uri:
                     self._ml_flow.set_tracking_uri(uri)
                 else:  # the local store, its artifacts beside it (not in the working directory)
-                    store = Path(root).resolve() / "mlruns"
+                    store = default_mlflow_store(root)
                     store.mkdir(parents=True, exist_ok=True)
-                    self._ml_flow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-                    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "peft-framework"
-                    if self._ml_flow.get_experiment_by_name(name) is None:
-                        self._ml_flow.create_experiment(
-                            name, artifact_location=(store / "artifacts").as_uri()
-                        )
-                    self._ml_flow.set_experiment(name)
+                    # queued experiments running side by side share it: one at a time creates the database
+                    # and the experiment
+                    with open(store / ".setup.lock", "ab") as lock:
+                        fcntl.flock(lock, fcntl.LOCK_EX)
+                        self._ml_flow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+                        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "peft-framework"
+                        if self._ml_flow.get_experiment_by_name(name) is None:
+                            self._ml_flow.create_experiment(
+                                name, artifact_location=(store / "artifacts").as_uri()
+                            )
+                        self._ml_flow.set_experiment(name)
             super().setup(args, state, model)
             run = self._ml_flow.active_run() if state.is_world_process_zero else None
             if run is not None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from peft_framework.errors import DataError
 from peft_framework.training.collator import IGNORE_INDEX
 
 _CHUNK = 1 << 16  # rows per step when reading lengths or walking the plan: Python objects stay this few
@@ -169,6 +170,13 @@ def pack_prepared(data: Any, config: Any) -> tuple[Any, dict[str, Any] | None]:
     if not config.train.packing or config.model.task != "causal_lm":
         return data, None
     packed, stats = pack_split(data.train, config.data.max_seq_len)
+    longest = int(packed.lengths.max()) if len(packed) else 0
+    if longest > config.data.max_seq_len:  # a row longer than allowed got a pack of its own
+        raise DataError(
+            f"data.max_seq_len: {config.data.max_seq_len}, but the prepared train split has a row of {longest} "
+            f"tokens; packs may not exceed data.max_seq_len: re-run prepare with "
+            f"data.max_seq_len={config.data.max_seq_len}"
+        )
     logging.getLogger(__name__).info(
         "train.packing: %d rows (%d tokens) packed into %d sequences of <= %d tokens, %.1f%% filled",
         stats["rows"],

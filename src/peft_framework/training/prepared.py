@@ -41,13 +41,16 @@ def load_prepared(config: Config, root: Path) -> PreparedData:
             f"data.output_dir: the data in {config.data.output_dir!r} was prepared for model.task {task!r}, "
             f"but model.task is {config.model.task!r}; prepare the data again"
         )
+    _check_max_seq_len(config, manifest)
     dataset = datasets.load_from_disk(str(data_dir))
     if "train" not in dataset or len(dataset["train"]) == 0:
         raise DataError(f"data.output_dir: {config.data.output_dir!r} has no training rows")
-    missing = [c for c in ("input_ids", "labels") if c not in dataset["train"].column_names]
+    columns = model_columns(config)
+    missing = [c for c in columns if c != "attention_mask" and c not in dataset["train"].column_names]
     if missing:
         raise DataError(
-            f"data.output_dir: the train split lacks columns {missing}; has {dataset['train'].column_names}"
+            f"data.output_dir: the train split lacks columns {missing} (train.objective "
+            f"{config.train.objective!r}); has {dataset['train'].column_names}; prepare the data again"
         )
     label_names = manifest.get("label_names")
     if label_names is None and config.model.task == "sequence_classification":
@@ -60,14 +63,35 @@ def load_prepared(config: Config, root: Path) -> PreparedData:
         directory=data_dir,
         sha256=dir_sha256(data_dir),
         label_names=label_names,
-        train=_model_columns(dataset["train"]),
-        eval=_model_columns(dataset["validation"]) if has_eval else None,
+        train=_select(dataset["train"], columns),
+        eval=_select(dataset["validation"], columns) if has_eval else None,
     )
 
 
-def _model_columns(split: Any) -> Any:
-    from peft_framework.models.vision_batch import VISION_COLUMNS
-    from peft_framework.training.collator import MODEL_COLUMNS
+def _check_max_seq_len(config: Config, manifest: dict[str, Any]) -> None:
+    """Data prepared with a longer data.max_seq_len holds rows longer than this run allows (packing would
+    build packs of about the old length): refuse it. Shorter is fine: every row fits."""
+    prepared = (manifest.get("format") or {}).get("max_seq_len")
+    wanted = config.data.max_seq_len
+    if isinstance(prepared, int) and prepared > wanted:
+        raise DataError(
+            f"data.max_seq_len: {wanted}, but the data in {config.data.output_dir!r} was prepared with "
+            f"data.max_seq_len {prepared}: its rows (and packs) may be longer than {wanted} tokens; re-run "
+            f"prepare with data.max_seq_len={wanted}, or train with data.max_seq_len={prepared}"
+        )
 
-    wanted = (*MODEL_COLUMNS, *VISION_COLUMNS)  # vision rows: the processor needs the text and the images
-    return split.select_columns([c for c in wanted if c in split.column_names])
+
+def model_columns(config: Config) -> tuple[str, ...]:
+    """The prepared columns the objective's collator reads."""
+    from peft_framework.training import objectives
+
+    columns = objectives.get(config.train.objective, config.train).columns
+    if config.model.task == "image_text_to_text":  # vision rows: the processor needs the text and the images
+        from peft_framework.models.vision_batch import VISION_COLUMNS
+
+        columns = (*columns, *VISION_COLUMNS)
+    return columns
+
+
+def _select(split: Any, columns: tuple[str, ...]) -> Any:
+    return split.select_columns([c for c in columns if c in split.column_names])

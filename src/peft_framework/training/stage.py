@@ -31,9 +31,10 @@ from peft_framework.errors import StageFailed, UserError
 from peft_framework.locking import locked_stage
 from peft_framework.paths import resolve
 from peft_framework.training import checkpoints as ckpts
-from peft_framework.training import warm_start
+from peft_framework.training import objectives, warm_start
 from peft_framework.training.determinism import restore_global_determinism
 from peft_framework.training.distributed import materialize_trainable
+from peft_framework.training.moe_report import moe_adapted_by_kind, router_aux_loss
 from peft_framework.training.output import (
     MANIFEST,
     build_manifest,
@@ -69,6 +70,10 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
 
     started = time.perf_counter()
     tc = config.train
+    if tc.report_to == "mlflow" and os.environ.get("RANK", "0") == "0":  # before anything is written
+        from peft_framework.training.mlflow_store import check_tracking_store
+
+        check_tracking_store(root)
     out_dir, checkpoint_dir, metrics_dir = _directories(tc, root)
     use_dvclive = _use_dvclive(tc)
     _refuse_vision_packing(config)
@@ -80,9 +85,18 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     model, tokenizer, method, config = _model_with_adapter(config, data.label_names)
     apply_prepared_chat_template(tokenizer, config.data, data.manifest, root)  # saved with the adapter
     init = warm_start.load_init_adapter(model, method, config, root)  # train.init_adapter
+    objective = objectives.get(tc.objective, tc)
+    reference_adapter = _frozen_reference(model, method, config, objective, init)
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise StageFailed(f"adapter: {config.adapter.type!r} left no trainable parameters in the model")
+    moe_kinds = moe_adapted_by_kind(model, method.active_adapter(model) or "default")  # MoE: warns once
+
+    if tc.precompute_reference and objective.needs_reference:
+        data = _precomputed_reference(data, model, method, reference_adapter, objective, config, root, init)
+        summary_reference = True
+    else:
+        summary_reference = False
 
     # checkpoints: continue this run's, or start fresh
     run = run_fingerprint(config, data.sha256, args.world_size, warm_start.init_sha256(init))
@@ -99,10 +113,16 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         args=args,
         train_dataset=data.train,
         eval_dataset=data.eval,
-        data_collator=_collator(config, tokenizer, make_collator),
+        data_collator=(
+            _collator(config, tokenizer, make_collator)
+            if tc.objective == "sft"
+            else objective.collator(tokenizer.pad_token_id)
+        ),
         callbacks=[*callbacks, *([mlflow_cb] if mlflow_cb else []), *extra_callbacks],
         adapter_method=method,
         loraplus=loraplus_setting(config.train),
+        objective=objective,
+        reference_adapter=reference_adapter,
     )
     if config.model.task == "sequence_classification":
         # class losses are means over the batch; Trainer's token-count normalisation (and its DDP scaling
@@ -122,7 +142,11 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
         "resumed_from": str(resume_from) if resume_from else None,
         "world_size": args.world_size,
         "written": is_main,
+        "objective": tc.objective,
+        "precomputed_reference": summary_reference,
     }
+    if moe_kinds is not None:
+        summary["adapted_tensors"] = moe_kinds
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     materialize_trainable(unwrapped)  # FSDP/ZeRO-3: whole adapter tensors before writing (every process)
     if is_main:
@@ -137,6 +161,8 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
             summary=summary,
             wall_time_s=round(time.perf_counter() - started, 3),
         )
+        if moe_kinds is not None:
+            manifest["adapter"]["adapted_tensors"] = moe_kinds
         manifest["run_lineage"] = run["lineage"]  # raising train.epochs later: training/extend.py
         if init is not None:
             manifest["init_adapter"] = init
@@ -246,6 +272,7 @@ def _model_with_adapter(
     prepare_kbit_training(model, config.train.gradient_checkpointing)  # quantized bases only (QLoRA)
     adapter = with_token_rows(config.adapter, model, tokenizer, config.model.add_tokens)
     config = config.model_copy(update={"adapter": adapter})
+    router_aux_loss(model, config.train.router_aux_loss_coef)
     method = registry.get(config.adapter.type)
     method.inject(model, config.adapter)
     if config.model.task == "image_text_to_text":
@@ -275,6 +302,54 @@ def _collator(config: Config, tokenizer: Any, make_collator: Any) -> Any:
     processor = load_processor(config.model)
     processor.tokenizer = tokenizer  # the data's chat template and pad token
     return VisionCollator(processor)
+
+
+REFERENCE_ADAPTER = "reference"
+
+
+def _frozen_reference(
+    model: torch.nn.Module, method: Any, config: Config, objective: Any, init: dict[str, Any] | None
+) -> str | None:
+    """With train.init_adapter and an objective that needs a reference, the reference is base + that adapter:
+    a second, frozen adapter on the same layers holding a copy of its weights (the policy trains the first).
+    Otherwise None: the reference is the adapter switched off."""
+    if init is None or not objective.needs_reference:
+        return None
+    from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME
+
+    state = method.adapter_state_dict(model, DEFAULT_ADAPTER_NAME)
+    method.inject(model, config.adapter, REFERENCE_ADAPTER)
+    method.load_adapter_state_dict(model, {k: v.clone() for k, v in state.items()}, REFERENCE_ADAPTER)
+    method.set_active(model, DEFAULT_ADAPTER_NAME)
+    method.mark_trainable(model, DEFAULT_ADAPTER_NAME)
+    log.info("train.objective %s: the reference is base + train.init_adapter, frozen", objective.name)
+    return REFERENCE_ADAPTER
+
+
+def _precomputed_reference(
+    data: PreparedData, model, method, reference_adapter, objective, config: Config, root: Path, init
+) -> PreparedData:
+    """train.precompute_reference: the splits with the reference log-probs as columns (cached)."""
+    import dataclasses
+
+    from peft_framework.models.loading import load_tokenizer
+    from peft_framework.training.reference_cache import reference_identity, with_reference_logps
+
+    pad_id = load_tokenizer(config.model).pad_token_id or 0
+    key_parts = (data.sha256, reference_identity(config, root, warm_start.init_sha256(init)))
+    args = dict(
+        model=model,
+        method=method,
+        adapter_name=reference_adapter,
+        objective=objective,
+        pad_token_id=pad_id,
+        batch_size=config.train.eval_batch_size or config.train.batch_size,
+    )
+    train, _ = with_reference_logps(data.train, "train", key_parts=key_parts, root=root, **args)
+    evaluation = None
+    if data.eval is not None:
+        evaluation, _ = with_reference_logps(data.eval, "validation", key_parts=key_parts, root=root, **args)
+    return dataclasses.replace(data, train=train, eval=evaluation)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -7,16 +7,21 @@
 3. A NaN/inf loss stops the run with `StageFailed` naming the step, before the optimizer step and before
    any checkpoint of that step, so the last checkpoint on disk is a good one.
 4. LoRA+ (`loraplus=`): the Trainer's optimizer class and kwargs, with peft's LoRA+ parameter groups.
-5. `train.group_by_length`: the Trainer's own LengthGroupedSampler, given the lengths from Arrow or the
+5. `train.objective` (training/objectives/): an objective other than SFT computes the loss and its metrics
+   (TRL's names, averaged over each logging interval) from the policy and, where needed, the reference: the
+   same model with the adapter switched off (or the frozen `reference_adapter`), dropout off, no grad.
+6. `train.group_by_length`: the Trainer's own LengthGroupedSampler, given the lengths from Arrow or the
    packing plan (`packing.example_lengths`): without them it reads every example once before the first
    step (about 100 s per 100,000 packs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +56,23 @@ class AdapterTrainer(Trainer):
         *args: Any,
         adapter_method: AdapterMethod,
         loraplus: loraplus_groups.LoraPlus | None = None,
+        objective: Any = None,
+        reference_adapter: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.adapter_method = adapter_method
         self.loraplus = loraplus
+        self.objective = objective
+        self.reference_adapter = reference_adapter  # None: the reference is the adapter switched off
+        self._objective_metrics: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         #: LoRA+ groups as built ({group: tensors, parameters, lr, weight_decay}), for the manifest
         self.loraplus_groups: dict[str, dict[str, Any]] | None = None
+        self._router_aux_losses: list[float] = []  # train.router_aux_loss_coef: values since the last log
         with allow_quantized_training(kwargs.get("model", args[0] if args else None)):
             super().__init__(*args, **kwargs)
         check_strategy_applied(self.args, self.accelerator.state)
+        if objective is not None and objective.mean_over_batch:
+            self.model_accepts_loss_kwargs = False  # a mean over pairs: Trainer scales it for accumulation
 
     # --- samplers ---------------------------------------------------------------------------------
     def _length_grouped(self, dataset: Any, batch_size: int, generator: Any = None) -> Any | None:
@@ -109,9 +122,23 @@ class AdapterTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        result = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+        custom = self._objective_loss(model, inputs)
+        if custom is not None:
+            result = (custom, None) if return_outputs else custom
+        else:
+            router_aux = model.training and self._logs_router_aux(model)
+            result = super().compute_loss(
+                model,
+                inputs,
+                return_outputs=return_outputs or router_aux,
+                num_items_in_batch=num_items_in_batch,
+            )
+            if router_aux:  # MoE with train.router_aux_loss_coef: the model added it to the loss; log it too
+                loss, outputs = result
+                aux = outputs.get("aux_loss") if hasattr(outputs, "get") else None
+                if aux is not None:
+                    self._router_aux_losses.append(float(aux.detach()))
+                result = (loss, outputs) if return_outputs else loss
         if not model.training:
             return result
         extra = self.adapter_method.extra_loss(self.accelerator.unwrap_model(model))
@@ -124,6 +151,55 @@ class AdapterTrainer(Trainer):
             extra = extra / self.current_gradient_accumulation_steps
         loss = loss + extra.to(loss.device, loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+    def _logs_router_aux(self, model: nn.Module) -> bool:
+        config = getattr(self.accelerator.unwrap_model(model), "config", None)
+        return bool(getattr(config, "output_router_logits", False))
+
+    # --- objectives (DPO, KTO, ...) ---------------------------------------------------------------
+    def _objective_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor | None:
+        if self.objective is None:
+            return None
+        result = self.objective.compute_loss(model, inputs, self.reference)
+        if result is None:
+            return None
+        loss, metrics = result
+        mode = "train" if model.training else "eval"
+        for name, value in metrics.items():
+            value = self.accelerator.gather_for_metrics(value.detach().reshape(1).float())
+            self._objective_metrics[mode][name].append(float(value.mean()))
+        return loss
+
+    def reference(self) -> contextlib.AbstractContextManager[None]:
+        """The model as the reference: the adapter off (or `reference_adapter` active), dropout off."""
+        from peft_framework.training.objectives.base import as_reference
+
+        model = self.accelerator.unwrap_model(self.model)
+        return as_reference(model, self.adapter_method, self.reference_adapter)
+
+    def prediction_step(
+        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+    ) -> tuple[torch.Tensor | None, Any, Any]:
+        if self.objective is None or self.objective.name == "sft":
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the objective's metrics, averaged since the last log, as TRL's trainers do."""
+        mode = "train" if "loss" in logs else "eval"
+        metrics = self._objective_metrics.pop(mode, {})
+        prefix = "eval_" if mode == "eval" else ""
+        logs = {**logs, **{f"{prefix}{k}": sum(v) / len(v) for k, v in metrics.items() if v}}
+        losses = getattr(self, "_router_aux_losses", None)
+        if (
+            losses and "loss" in logs
+        ):  # MoE run weighting the load-balancing loss: its mean since the last log
+            logs = {**logs, "router_aux_loss": round(sum(losses) / len(losses), 6)}
+            losses.clear()
+        super().log(logs, start_time)
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None

@@ -3,7 +3,7 @@ al. 2022). Names follow AdapterHub's `adapters` library where it has one."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -18,6 +18,9 @@ DEFAULT_SCALING = {"sequential": 1.0, "parallel": 4.0}
 
 class BottleneckConfig(AdapterConfigBase):
     type: Literal["bottleneck"] = "bottleneck"
+    # placed per block by `variant`: a file's target_modules/exclude_modules (e.g. the LoRA demo's) are the
+    # other types' keys to this type, so `-S adapter.type=bottleneck` works on the same file
+    unused_base_keys: ClassVar[frozenset[str]] = frozenset({"target_modules", "exclude_modules"})
     variant: Literal["houlsby", "pfeiffer"] = Field(
         "pfeiffer",
         description="where adapters go in every transformer block: 'houlsby' after the attention and after the "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -11,6 +11,7 @@ from peft_framework.config.schema import AdapterConfigBase
 
 
 class LoraConfig(AdapterConfigBase):
+    adapts_parameters: ClassVar[bool] = True
     type: Literal["lora"] = "lora"
     r: int = Field(8, ge=1, description="rank of the update B @ A")
     alpha: float = Field(
@@ -59,6 +60,16 @@ class LoraConfig(AdapterConfigBase):
                 "pissa_niter_N (N >= 1, e.g. pissa_niter_4), olora"
             )
         return value
+
+    @model_validator(mode="after")
+    def _parameters_without_variants(self) -> LoraConfig:
+        if self.target_parameters and (self.use_dora or lora_init.mutates_base(self.init)):
+            raise ValueError(
+                f"adapter.target_parameters with adapter.use_dora: {self.use_dora}, adapter.init: {self.init!r} is "
+                "not supported (peft's ParamWrapper has no DoRA/PiSSA/OLoRA either); allowed with target_parameters: "
+                "use_dora false, init kaiming or gaussian"
+            )
+        return self
 
     @model_validator(mode="after")
     def _dora_with_plain_init(self) -> LoraConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -11,15 +12,32 @@ from peft_framework.adapters.base import DEFAULT_ADAPTER_NAME
 from peft_framework.adapters.lora import init as lora_init
 from peft_framework.adapters.lora.config import LoraConfig
 from peft_framework.adapters.lora.layer import LoraLinear
-from peft_framework.adapters.method import LORA_FAMILY_UNSUPPORTED, AdapterRecord, WrapperMethod
+from peft_framework.adapters.lora.params import LoraParams
+from peft_framework.adapters.method import LORA_FAMILY_UNSUPPORTED, AdapterRecord, WrapperMethod, listify
 from peft_framework.adapters.modules_to_save import ModulesToSave
-from peft_framework.adapters.targeting import inside, saved_target_modules
+from peft_framework.adapters.param_targeting import (
+    find_param_targets,
+    saved_target_parameters,
+    short_param_name,
+)
+from peft_framework.adapters.targeting import (
+    ALL_LINEAR,
+    inside,
+    replace_module,
+    resolve_targets,
+    saved_target_modules,
+)
 from peft_framework.config.schema import AdapterConfigBase
 from peft_framework.errors import AdapterError
+from peft_framework.models.moe import is_moe, routed_expert_params
 
 _UNSUPPORTED_UNLESS = {
     # LoRA has DoRA (dora.py) and trainable tokens (adapters/trainable_tokens.py)
-    **{k: v for k, v in LORA_FAMILY_UNSUPPORTED.items() if k not in ("use_dora", "trainable_token_indices")},
+    **{
+        k: v
+        for k, v in LORA_FAMILY_UNSUPPORTED.items()
+        if k not in ("use_dora", "trainable_token_indices", "target_parameters")
+    },
     "rank_pattern": ({}, None),
     "alora_invocation_tokens": (None, []),
     "use_bdlora": (None, False),
@@ -33,20 +51,77 @@ _SAVED_AS_PLAIN_LORA = (
 )
 
 
+@dataclass
+class LoraRecord(AdapterRecord):
+    """Also the parameters adapted directly (`adapter.target_parameters`): wrapper path -> parameter names."""
+
+    params: dict[str, list[str]] = field(default_factory=dict)
+
+
 class LoraMethod(WrapperMethod):
     name, label, peft_type = "lora", "LoRA", "LORA"
     config_class, layer_class, mergeable = LoraConfig, LoraLinear, True
+    extra_layer_classes = (LoraParams,)
     quantized_bases = True  # wraps bitsandbytes 4-/8-bit linears (adapters/layer.py)
     never_all_zero = "lora_A.weight"  # A starts random, B at zero
     description = "LoRA: low-rank updates B·A on linear layers (peft-compatible checkpoints)"
+
+    # --- targets: modules (LoraLinear) and parameters (LoraParams) ------------------------------------
+    def plan(self, model: nn.Module, config: AdapterConfigBase) -> LoraRecord:
+        """Modules as every type selects them; parameters from `target_parameters`. On an MoE base,
+        `all-linear` and the default (null) also adapt every routed expert weight: routed experts are
+        parameters, not linears, and must never be skipped without a word."""
+        config = self.check_config(config)
+        modules, params = config.target_modules, config.target_parameters
+        if params is None and modules in (None, ALL_LINEAR) and is_moe(model):
+            params = sorted({short_param_name(p) for p in routed_expert_params(model)})
+        if modules is None and config.target_parameters is not None:
+            targets: list[str] = []  # peft: target_parameters alone adapts only those
+        else:
+            modules = self.default_targets(model) if modules is None else modules
+            targets = resolve_targets(model, modules, config.exclude_modules, self.layer_class)
+        found = find_param_targets(model, params, LoraParams) if params else {}
+        clash = sorted(set(found) & set(targets))
+        if clash:
+            raise AdapterError(
+                f"adapter.target_parameters: {clash[0]!r} is also selected by adapter.target_modules; allowed: "
+                "adapt a module either whole (target_modules) or through its parameters, not both"
+            )
+        return LoraRecord(config=config, targets=targets, params=found)
+
+    def wrapped_paths(self, record: LoraRecord) -> list[str]:
+        return [*record.targets, *record.params]
+
+    def inject_extra(self, model: nn.Module, adapter_name: str, record: LoraRecord) -> None:
+        c: LoraConfig = record.config
+        for path, names in record.params.items():
+            layer = model.get_submodule(path)
+            if not isinstance(layer, LoraParams):
+                layer = LoraParams(layer)
+                replace_module(model, path, layer)
+            layer.add_adapter(
+                adapter_name, dict.fromkeys(names, (c.r, c.alpha)), c.dropout, c.use_rslora, c.init
+            )
+            layer.train(layer.base.training)
+
+    def param_names(self, model: nn.Module, record: LoraRecord) -> set[str]:
+        """Full names (as in the base model) of the parameters adapted directly."""
+        return {f"{path}.{name}" for path, names in record.params.items() for name in names}
 
     def add_to_layer(self, layer: LoraLinear, adapter_name: str, record: AdapterRecord, path: str) -> None:
         c: LoraConfig = record.config
         layer.add_adapter(adapter_name, c.r, c.alpha, c.dropout, c.use_rslora, c.init, use_dora=c.use_dora)
 
     def layer_tensors(
-        self, layer: LoraLinear, adapter_name: str, record: AdapterRecord
+        self, layer: LoraLinear | LoraParams, adapter_name: str, record: AdapterRecord
     ) -> dict[str, nn.Parameter]:
+        if isinstance(layer, LoraParams):  # peft's nested ParamWrapper keys
+            out = {}
+            for name in layer.params_of(adapter_name):
+                prefix = layer.saved_prefix(adapter_name, name)
+                out[f"{prefix}lora_A.weight"] = layer.lora_A[adapter_name][name].weight
+                out[f"{prefix}lora_B.weight"] = layer.lora_B[adapter_name][name].weight
+            return out
         out = {
             "lora_A.weight": layer.lora_A[adapter_name].weight,
             "lora_B.weight": layer.lora_B[adapter_name].weight,
@@ -98,6 +173,11 @@ class LoraMethod(WrapperMethod):
         """What the train manifest records about this adapter's variant and saved form."""
         config = self.check_config(config)
         extra: dict[str, Any] = {"use_dora": config.use_dora, "init": config.init}
+        if config.dropout and config.target_parameters:
+            extra["saved_as"] = (
+                f"lora_dropout {config.dropout} trained, saved as 0.0: peft refuses dropout with target_parameters "
+                "(it only acts in training)"
+            )
         if lora_init.mutates_base(config.init):
             r2, _ = lora_init.converted_r_alpha(config.r, config.alpha, config.use_rslora)
             extra["saved_as"] = _SAVED_AS_PLAIN_LORA.format(init=config.init, r=config.r, r2=r2)
@@ -126,7 +206,9 @@ class LoraMethod(WrapperMethod):
             "lora_dropout": config.dropout,
             "target_modules": saved_target_modules(
                 model, record.targets, config.exclude_modules, [user] if isinstance(user, str) else []
-            ),
+            )
+            if record.targets
+            else None,
             "bias": config.bias,
             "use_rslora": config.use_rslora,
             "use_dora": config.use_dora,
@@ -141,6 +223,13 @@ class LoraMethod(WrapperMethod):
             saved["exclude_modules"] = config.exclude_modules
         if config.trainable_token_indices:  # peft >= 0.15: written only when used
             saved["trainable_token_indices"] = config.trainable_token_indices
+        if record.params:  # peft >= 0.17: written only when used
+            saved["target_parameters"] = saved_target_parameters(
+                model, self.param_names(model, record), LoraParams, config.target_parameters
+            )
+            # peft's ParamWrapper refuses lora_dropout != 0 at load; dropout only acts in training, and the
+            # train manifest keeps the value trained with (manifest_extra)
+            saved["lora_dropout"] = 0.0
         return saved
 
     def config_from_saved(self, saved: dict[str, Any]) -> AdapterConfigBase:
@@ -156,7 +245,9 @@ class LoraMethod(WrapperMethod):
                 "false, 'gaussian'; save it with peft's path_initial_model_for_weight_conversion to get a plain "
                 "LoRA on the original base, as this framework does)"
             ]
-        common = self.fields_from_saved(saved, _UNSUPPORTED_UNLESS, ("target_modules",), *bad_init)
+        params = saved.get("target_parameters") or None
+        required = () if params else ("target_modules",)
+        common = self.fields_from_saved(saved, _UNSUPPORTED_UNLESS, required, *bad_init)
         return self.config_from_fields(
             {
                 **common,
@@ -168,5 +259,6 @@ class LoraMethod(WrapperMethod):
                 "bias": saved.get("bias", "none"),
                 "init": _INIT_FROM_PEFT[init],
                 "trainable_token_indices": saved.get("trainable_token_indices") or None,
+                "target_parameters": listify(params),
             }
         )
