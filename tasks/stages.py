@@ -134,7 +134,7 @@ STAGES: dict[str, Stage] = {
             name="train",
             target="peft_framework.training:train",
             sections=("model", "data", "adapter", "train"),
-            code=("training", *_CORE),
+            code=("training", "data", *_CORE),
             inputs=lambda c, root: [
                 c.data.output_dir,
                 *([c.train.init_adapter] if c.train.init_adapter else []),
@@ -153,7 +153,7 @@ STAGES: dict[str, Stage] = {
             name="harness",
             target="peft_framework.evaluation:harness",
             sections=("model", "train", "eval"),
-            code=("evaluation", "data", "runtime.py", *_CORE),
+            code=("evaluation", "data", "training", "runtime.py", *_CORE),
             inputs=harness_inputs,
             outputs=lambda c: [HARNESS_REPORT, HARNESS_SAMPLES],
         ),

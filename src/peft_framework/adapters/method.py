@@ -89,6 +89,11 @@ class WrapperMethod(AdapterMethod):
         target_modules = config.target_modules
         if target_modules is None:
             target_modules = self.default_targets(model)
+        return AdapterRecord(config=config, targets=self.module_targets(model, config, target_modules))
+
+    def module_targets(self, model: nn.Module, config: AdapterConfigBase, target_modules: Any) -> list[str]:
+        """Paths of the modules `target_modules` selects, scoped to a vision-language model's language model
+        unless adapter.target_vision is set (models/parts.py)."""
         targets = resolve_targets(model, target_modules, config.exclude_modules, self.layer_class)
         targets = scoped_targets(model, targets, target_modules, getattr(config, "target_vision", False))
         if not targets:
@@ -97,7 +102,7 @@ class WrapperMethod(AdapterMethod):
                 "allowed: language-model layers, adapter.target_vision: true for the vision tower, or "
                 "adapter.modules_to_save for the projector"
             )
-        return AdapterRecord(config=config, targets=targets)
+        return targets
 
     def wrap(self, module: nn.Module, path: str, record: AdapterRecord) -> AdapterLayer:
         return self.layer_class(module)

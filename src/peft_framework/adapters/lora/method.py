@@ -24,7 +24,6 @@ from peft_framework.adapters.targeting import (
     ALL_LINEAR,
     inside,
     replace_module,
-    resolve_targets,
     saved_target_modules,
 )
 from peft_framework.config.schema import AdapterConfigBase
@@ -79,7 +78,7 @@ class LoraMethod(WrapperMethod):
             targets: list[str] = []  # peft: target_parameters alone adapts only those
         else:
             modules = self.default_targets(model) if modules is None else modules
-            targets = resolve_targets(model, modules, config.exclude_modules, self.layer_class)
+            targets = self.module_targets(model, config, modules)
         found = find_param_targets(model, params, LoraParams) if params else {}
         clash = sorted(set(found) & set(targets))
         if clash:
