@@ -141,9 +141,9 @@ def test_sample_data_never_overwrites_a_users_own_file(cli: Run, tmp_path: Path)
 
     fresh = tmp_path / "fresh"
     assert cli("sample-data", None, "--out", str(fresh))[0] == 0
-    written = {p.name: p.read_bytes() for p in fresh.iterdir()}
+    written = {p: p.read_bytes() for p in fresh.rglob("*") if p.is_file()}  # vision/: drawn images too
     assert cli("sample-data", None, "--out", str(fresh))[0] == 0  # its own samples: written again
-    assert {p.name: p.read_bytes() for p in fresh.iterdir()} == written
+    assert {p: p.read_bytes() for p in fresh.rglob("*") if p.is_file()} == written
 
 
 # --------------------------------------------------------- 13: inspect-data on the shipped, hostile data
