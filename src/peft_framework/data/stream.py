@@ -196,7 +196,7 @@ class _Encode:
                 "labels": enc.labels,
             }
             for name in self.columns:
-                out[name].append(values[name] if name in values else enc.text[name])
+                out[name].append(values[name] if name in values else enc.text.get(name))  # vision: below
             out["length"].append(len(enc.input_ids))
             out["truncated"].append(enc.truncated)
             out["problem"].append(problem[0] if problem else None)
