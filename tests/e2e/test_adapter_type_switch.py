@@ -45,7 +45,7 @@ def test_every_adapter_type_runs_from_params_yaml_with_one_override(demo: Projec
     demo.run("dvc", "repro")
     for name in [t for t in types if t != shipped]:
         proc = demo.run("dvc", "exp", "run", "-S", f"adapter.type={name}")
-        assert stages_run(proc.stdout) == ["train", "evaluate", "export", "promote"], proc.stdout
+        assert stages_run(proc.stdout) == ["train", "evaluate", "harness", "export", "promote"], proc.stdout
         manifest = _json(demo, "models/adapter/manifest.json")
         assert manifest["adapter"]["type"] == name
         evaluation = _json(demo, "reports/eval.json")
