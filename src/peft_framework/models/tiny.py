@@ -7,6 +7,8 @@ model; point `model.name_or_path` at a real model (hub id or local directory) fo
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
@@ -55,82 +57,71 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+_SHARED = dict(  # what every built-in tiny decoder shares: vocabulary ids, heads, norms, init
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    initializer_range=TINY_INIT_STD,
+)
+
+
 def tiny_llama_config(vocab_size: int = 259, **overrides) -> LlamaConfig:
-    params = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=172,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        initializer_range=TINY_INIT_STD,
+    return LlamaConfig(
+        **{**_SHARED, "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 172, **overrides}
     )
-    params.update(overrides)
-    return LlamaConfig(**params)
 
 
-def tiny_llama(task: str = "causal_lm", num_labels: int = 2, seed: int = TINY_LLAMA_SEED, **overrides):
-    """Same seed -> same weights, on any machine (initialised on CPU in fp32)."""
-    config = tiny_llama_config(**overrides)
+def _seeded(
+    config: Any, task: str, num_labels: int, seed: int, classes: tuple[type, type], name: str, init=None
+):
+    """Build `classes` (causal LM, classifier) from `config` under `seed`, leaving the global RNG untouched:
+    same seed -> same weights, on any machine (initialised on CPU in fp32)."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         if task == "sequence_classification":
             config.num_labels = num_labels
-            model = LlamaForSequenceClassification(config)
+            model = classes[1](config)
         else:
-            model = LlamaForCausalLM(config)
-    model.config.name_or_path = "builtin:tiny-llama"
+            model = classes[0](config)
+        if init is not None:
+            with torch.no_grad():
+                init(model)
+    model.config.name_or_path = name
     return model.eval()
+
+
+def tiny_llama(task: str = "causal_lm", num_labels: int = 2, seed: int = TINY_LLAMA_SEED, **overrides):
+    """Same seed -> same weights, on any machine (initialised on CPU in fp32)."""
+    classes = (LlamaForCausalLM, LlamaForSequenceClassification)
+    return _seeded(tiny_llama_config(**overrides), task, num_labels, seed, classes, "builtin:tiny-llama")
 
 
 def tiny_moe_config(vocab_size: int = 259, **overrides) -> Qwen3MoeConfig:
     """A tiny Qwen3-MoE: 8 routed experts per layer, top-2, fused 3-D expert weights (transformers 5)."""
-    params = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        moe_intermediate_size=32,
-        num_experts=8,
-        num_experts_per_tok=2,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=1024,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        initializer_range=TINY_INIT_STD,
+    own = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_experts=8)
+    return Qwen3MoeConfig(
+        **{**_SHARED, "vocab_size": vocab_size, **own, "num_experts_per_tok": 2, "head_dim": 16, **overrides}
     )
-    params.update(overrides)
-    return Qwen3MoeConfig(**params)
+
+
+def _random_routers(model: Any) -> None:
+    for name, param in model.named_parameters():
+        if name.endswith("mlp.gate.weight"):
+            param.normal_(0.0, TINY_INIT_STD)
 
 
 def tiny_moe(task: str = "causal_lm", num_labels: int = 2, seed: int = TINY_LLAMA_SEED, **overrides):
     """`builtin:tiny-moe`: the Mixture-of-Experts demo model, built like `tiny_llama` (same seed, same weights).
     transformers initialises routers at zero (every expert equally likely): they get the same random init as
     the other weights so that routing depends on the token."""
-    config = tiny_moe_config(**overrides)
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        if task == "sequence_classification":
-            config.num_labels = num_labels
-            model = Qwen3MoeForSequenceClassification(config)
-        else:
-            model = Qwen3MoeForCausalLM(config)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name.endswith("mlp.gate.weight"):
-                    param.normal_(0.0, TINY_INIT_STD)
-    model.config.name_or_path = "builtin:tiny-moe"
-    return model.eval()
+    classes = (Qwen3MoeForCausalLM, Qwen3MoeForSequenceClassification)
+    return _seeded(
+        tiny_moe_config(**overrides), task, num_labels, seed, classes, "builtin:tiny-moe", _random_routers
+    )
