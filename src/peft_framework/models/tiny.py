@@ -7,7 +7,8 @@ model; point `model.name_or_path` at a real model (hub id or local directory) fo
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -21,6 +22,7 @@ from transformers import (
     Qwen3MoeForSequenceClassification,
 )
 
+T = TypeVar("T")
 TINY_LLAMA_SEED = 1234
 # Weight init std. transformers' 0.02 leaves a random 64-wide model's logits so small (|logit| < ~1.5 after
 # the final RMSNorm) that no adapter on the frozen blocks can make it confident: held-out loss stalls near
@@ -57,7 +59,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-_SHARED = dict(  # what every built-in tiny decoder shares: vocabulary ids, heads, norms, init
+TINY_SHARED = dict(  # what every built-in tiny decoder shares: vocabulary ids, heads, norms, init
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
@@ -73,18 +75,25 @@ _SHARED = dict(  # what every built-in tiny decoder shares: vocabulary ids, head
 
 def tiny_llama_config(vocab_size: int = 259, **overrides) -> LlamaConfig:
     return LlamaConfig(
-        **{**_SHARED, "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 172, **overrides}
+        **{**TINY_SHARED, "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 172, **overrides}
     )
+
+
+def seeded_build(seed: int, build: Callable[[], T]) -> T:
+    """`build()` under `seed`, leaving the global RNG untouched: same seed -> same weights, on any machine
+    (the tiny models are initialised on CPU in fp32)."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return build()
 
 
 def _seeded(
     config: Any, task: str, num_labels: int, seed: int, classes: tuple[type, type], name: str, init=None
 ):
-    """Build `classes` (causal LM, classifier) from `config` under `seed`, leaving the global RNG untouched:
-    same seed -> same weights, on any machine (initialised on CPU in fp32)."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    """Build `classes` (causal LM, classifier) from `config` under `seed` (`seeded_build`)."""
+
+    def build() -> Any:
         if task == "sequence_classification":
             config.num_labels = num_labels
             model = classes[1](config)
@@ -93,6 +102,9 @@ def _seeded(
         if init is not None:
             with torch.no_grad():
                 init(model)
+        return model
+
+    model = seeded_build(seed, build)
     model.config.name_or_path = name
     return model.eval()
 
@@ -107,7 +119,7 @@ def tiny_moe_config(vocab_size: int = 259, **overrides) -> Qwen3MoeConfig:
     """A tiny Qwen3-MoE: 8 routed experts per layer, top-2, fused 3-D expert weights (transformers 5)."""
     own = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_experts=8)
     return Qwen3MoeConfig(
-        **{**_SHARED, "vocab_size": vocab_size, **own, "num_experts_per_tok": 2, "head_dim": 16, **overrides}
+        **{**TINY_SHARED, "vocab_size": vocab_size, **own, "num_experts_per_tok": 2, "head_dim": 16, **overrides}
     )
 
 

@@ -5,7 +5,7 @@ family's config class, and a processor assembled from an image processor and our
 (plus the family's image tokens), with a chat template that renders `{"type": "image"}` parts.
 
 - `llava`: CLIP vision tower + Llama language model (`builtin:tiny-vlm`);
-- `gemma3`: SigLIP vision tower + Gemma3 language model.
+- `gemma3`: SigLIP vision tower + Gemma3 language model (`builtin:tiny-vlm-gemma3`).
 
 Qwen2-VL is not built here: its processor requires a video processor, which needs torchvision.
 `save_tiny_vlm(family, directory)` writes a model directory that the Auto classes load.
@@ -17,13 +17,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import PreTrainedTokenizerFast
 
-from peft_framework.models.tiny import TINY_INIT_STD, tiny_tokenizer
+from peft_framework.config.schema import BUILTIN_TINY_VLMS
+from peft_framework.models.tiny import TINY_SHARED, seeded_build, tiny_tokenizer
 
 TINY_VLM_SEED = 4321
-FAMILIES = ("llava", "gemma3")
+FAMILIES = tuple(BUILTIN_TINY_VLMS.values())
 IMAGE_SIZE = 32
 
 
@@ -66,20 +66,8 @@ def _tokenizer(extra: dict[str, str]) -> PreTrainedTokenizerFast:
 
 
 def _text_params(vocab_size: int) -> dict[str, Any]:
-    return dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-        initializer_range=TINY_INIT_STD,
-    )
+    """The language model: the shared tiny decoder values (models/tiny.py), 64 wide."""
+    return {**TINY_SHARED, "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128}
 
 
 _VISION = dict(
@@ -165,11 +153,8 @@ _BUILDERS = {"llava": _llava, "gemma3": _gemma3}
 
 def tiny_vlm(family: str = "llava", seed: int = TINY_VLM_SEED) -> tuple[Any, Any]:
     """(model in eval mode, processor). Same seed -> same weights, on any machine (built on CPU in fp32)."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        model, processor = _BUILDERS[family]()
-    model.config.name_or_path = f"builtin:tiny-vlm-{family}" if family != "llava" else "builtin:tiny-vlm"
+    model, processor = seeded_build(seed, _BUILDERS[family])
+    model.config.name_or_path = next(name for name, f in BUILTIN_TINY_VLMS.items() if f == family)
     return model.eval(), processor
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peft_framework.config.schema import BUILTIN_TINY_VLM, ModelConfig
+from peft_framework.config.schema import BUILTIN_TINY_VLMS, ModelConfig
 from peft_framework.errors import ConfigError
 from peft_framework.models.parts import model_parts
 
@@ -22,10 +22,10 @@ def load_processor(model_config: ModelConfig) -> Any:
     """The model's processor (tokenizer + image processor + chat template): AutoProcessor from the hub id
     or local directory, or the built-in tiny VLM's. A tokenizer without a pad token pads with EOS."""
     name = model_config.name_or_path
-    if name == BUILTIN_TINY_VLM:
+    if name in BUILTIN_TINY_VLMS:
         from peft_framework.models.tiny_vlm import tiny_vlm
 
-        processor = tiny_vlm("llava")[1]
+        processor = tiny_vlm(BUILTIN_TINY_VLMS[name])[1]
     else:
         from transformers import AutoProcessor
 
