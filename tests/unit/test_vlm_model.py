@@ -110,7 +110,9 @@ def test_peft_loads_our_adapter_with_the_same_logits(tmp_path, built, vision):
     )
     with torch.no_grad():
         randomize_trainables(model, seed=1, std=0.02)
-    save_adapter(model, method, record.config, tmp_path, base_model_name_or_path=None, task_type=None)
+    save_adapter(
+        model, method, record.config, tmp_path, base_model_name_or_path=None, task_type="image_text_to_text"
+    )
     # float64: the same maths in another order differs by ~1e-5 in float32 through two towers
     batch = inputs(processor)
     batch["pixel_values"] = batch["pixel_values"].double()

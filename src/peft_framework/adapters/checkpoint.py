@@ -32,8 +32,9 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FRAMEWORK_TYPE_KEY = "peft_framework_type"
 
-# our task names -> peft's TaskType values (peft's own names pass through unchanged)
-_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}
+# our task names -> peft's TaskType values (peft's own names pass through unchanged). peft has no task type
+# for vision-language models: none, so that PeftModel.from_pretrained(vlm, dir) wraps it as its docs do
+_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS", "image_text_to_text": None}
 
 
 def adapter_dir_for(out_dir: str | os.PathLike[str], adapter_name: str = DEFAULT_ADAPTER_NAME) -> Path:

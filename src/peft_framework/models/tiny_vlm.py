@@ -5,9 +5,10 @@ family's config class, and a processor assembled from an image processor and our
 (plus the family's image tokens), with a chat template that renders `{"type": "image"}` parts.
 
 - `llava`: CLIP vision tower + Llama language model (`builtin:tiny-vlm`);
-- `gemma3`: SigLIP vision tower + Gemma3 language model (`builtin:tiny-vlm-gemma3`).
-
-Qwen2-VL is not built here: its processor requires a video processor, which needs torchvision.
+- `gemma3`: SigLIP vision tower + Gemma3 language model (`builtin:tiny-vlm-gemma3`);
+- `qwen2_vl`: Qwen2-VL (dynamic resolution, `image_grid_thw`), in memory only: its processor cannot be
+  saved or loaded by AutoProcessor without a video processor, which needs torchvision (see
+  `_image_only_qwen2_vl_processor`); not a built-in, not in FAMILIES.
 `save_tiny_vlm(family, directory)` writes a model directory that the Auto classes load.
 """
 
@@ -148,13 +149,78 @@ def _gemma3() -> tuple[Any, Any]:
     return model, processor
 
 
-_BUILDERS = {"llava": _llava, "gemma3": _gemma3}
+def _qwen2_vl() -> tuple[Any, Any]:
+    """Qwen2-VL: dynamic resolution (an image is as many patches as its size gives, `image_grid_thw`), the
+    projector (`visual.merger`) inside the vision tower, M-RoPE positions in the language model."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokens = {
+        "image_token": "<|image_pad|>",
+        "video_token": "<|video_pad|>",
+        "vision_start_token": "<|vision_start|>",
+        "vision_end_token": "<|vision_end|>",
+    }
+    tokenizer = _tokenizer(tokens)
+    ids = {f"{name}_id": tokenizer.convert_tokens_to_ids(tok) for name, tok in tokens.items()}
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 4]}  # head_dim 16 / 2
+    config = Qwen2VLConfig(
+        text_config={**_text_params(len(tokenizer)), "rope_parameters": rope},
+        vision_config=dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=64,  # the merger's output: the language model's width
+            num_heads=4,
+            mlp_ratio=2,
+            patch_size=8,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        **ids,
+    )
+    model = Qwen2VLForConditionalGeneration(config)
+    unit = 8 * 2  # patch_size x spatial_merge_size: the side of one image token
+    processor = _image_only_qwen2_vl_processor()(
+        image_processor=Qwen2VLImageProcessorPil(
+            patch_size=8,
+            merge_size=2,
+            temporal_patch_size=2,
+            min_pixels=unit * unit,
+            max_pixels=4 * unit * unit,
+        ),
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=vlm_chat_template("<|vision_start|><|image_pad|><|vision_end|>"),
+    )
+    return model, processor
+
+
+def _image_only_qwen2_vl_processor() -> type:
+    from transformers import Qwen2VLProcessor
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        """Qwen2VLProcessor without its video processor. transformers checks every processor attribute's
+        class, and the video processor's base class (`VideoProcessorMixin`) is only exported with
+        torchvision, which cannot be installed next to this torch: a `None` video processor is let through.
+        Images are processed exactly as Qwen2VLProcessor does; saving it (and so AutoProcessor) needs the
+        video processor, so this family is built in memory only (not in FAMILIES)."""
+
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    return ImageOnlyQwen2VLProcessor
+
+
+_BUILDERS = {"llava": _llava, "gemma3": _gemma3, "qwen2_vl": _qwen2_vl}
 
 
 def tiny_vlm(family: str = "llava", seed: int = TINY_VLM_SEED) -> tuple[Any, Any]:
     """(model in eval mode, processor). Same seed -> same weights, on any machine (built on CPU in fp32)."""
     model, processor = seeded_build(seed, _BUILDERS[family])
-    model.config.name_or_path = next(name for name, f in BUILTIN_TINY_VLMS.items() if f == family)
+    builtin = [name for name, f in BUILTIN_TINY_VLMS.items() if f == family]
+    model.config.name_or_path = builtin[0] if builtin else f"tiny-vlm-{family}"
     return model.eval(), processor
 
 
