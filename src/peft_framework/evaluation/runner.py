@@ -3,6 +3,8 @@
 - `lm_nll`: per example, the summed next-token NLL over the labelled (response) tokens and their count.
 - `classify`: per example, the predicted class id and the cross-entropy loss.
 - `generate`: greedy continuations of prompts, cut at the first EOS.
+
+Image prompts (evaluation/vision.py) build their batches with the processor and share the rest.
 """
 
 from __future__ import annotations
@@ -62,13 +64,19 @@ def lm_nll(
         ids = pad([input_ids[i] for i in idx], pad_token_id).to(device)
         mask = attention_mask([input_ids[i] for i in idx]).to(device)
         lab = pad([labels[i] for i in idx], IGNORE_INDEX).to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        target = lab[:, 1:]
-        for row in range(ids.shape[0]):  # one row at a time: fp32 logits of a whole batch can be large
-            nll = F.cross_entropy(
-                logits[row, :-1].float(), target[row], ignore_index=IGNORE_INDEX, reduction="sum"
-            )
-            out.append(TokenScores(float(nll), int((target[row] != IGNORE_INDEX).sum())))
+        out.extend(row_nll(model(input_ids=ids, attention_mask=mask).logits, lab))
+    return out
+
+
+def row_nll(logits: torch.Tensor, labels: torch.Tensor) -> list[TokenScores]:
+    """Per row of a batch, the summed NLL of each labelled token predicted from the tokens before it."""
+    target = labels[:, 1:]
+    out = []
+    for row in range(labels.shape[0]):  # one row at a time: fp32 logits of a whole batch can be large
+        nll = F.cross_entropy(
+            logits[row, :-1].float(), target[row], ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        out.append(TokenScores(float(nll), int((target[row] != IGNORE_INDEX).sum())))
     return out
 
 
@@ -124,16 +132,8 @@ def generate(
     """Greedy continuations of `prompts` (left-padded batches), decoded without special tokens and
     cut at the first EOS. Only plain greedy decoding: the model's own generation_config (sampling,
     repetition penalties) is ignored so that base and adapter are decoded identically."""
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    gen_config = greedy_config(tokenizer, max_new_tokens)
+    pad_id = gen_config.pad_token_id
     texts: list[str] = []
     for idx in batches(len(prompts), batch_size):
         encoded = [
@@ -145,8 +145,29 @@ def generate(
         ids = pad(encoded, pad_id, side="left").to(device)
         mask = attention_mask(encoded, side="left").to(device)
         output = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
-        for row in output[:, ids.shape[1] :].tolist():
-            if eos_id is not None and eos_id in row:
-                row = row[: row.index(eos_id)]
-            texts.append(tokenizer.decode(row, skip_special_tokens=True))
-    return [clean_text(t, tokenizer.eos_token) for t in texts]
+        texts.extend(decode_new(tokenizer, output[:, ids.shape[1] :]))
+    return texts
+
+
+def greedy_config(tokenizer: PreTrainedTokenizerBase, max_new_tokens: int) -> GenerationConfig:
+    """Plain greedy decoding, the same for base and adapter (the model's own generation_config ignored)."""
+    eos_id = tokenizer.eos_token_id
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+
+
+def decode_new(tokenizer: PreTrainedTokenizerBase, new_tokens: torch.Tensor) -> list[str]:
+    """Generated rows decoded without special tokens, cut at the first EOS, stripped (`clean_text`)."""
+    eos_id = tokenizer.eos_token_id
+    texts = []
+    for row in new_tokens.tolist():
+        if eos_id is not None and eos_id in row:
+            row = row[: row.index(eos_id)]
+        texts.append(clean_text(tokenizer.decode(row, skip_special_tokens=True), tokenizer.eos_token))
+    return texts

@@ -110,15 +110,7 @@ def score_causal_lm(
         batch_size=cfg.batch_size,
         device=device,
     )
-    if sum(s.num_tokens for s in scores) == 0:
-        raise DataError("data: the test split has no labelled tokens to score (every label is -100)")
-    ppl = compute(
-        "perplexity", metrics_dir, nll=[s.nll for s in scores], num_tokens=[s.num_tokens for s in scores]
-    )
-    metrics = {"loss": ppl["loss"], "perplexity": ppl["perplexity"]}
-    rows = [
-        {"num_tokens": s.num_tokens, "loss": (s.nll / s.num_tokens) if s.num_tokens else None} for s in scores
-    ]
+    predictions = None
     if generate:
         predictions = runner.generate(
             model,
@@ -130,7 +122,29 @@ def score_causal_lm(
             max_prompt_tokens=config.data.max_seq_len,
             device=device,
         )
-        references = [runner.clean_text(r, tokenizer.eos_token) for r in test["response"]]
+    return lm_report(scores, predictions, test["response"], tokenizer.eos_token, metrics_dir)
+
+
+def lm_report(
+    scores: list[runner.TokenScores],
+    predictions: list[str] | None,
+    responses,
+    eos_token: str | None,
+    metrics_dir,
+) -> tuple[dict, list[dict]]:
+    """Metrics and per-example rows of a generative model (text or image prompts alike): loss and
+    perplexity of the answer tokens; with `predictions`, exact match and ROUGE-L against the responses."""
+    if sum(s.num_tokens for s in scores) == 0:
+        raise DataError("data: the test split has no labelled tokens to score (every label is -100)")
+    ppl = compute(
+        "perplexity", metrics_dir, nll=[s.nll for s in scores], num_tokens=[s.num_tokens for s in scores]
+    )
+    metrics = {"loss": ppl["loss"], "perplexity": ppl["perplexity"]}
+    rows = [
+        {"num_tokens": s.num_tokens, "loss": (s.nll / s.num_tokens) if s.num_tokens else None} for s in scores
+    ]
+    if predictions is not None:
+        references = [runner.clean_text(r, eos_token) for r in responses]
         metrics["exact_match"] = compute(
             "exact_match", metrics_dir, predictions=predictions, references=references
         )["exact_match"]

@@ -119,7 +119,14 @@ def tiny_moe_config(vocab_size: int = 259, **overrides) -> Qwen3MoeConfig:
     """A tiny Qwen3-MoE: 8 routed experts per layer, top-2, fused 3-D expert weights (transformers 5)."""
     own = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_experts=8)
     return Qwen3MoeConfig(
-        **{**TINY_SHARED, "vocab_size": vocab_size, **own, "num_experts_per_tok": 2, "head_dim": 16, **overrides}
+        **{
+            **TINY_SHARED,
+            "vocab_size": vocab_size,
+            **own,
+            "num_experts_per_tok": 2,
+            "head_dim": 16,
+            **overrides,
+        }
     )
 
 
