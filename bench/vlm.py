@@ -2,6 +2,7 @@
 against the train step, and the activations a frozen vision tower keeps with and without autograd.
 
     python bench/vlm.py --rows 20000 [--batch 8] [--steps 20] [--json out.json]
+    python bench/vlm.py --memory-only --family gemma3     # step 4 only, on another tiny family
 
 1. draws `--rows` shape images (PIL, 32x32 PNG) and their jsonl into a temp dir;
 2. runs `prepare` (params/vlm.yaml, builtin:tiny-vlm) in a child process and samples its `RssAnon` (the
@@ -93,13 +94,19 @@ def run_prepare(root: Path) -> dict:
     }
 
 
+FAMILY = ["llava"]  # --family
+# the projector trained whole, as params/vlm.yaml; Qwen2-VL's (visual.merger) lies inside the vision tower,
+# which would then train: the memory figures there are for LoRA on the language model alone
+PROJECTOR = {"llava": ["multi_modal_projector"], "gemma3": ["multi_modal_projector"], "qwen2_vl": None}
+
+
 def model_with_adapter():
     from peft_framework.adapters import get_adapter
     from peft_framework.adapters.lora import LoraConfig
     from peft_framework.models.tiny_vlm import tiny_vlm
 
-    model, processor = tiny_vlm("llava")
-    get_adapter("lora").inject(model, LoraConfig(r=8, alpha=16, modules_to_save=["multi_modal_projector"]))
+    model, processor = tiny_vlm(FAMILY[0])
+    get_adapter("lora").inject(model, LoraConfig(r=8, alpha=16, modules_to_save=PROJECTOR[FAMILY[0]]))
     return model.train(), processor
 
 
@@ -198,18 +205,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--family", choices=sorted(PROJECTOR), default="llava")
+    parser.add_argument("--memory-only", action="store_true", help="only the vision-tower memory (step 4)")
     args = parser.parse_args()
+    if args.family != "llava" and not args.memory_only:
+        parser.error("--family other than llava: with --memory-only (prepare runs params/vlm.yaml's model)")
+    FAMILY[0] = args.family
     sys.path[:0] = [str(REPO / "src"), str(REPO)]
     import torch
 
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        t0 = time.perf_counter()
-        write_rows(root / "data" / "vision", args.rows)
-        result = {"rows": args.rows, "draw_seconds": round(time.perf_counter() - t0, 1)}
-        result.update(run_prepare(root))
-        result.update(loader_vs_step(root, args.batch, args.steps))
+    result: dict = {"family": args.family}
+    if not args.memory_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            t0 = time.perf_counter()
+            write_rows(root / "data" / "vision", args.rows)
+            result.update(rows=args.rows, draw_seconds=round(time.perf_counter() - t0, 1))
+            result.update(run_prepare(root))
+            result.update(loader_vs_step(root, args.batch, args.steps))
     result.update(vision_memory(args.batch))
     print(json.dumps(result))
     if args.json:

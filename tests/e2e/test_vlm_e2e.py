@@ -60,7 +60,7 @@ def test_second_family_goes_through_the_stages_with_one_override(project: Projec
 
     from peft_framework.models.tiny_vlm import tiny_vlm
 
-    short = ["train.max_steps=4", "eval.max_samples=4", "eval.max_new_tokens=2", "export.parity_samples=2"]
+    short = ["train.max_steps=2", "eval.max_samples=4", "eval.max_new_tokens=2", "export.parity_samples=2"]
     overrides = [f"model.name_or_path={GEMMA3}", *short]
     proc = project.run("dvc", "exp", "run", *[a for o in overrides for a in ("-S", o)], timeout=600)
     assert {"prepare", "train", "evaluate", "export"} <= set(stages_run(proc.stdout)), proc.stdout
