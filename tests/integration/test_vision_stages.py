@@ -151,7 +151,20 @@ def test_train_on_images(project, prepared, family, tmp_path):
     assert (tmp_path / "merged" / "chat_template.jinja").is_file()
     processor = AutoProcessor.from_pretrained(tmp_path / "merged")
     assert processor.image_processor is not None and processor.tokenizer.chat_template
-    AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged").eval()
+
+    # peft interop on what training wrote: PeftModel on the base gives the merged model's logits
+    import peft
+    import torch
+
+    adapted = peft.PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(model_dir), tmp_path / "adapter"
+    ).eval()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    batch = processor(images=[[Image.open(image).convert("RGB")]], text=[text], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(**batch).logits, merged(**batch).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_builtin_models_fit_their_task():
