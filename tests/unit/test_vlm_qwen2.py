@@ -14,7 +14,7 @@ from peft_framework.adapters import get_adapter
 from peft_framework.adapters.checkpoint import save_adapter
 from peft_framework.adapters.lora import LoraConfig
 from peft_framework.models.parts import LANGUAGE, OTHER, PROJECTOR, VISION, model_parts
-from peft_framework.models.tiny_vlm import FAMILIES, tiny_vlm
+from peft_framework.models.tiny_vlm import FAMILIES, save_tiny_vlm, tiny_vlm
 from peft_framework.models.vlm import freeze_vision_graph
 from tiny_models import randomize_trainables
 
@@ -39,8 +39,10 @@ def _lora(model, **kwargs):
     return method, method.record(model, "default")
 
 
-def test_not_a_saved_family():
+def test_not_a_saved_family(tmp_path):
     assert "qwen2_vl" not in FAMILIES
+    with pytest.raises(ValueError, match="cannot be saved"):
+        save_tiny_vlm("qwen2_vl", tmp_path)
 
 
 def test_dynamic_resolution_gives_each_image_its_own_grid_and_tokens():

@@ -226,6 +226,8 @@ def tiny_vlm(family: str = "llava", seed: int = TINY_VLM_SEED) -> tuple[Any, Any
 
 def save_tiny_vlm(family: str, directory: str | os.PathLike[str]) -> Path:
     """Write a tiny VLM (safetensors) and its processor to `directory`; returns it."""
+    if family not in FAMILIES:  # qwen2_vl: its processor cannot be saved without a video processor
+        raise ValueError(f"family {family!r} cannot be saved here; allowed: {', '.join(FAMILIES)}")
     directory = Path(directory)
     model, processor = tiny_vlm(family)
     model.save_pretrained(directory)
