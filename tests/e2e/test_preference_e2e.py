@@ -2,7 +2,7 @@
 through `dvc exp run -S train.objective=...` (issue 25).
 
 params/dpo.yaml as params.yaml, with the train stage linked to the SFT step (the commented
-`models/sft-adapter` dep in dvc.yaml, whose producer is pipelines/sft/dvc.yaml): `dvc repro` writes the
+`models/sft-adapter` dep in dvc.yaml, and pipelines/sft/stages.yaml copied to pipelines/sft/dvc.yaml): `dvc repro` writes the
 sample data, trains the SFT adapter, then DPO from it, and the held-out preference accuracy rises from
 chance to >= 0.9. Then one `dvc exp run` per other objective, a few steps each, still starting from the SFT
 adapter (which `dvc exp run` must keep): each trains an adapter with that objective and evaluates it.
@@ -41,7 +41,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     text = dvc_yaml.read_text()
     assert text.count(SFT_DEP) == 1
     dvc_yaml.write_text(text.replace(SFT_DEP, SFT_DEP[2:]))
-    project.run("git", "commit", "-qam", "preference demo: DPO from the SFT step")
+    sft = project.root / "pipelines" / "sft"
+    (sft / "dvc.yaml").write_text((sft / "stages.yaml").read_text())
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "preference demo: DPO from the SFT step")
     yield project
     project.run("python", "-m", "tasks.local_api", "stop", check=False)
     project.run("python", "-m", "tasks.warm", "stop", check=False)

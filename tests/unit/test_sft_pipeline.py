@@ -1,4 +1,4 @@
-"""pipelines/sft/dvc.yaml (the SFT step of the preference demo) stays in step with the root pipeline and the
+"""pipelines/sft/stages.yaml (the SFT step of the preference demo) stays in step with the root pipeline and the
 presets: the same commands and code deps as the root prepare/train stages, the paths params/dpo-sft.yaml
 writes, and the adapter params/dpo.yaml starts from (and the root train stage's commented dep names)."""
 
@@ -21,7 +21,7 @@ def _paths(entries: list) -> list[str]:
 
 def test_sft_stages_mirror_the_root_stages_on_the_sft_preset() -> None:
     root = _stages(ROOT / "dvc.yaml")
-    sft = _stages(ROOT / "pipelines" / "sft" / "dvc.yaml")
+    sft = _stages(ROOT / "pipelines" / "sft" / "stages.yaml")
     preset = "params/dpo-sft.yaml"
     config = yaml.safe_load((ROOT / preset).read_text())
     for name in ("prepare", "train"):
@@ -49,3 +49,6 @@ def test_sft_stages_mirror_the_root_stages_on_the_sft_preset() -> None:
     init = yaml.safe_load((ROOT / "params" / "dpo.yaml").read_text())["train"]["init_adapter"]
     assert init == train["output_dir"]
     assert f"# - {init}" in (ROOT / "dvc.yaml").read_text()  # the link the demo uncomments
+    assert not (
+        ROOT / "pipelines" / "sft" / "dvc.yaml"
+    ).exists()  # off by default: no stale stages for others
