@@ -2,10 +2,11 @@
 through `dvc exp run -S train.objective=...` (issue 25).
 
 params/dpo.yaml as params.yaml, with the train stage linked to the SFT step (the commented
-`models/sft-adapter` dep in dvc.yaml, and pipelines/sft/stages.yaml copied to pipelines/sft/dvc.yaml): `dvc repro` writes the
-sample data, trains the SFT adapter, then DPO from it, and the held-out preference accuracy rises from
-chance to >= 0.9. Then one `dvc exp run` per other objective, a few steps each, still starting from the SFT
-adapter (which `dvc exp run` must keep): each trains an adapter with that objective and evaluates it.
+`models/sft-adapter` dep in dvc.yaml uncommented, pipelines/sft/stages.yaml copied to pipelines/sft/dvc.yaml):
+`dvc repro` writes the sample data, trains the SFT adapter, then DPO from it, and the held-out preference
+accuracy rises from chance to >= 0.9. Then one `dvc exp run` per other objective, a few steps each, still
+starting from the SFT adapter (which `dvc exp run` must keep): each trains an adapter with that objective and
+evaluates it.
 """
 
 from __future__ import annotations
