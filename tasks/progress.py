@@ -1,5 +1,6 @@
 """Live training progress in the Prefect UI: a transformers TrainerCallback that keeps a Prefect progress
-artifact up to date (step/total, loss, ETA) while the train stage runs.
+artifact up to date (step/total, loss, ETA) while the train stage runs. Preference objectives add their
+headline metrics under TRL's names (rewards/accuracies, rewards/margins; KTO's kl).
 
 The library stays free of Prefect: the train task passes this callback to `peft_framework.training.train`
 through its `callbacks` argument. Outside a Prefect run (a notebook, the CLI) it does nothing.
@@ -22,13 +23,19 @@ from transformers import TrainerCallback
 PROGRESS_KEY = "train-progress"
 MIN_INTERVAL_S = 2.0
 """At most one API update per this many seconds (the last step always updates)."""
+SHOWN_METRICS = ("rewards/accuracies", "rewards/margins", "kl")
+"""Logged values shown beside the loss when the objective logs them (preference objectives, TRL's names)."""
 
 
-def describe(step: int, total: int, loss: float | None, eta_s: float | None) -> str:
-    """The progress line shown beside the bar, e.g. 'step 12/40 · loss 0.513 · ETA 0:21'."""
+def describe(
+    step: int, total: int, loss: float | None, eta_s: float | None, shown: dict[str, float] | None = None
+) -> str:
+    """The progress line shown beside the bar, e.g. 'step 12/40 · loss 0.513 · ETA 0:21'; `shown`: further
+    logged values (SHOWN_METRICS) after the loss."""
     parts = [f"step {step}/{total}"]
     if loss is not None:
         parts.append(f"loss {loss:.4g}")
+    parts += [f"{name} {value:.4g}" for name, value in (shown or {}).items()]
     if eta_s is not None:
         minutes, seconds = divmod(int(round(eta_s)), 60)
         parts.append(f"ETA {minutes}:{seconds:02d}")
@@ -43,6 +50,8 @@ class PrefectProgressCallback(TrainerCallback):
         self.min_interval_s = min_interval_s
         self.artifact_id: Any = None
         self.loss: float | None = None
+        self.shown: dict[str, float] = {}
+        """The last logged SHOWN_METRICS."""
         self._started = 0.0
         self._first_step = 0
         self._last_update = 0.0
@@ -68,6 +77,7 @@ class PrefectProgressCallback(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
         if logs and isinstance(logs.get("loss"), (int, float)):
             self.loss = float(logs["loss"])
+            self.shown = {k: float(logs[k]) for k in SHOWN_METRICS if isinstance(logs.get(k), (int, float))}
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if time.monotonic() - self._last_update >= self.min_interval_s:
@@ -94,7 +104,7 @@ class PrefectProgressCallback(TrainerCallback):
             update_progress_artifact,
             artifact_id=self.artifact_id,
             progress=100.0 if done else self._percent(state),
-            description=describe(state.global_step, state.max_steps, self.loss, eta),
+            description=describe(state.global_step, state.max_steps, self.loss, eta, self.shown),
         )
 
     def _report(self, call: Any, **kwargs: Any) -> None:

@@ -5,6 +5,9 @@
   dirty rows for the accounting: an exact and a normalised duplicate, chosen identical to rejected, an empty
   prompt, a missing field, chat conversations that share no first turn, a prompt longer than
   data.max_seq_len 64, and an invalid JSON line.
+- `preferences_unpaired.jsonl` (data.kind unpaired_preference, for KTO): the same rule as single answers with
+  `label` true (right parity) or false (the other word), plus dirty rows: labels that are no JSON boolean
+  ("yes", missing), an empty completion, an exact duplicate and an invalid JSON line.
 - `preferences_sft.jsonl` (data.kind instruction, data.template plain): the rule as instruction rows on other
   numbers, for the SFT adapter that params/dpo.yaml starts from (params/dpo-sft.yaml trains it).
 """
@@ -71,6 +74,35 @@ def preference_lines(rng: random.Random) -> tuple[list[bytes], dict[str, Any]]:
         reasons[reason] = reasons.get(reason, 0) + 1
     expected = {"read": len(lines), "kept": 400, "rejected_by_reason": dict(sorted(reasons.items()))}
     return lines, expected
+
+
+def _expected(lines: list[bytes], kept: int, dirty: list[tuple[bytes, str]]) -> dict[str, Any]:
+    reasons: dict[str, int] = {}
+    for _, reason in dirty:
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {"read": len(lines), "kept": kept, "rejected_by_reason": dict(sorted(reasons.items()))}
+
+
+def unpaired_preference_lines(rng: random.Random) -> tuple[list[bytes], dict[str, Any]]:
+    numbers = rng.sample(range(1000), 400)
+    rows = []
+    for i, n in enumerate(numbers):  # half desirable (the right parity), half undesirable (the other word)
+        pair = _pair(n)
+        good = i % 2 == 0
+        rows.append(
+            {"prompt": pair["prompt"], "completion": pair["chosen" if good else "rejected"], "label": good}
+        )
+    lines = [_line(row) for row in rows]
+    dirty = [
+        (_line(rows[0]), "duplicate_exact"),
+        (_line({**rows[1], "label": "yes"}), "invalid_label"),
+        (_line({"prompt": rows[2]["prompt"], "completion": rows[2]["completion"]}), "invalid_label"),
+        (_line({**rows[3], "completion": "  "}), "empty_field"),
+        (b'{"prompt": "Is 5 even or odd?", "completion": "odd", ', "invalid_json"),
+    ]
+    for line, _ in dirty:
+        lines.insert(rng.randrange(1, len(lines)), line)
+    return lines, _expected(lines, len(rows), dirty)
 
 
 def preference_sft_lines(rng: random.Random) -> tuple[list[bytes], dict[str, Any]]:

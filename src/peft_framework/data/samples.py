@@ -26,7 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from peft_framework.data.clean import normalized_key
-from peft_framework.data.sample_preferences import preference_lines, preference_sft_lines
+from peft_framework.data.sample_preferences import (
+    preference_lines,
+    preference_sft_lines,
+    unpaired_preference_lines,
+)
 from peft_framework.data.sample_vocab import (
     ADD,
     CAPITAL,
@@ -328,6 +332,7 @@ def write_samples(out_dir: str | os.PathLike[str] = "data/raw", overwrite: bool 
         ("classification.jsonl", classification_lines),
         ("preferences.jsonl", preference_lines),  # data/sample_preferences.py
         ("preferences_sft.jsonl", preference_sft_lines),
+        ("preferences_unpaired.jsonl", unpaired_preference_lines),  # KTO
     ):
         lines, expected = make(random.Random(f"{SEED}:{name}"))
         files.append((name, b"\n".join(lines) + b"\n", expected, len(lines)))

@@ -1,0 +1,54 @@
+"""pipelines/sft/stages.yaml (the SFT step of the preference demo) stays in step with the root pipeline and the
+presets: the same commands and code deps as the root prepare/train stages, the paths params/dpo-sft.yaml
+writes, and the adapter params/dpo.yaml starts from (and the root train stage's commented dep names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _stages(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())["stages"]
+
+
+def _paths(entries: list) -> list[str]:
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries]
+
+
+def test_sft_stages_mirror_the_root_stages_on_the_sft_preset() -> None:
+    root = _stages(ROOT / "dvc.yaml")
+    sft = _stages(ROOT / "pipelines" / "sft" / "stages.yaml")
+    preset = "params/dpo-sft.yaml"
+    config = yaml.safe_load((ROOT / preset).read_text())
+    for name in ("prepare", "train"):
+        stage = sft[f"sft_{name}"]
+        assert stage["wdir"] == "../.."
+        assert stage["cmd"] == f"{root[name]['cmd']} --config {preset}"
+        code = [d for d in _paths(root[name]["deps"]) if d.startswith("src/")]
+        assert [d for d in _paths(stage["deps"]) if d.startswith("src/")] == code
+        [params] = stage["params"]
+        assert params == {preset: root[name]["params"]}
+    data, train = config["data"], config["train"]
+    assert _paths(sft["sft_prepare"]["deps"])[0] == data["source"]
+    assert _paths(sft["sft_prepare"]["outs"]) == [
+        data["output_dir"],
+        data["rejected_path"],
+        data["report_path"],
+    ]
+    assert _paths(sft["sft_train"]["deps"])[0] == data["output_dir"]
+    outs = _paths(sft["sft_train"]["outs"])
+    assert outs == [
+        train["output_dir"],
+        f"{train['metrics_dir']}/metrics.json",
+        f"{train['metrics_dir']}/plots",
+    ]
+    init = yaml.safe_load((ROOT / "params" / "dpo.yaml").read_text())["train"]["init_adapter"]
+    assert init == train["output_dir"]
+    assert f"# - {init}" in (ROOT / "dvc.yaml").read_text()  # the link the demo uncomments
+    assert not (
+        ROOT / "pipelines" / "sft" / "dvc.yaml"
+    ).exists()  # off by default: no stale stages for others
