@@ -367,6 +367,11 @@ class Config(Section):
                 "train.precompute_reference: true does not fit train.objective 'kto' (its KL pairs change with "
                 "the batch); allowed: false"
             )
+        if self.train.precompute_reference and spec.name == "grpo":
+            raise ValueError(
+                "train.precompute_reference: true does not fit train.objective 'grpo' (its completions are "
+                "sampled during training); allowed: false"
+            )
         if spec.name != "sft" and self.model.task != "causal_lm":
             raise ValueError(
                 f"train.objective: {spec.name!r} needs model.task causal_lm, got {self.model.task!r}"

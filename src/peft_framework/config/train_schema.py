@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from peft_framework.config.grpo_schema import GrpoConfig
 from peft_framework.config.rewards_schema import RewardConfig, check_reward_list
 from peft_framework.config.section import Section
 
@@ -111,7 +112,7 @@ class TrainConfig(Section):
     objective: str = Field(
         "sft",
         description="What is optimised: sft (next-token loss) | dpo | ipo | orpo | simpo (data.kind preference) | "
-        "kto (data.kind unpaired_preference). The adapter is the policy; the reference is the same network "
+        "kto (data.kind unpaired_preference) | grpo (data.kind prompt, online: train.grpo). The adapter is the policy; the reference is the same network "
         "with the adapter off (or train.init_adapter's weights, frozen).",
     )
     beta: float = Field(
@@ -131,6 +132,11 @@ class TrainConfig(Section):
     kto_desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable (label true) rows.")
     kto_undesirable_weight: float = Field(
         1.0, gt=0, description="kto: weight of undesirable (label false) rows."
+    )
+    grpo: GrpoConfig = Field(
+        default_factory=GrpoConfig,
+        description="grpo (data.kind prompt): group size, sampling, clipping, KL; TRL GRPOConfig's names and "
+        "defaults (config/grpo_schema.py).",
     )
     precompute_reference: bool = Field(
         False,
