@@ -142,7 +142,14 @@ class DataConfig(Section):
         description="'auto': from the file extension (.jsonl/.ndjson, .json, .csv, .tsv, .parquet, + .gz).",
     )
     kind: Literal[
-        "instruction", "chat", "text", "classification", "preference", "unpaired_preference", "vision", "prompt"
+        "instruction",
+        "chat",
+        "text",
+        "classification",
+        "preference",
+        "unpaired_preference",
+        "vision",
+        "prompt",
     ] = Field(
         "instruction",
         description="instruction | chat | text | classification | preference (prompt/chosen/rejected: text, or "
