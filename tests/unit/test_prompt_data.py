@@ -111,3 +111,21 @@ def test_no_room_at_all_is_named(tmp_path: Path) -> None:
     config = _config(tmp_path, rows, [], "train.grpo.max_completion_length=80")
     with pytest.raises(DataError, match="prompt_too_long: 4"):
         prepare(config, tmp_path)
+
+
+def test_sample_prompts_prepare_as_described(tmp_path: Path) -> None:
+    """`sample-data`'s prompts.jsonl under PROMPT_DATA + PROMPT_TRAIN: the counts its generator states, every
+    kept row answerable by its reward (the answer is the prompt's last word)."""
+    from peft_framework.data.sample_prompts import PROMPT_DATA, PROMPT_TRAIN
+    from peft_framework.data.samples import write_samples
+
+    expected = write_samples(tmp_path / "data" / "raw")["prompts.jsonl"]["expected"]
+    overrides = [f"data.{k}={json.dumps(v)}" for k, v in PROMPT_DATA.items()]
+    overrides += [f"train.{k}={json.dumps(v)}" for k, v in PROMPT_TRAIN.items()]
+    summary = prepare(load_config(PRESET, overrides), tmp_path)
+    assert summary["rows"]["read"] == expected["read"] and summary["rows"]["kept"] == expected["kept"]
+    assert summary["rejected_by_reason"] == expected["rejected_by_reason"]
+    data = datasets.load_from_disk(str(tmp_path / "data" / "prepared"))
+    assert len(data["test"]) >= 10 and len(data["train"]) >= 100
+    for row in data["test"]:
+        assert row["prompt"].rstrip("\n").endswith(" " + row["answer"])

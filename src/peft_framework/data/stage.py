@@ -46,7 +46,7 @@ DETAILS = "report.json"
 CREATED_BY = "peft_framework.data.prepare"
 FORMAT_VERSION = 1
 #: the sample-data generator: not code that `prepare` runs, so not in its code hash
-_SAMPLE_CODE = ("samples.py", "sample_vocab.py", "vision_samples.py")
+_SAMPLE_CODE = ("samples.py", "sample_vocab.py", "vision_samples.py", "sample_prompts.py")
 
 
 def config_sha256(config: Config, content: dict[str, Any] | None = None) -> str:
