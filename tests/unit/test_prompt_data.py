@@ -3,6 +3,7 @@ real prepare stage (empty prompt, no room left for a completion, a column a rewa
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from peft_framework.config import load_config
 from peft_framework.data.stage import prepare
 from peft_framework.errors import DataError
+from peft_framework.inspect_data import inspect_data
 from peft_framework.models.loading import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +86,7 @@ def test_prompt_rows_keep_their_columns_and_are_rejected_with_reasons(tmp_path: 
     tok = load_tokenizer(config.model)
     text, chat = train[0], train[2]
     assert text["prompt"] == "Repeat the word: cat\n"
-    assert text["prompt_ids"] == tok(text["prompt"])["input_ids"]  # with the tokenizer's BOS
+    assert text["prompt_ids"] == tok(text["prompt"])["input_ids"]  # with the special tokens it adds
     expected_chat = tok.apply_chat_template(
         [{"role": "user", "content": "Repeat the word: tree"}], tokenize=False, add_generation_prompt=True
     )
@@ -92,6 +94,11 @@ def test_prompt_rows_keep_their_columns_and_are_rejected_with_reasons(tmp_path: 
     assert chat["prompt_ids"] == tok(expected_chat, add_special_tokens=False)["input_ids"]
     manifest = json.loads((tmp_path / "data" / "prepared" / "manifest.json").read_text())
     assert manifest["kind"] == "prompt"
+    out = io.StringIO()  # inspect-data shows each prompt as tokenized and the columns the rewards read
+    shown = inspect_data(config, tmp_path, rows=3, out=out, colour=False)
+    assert shown["rows"] == 3 and shown["rejected"] == 8
+    assert "prompt tokens: 21\nRepeat the word: cat\n" in out.getvalue()
+    assert '"answer": "tree", "n": 3.0' in out.getvalue()
 
 
 def test_what_the_rewards_need_enters_the_data_hash(tmp_path: Path) -> None:
