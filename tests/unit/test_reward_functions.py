@@ -3,6 +3,7 @@ group, and the scorer's failure reporting (function, row and value named; never 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -11,6 +12,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from peft_framework import cli
 from peft_framework.config.train_schema import TrainConfig
 from peft_framework.errors import StageFailed, UserError
 from peft_framework.rewards import Reward, RewardScorer, load_rewards
@@ -98,7 +100,7 @@ def test_bad_reward_config_is_named(entries: list[dict], expected: list[str]) ->
         assert text in str(info.value)
 
 
-def test_a_reward_from_an_entry_point(tmp_path, monkeypatch) -> None:
+def test_a_reward_from_an_entry_point(tmp_path, monkeypatch, capsys) -> None:
     """A package that registers under `peft_framework.rewards` (here a dist-info on sys.path, as pip leaves it)
     is found by name, its options go to its class, and an unknown name lists it."""
     package = tmp_path / "my_rewards.py"
@@ -129,6 +131,18 @@ def test_a_reward_from_an_entry_point(tmp_path, monkeypatch) -> None:
         _rewards({"name": "contains", "colour": "red"})
     with pytest.raises(ValidationError, match="always_one, contains, exact_match"):
         TrainConfig(rewards=[{"name": "nope"}])
+    # `peft-framework rewards` lists the built-ins with their options and the plug-ins with their origin
+    assert cli.main(["rewards", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert (
+        rows["contains"]["origin"] == "my-rewards 1.0" and rows["contains"]["target"] == "my_rewards:Contains"
+    )
+    assert rows["regex_format"]["required"] == ["pattern"] and rows["exact_match"]["options"] == {
+        "column": "answer"
+    }
+    assert cli.main(["rewards"]) == 0
+    table = capsys.readouterr().out
+    assert "always_one" in table and "pattern (required), mode=fullmatch" in table
     sys.modules.pop("my_rewards", None)
 
 

@@ -90,6 +90,30 @@ def available() -> list[str]:
     return sorted({*BUILTIN_OPTIONS, *plugin_names()})
 
 
+def reward_rows() -> list[dict[str, Any]]:
+    """Every reward usable in train.rewards: name, origin, options (built-ins) or target (plug-ins), for the
+    `rewards` command."""
+    from importlib.metadata import entry_points
+
+    rows = []
+    for name, model in BUILTIN_OPTIONS.items():
+        fields = model.model_fields.items()
+        options = {k: f.get_default(call_default_factory=True) for k, f in fields if not f.is_required()}
+        required = [k for k, f in fields if f.is_required()]
+        rows.append(
+            {"name": name, "origin": "built-in", "required": required, "options": options, "target": None}
+        )
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in BUILTIN_OPTIONS:
+            continue
+        dist = getattr(ep, "dist", None)
+        origin = f"{dist.name} {dist.version}" if dist is not None else "entry point"
+        rows.append(
+            {"name": ep.name, "origin": origin, "required": None, "options": None, "target": ep.value}
+        )
+    return sorted(rows, key=lambda row: row["name"])
+
+
 def _errors(exc: ValidationError) -> str:
     problems = []
     for e in exc.errors():
