@@ -95,6 +95,9 @@ class LossSettings:
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
     max_completion_length: int = 512
+    #: the KL term times the importance ratio (TRL's default use_bias_correction_kl): its gradient is then
+    #: the unbiased reverse-KL gradient, also on-policy where the ratio is 1 but differentiable
+    bias_correction_kl: bool = True
 
 
 def grpo_loss(
@@ -126,6 +129,8 @@ def grpo_loss(
         assert ref_per_token_logps is not None, "beta > 0 needs the reference log-probs"
         delta = ref_per_token_logps - per_token_logps
         per_token_kl = torch.exp(delta) - delta - 1
+        if settings.bias_correction_kl:
+            per_token_kl = per_token_kl * coef_1
         per_token_loss = per_token_loss + settings.beta * per_token_kl
         metrics["kl"] = masked_mean(per_token_kl.detach())
     if settings.loss_type == "grpo":
