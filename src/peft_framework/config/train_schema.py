@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from peft_framework.config.grpo_schema import GrpoConfig
+from peft_framework.config.rewards_schema import RewardConfig, check_reward_list
 from peft_framework.config.section import Section
 
 
@@ -175,6 +176,24 @@ class TrainConfig(Section):
     nodes: int = Field(
         1, ge=1, description="Nodes (machines); > 1: torchrun --nnodes, rendezvous from PET_* variables."
     )
+    # --- rewards of online objectives (config/rewards_schema.py) -------------------------------------
+    rewards: list[RewardConfig] = Field(
+        default_factory=list,
+        description="Reward functions of an online objective (grpo): [{name, weight, label, ...options}]; "
+        "built-ins exact_match, numeric_match, regex_format, length, or plug-ins (entry-point group "
+        "peft_framework.rewards).",
+    )
+    max_reward_failures: int = Field(
+        0,
+        ge=0,
+        description="Reward calls that may fail (raise, or return a non-number) before the run stops; each "
+        "failure is logged with the function, the row and the value, and counted in the metrics.",
+    )
+
+    @field_validator("rewards")
+    @classmethod
+    def _unique_reward_names(cls, value: list[RewardConfig]) -> list[RewardConfig]:
+        return check_reward_list(value)
 
     @field_validator("objective")
     @classmethod
