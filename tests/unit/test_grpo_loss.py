@@ -208,7 +208,7 @@ def test_advantages_and_reward_metrics_equal_trl(tmp_path, monkeypatch, scale_re
     ours = GRPO(cfg, REWARDS, scorer, tokenizer=tokenizer)
     batch = ours.collator(0)(
         [
-            {"prompt_ids": p, "prompt": t, "answer": "a", "row_id": i}
+            {"prompt_ids": p, "prompt": t, "answer": "a", "source": i}
             for i, (p, t) in enumerate(zip(prompt_ids, prompts))
         ]
     )
@@ -219,7 +219,7 @@ def test_advantages_and_reward_metrics_equal_trl(tmp_path, monkeypatch, scale_re
     assert torch.equal(prepared["completion_mask"][:, :width], their["completion_mask"])
     ours_ids = (prepared["completion_ids"] * prepared["completion_mask"])[:, :width]
     assert torch.equal(ours_ids, their["completion_ids"] * their["completion_mask"])
-    assert scorer.calls[0]["columns"] == {"answer": ["a"] * 8, "row_id": [0] * G + [1] * G}
+    assert scorer.calls[0]["columns"] == {"answer": ["a"] * 8}
     assert scorer.calls[0]["row_ids"] == [0] * G + [1] * G
     metrics = prepared["generation_metrics"]
     for name, value in theirs.items():

@@ -37,7 +37,7 @@ def _data() -> datasets.Dataset:
             "prompt_ids": [tok.encode(p) for p in PROMPTS],
             "prompt": PROMPTS,
             "answer": ["a", "b", "aa", "x"],
-            "row_id": [10, 11, 12, 13],
+            "source": [10, 11, 12, 13],
         }
     )
 

@@ -30,20 +30,21 @@ import torch
 from peft_framework.training.objectives.base import Objective, Reference
 
 PROMPT_COLUMNS = ("prompt_ids", "prompt")
-ROW_ID_COLUMNS = ("row_id", "id")
+SOURCE = "source"  # "file:line" of the row (data.kind prompt): names the row in reward failures
 
 
 # ------------------------------------------------------------------------------------------ collation
 @dataclass(frozen=True)
 class PromptCollator:
-    """Prompt rows -> {"prompt_ids": [[int]], "prompt": [str], "columns": {name: [value]}} (python lists;
-    the extra columns go to the reward functions unchanged)."""
+    """Prompt rows -> {"prompt_ids": [[int]], "prompt": [str], "source": [row name], "columns": {name: [value]}}
+    (python lists; the extra columns go to the reward functions unchanged)."""
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        extra = [k for k in features[0] if k not in PROMPT_COLUMNS]
+        extra = [k for k in features[0] if k not in (*PROMPT_COLUMNS, SOURCE)]
         return {
             "prompt_ids": [list(f["prompt_ids"]) for f in features],
             "prompt": [f.get("prompt", "") for f in features],
+            "source": [f.get(SOURCE) for f in features],
             "columns": {k: [f[k] for f in features] for k in extra},
         }
 
@@ -317,8 +318,7 @@ class GRPO(Objective):
 
         prompts = [batch["prompt"][i] for i in out.prompt_index]
         columns = {k: [v[i] for i in out.prompt_index] for k, v in batch["columns"].items()}
-        ids_column = next((c for c in ROW_ID_COLUMNS if c in columns), None)
-        row_ids = columns[ids_column] if ids_column else None
+        row_ids = [batch["source"][i] for i in out.prompt_index] if batch.get("source") else None
         scored = self.scorer.score(prompts, out.texts, columns, row_ids)
         per_func = torch.stack([scored.per_function[r.name] for r in self.rewards], dim=1).float()
         advantages, rewards, is_std_zero = group_advantages(per_func, self.weights, g, cfg.scale_rewards)
