@@ -48,6 +48,16 @@ def test_numeric_match_reads_the_last_number() -> None:
     assert loose(["p", "p"], ["105", "120"], answer=[100, 100]) == [1.0, 0.0]
 
 
+def test_similarity_gives_partial_credit_as_difflib() -> None:
+    import difflib
+
+    completions = ["cat", " CAT ", "cart", "c", "dog", ""]
+    got = _one({"name": "similarity"}, completions, answer=["cat"] * 6)
+    oracle = [difflib.SequenceMatcher(None, c.strip().lower(), "cat").ratio() for c in completions]
+    assert got == oracle and got[:2] == [1.0, 1.0] and got[2] == pytest.approx(6 / 7) and got[5] == 0.0
+    assert _one({"name": "similarity"}, [""], answer=[""]) == [1.0]
+
+
 def test_regex_format_modes_and_flags() -> None:
     entry = {"name": "regex_format", "pattern": r"<a>\w+</a>"}
     assert _one(entry, ["<a>cat</a>", "<a>cat</a> more", "x<a>cat</a>"]) == [1.0, 0.0, 0.0]

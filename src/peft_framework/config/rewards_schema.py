@@ -33,6 +33,13 @@ class NumericMatchOptions(Section):
     rel_tol: float = Field(0.0, ge=0.0)
 
 
+class SimilarityOptions(Section):
+    """Partial credit: difflib's similarity ratio (2 x matching characters / total characters, in [0, 1])
+    between the completion and the row's `column`, both normalised as by exact_match."""
+
+    column: str = Field("answer", min_length=1, description="The data column holding the expected answer.")
+
+
 class RegexFormatOptions(Section):
     """1.0 when the completion matches `pattern` (Python `re`), else 0.0."""
 
@@ -73,6 +80,7 @@ class LengthOptions(Section):
 BUILTIN_OPTIONS: dict[str, type[Section]] = {
     "exact_match": ExactMatchOptions,
     "numeric_match": NumericMatchOptions,
+    "similarity": SimilarityOptions,
     "regex_format": RegexFormatOptions,
     "length": LengthOptions,
 }
@@ -134,7 +142,7 @@ class RewardConfig(Section):
 
     name: str = Field(
         min_length=1,
-        description="exact_match | numeric_match | regex_format | length, or a reward of an installed "
+        description="exact_match | numeric_match | similarity | regex_format | length, or a reward of an installed "
         "package (entry-point group peft_framework.rewards).",
     )
     weight: float = Field(1.0, description="Weight in the total reward (TRL's reward_weights).")

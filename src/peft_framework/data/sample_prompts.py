@@ -47,6 +47,7 @@ PROMPT_TRAIN: dict[str, Any] = {
     "grpo": {"max_completion_length": 16},
     "rewards": [
         {"name": "exact_match", "column": "answer", "weight": 1.0},
+        {"name": "similarity", "column": "answer", "weight": 0.5},
         {"name": "regex_format", "pattern": "[a-z]+", "weight": 0.5},
     ],
 }
