@@ -8,6 +8,7 @@ import logging
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -163,15 +164,17 @@ def test_total_is_the_weighted_nansum_as_in_trl() -> None:
         {"name": "regex_format", "pattern": "[a-z]+", "weight": 0.5},
     )
     applies = Reward("sometimes", 1.0, lambda p, c, **kw: [None, 3.0, 1])
-    result = RewardScorer([*rewards, applies]).score(
+    as_array = Reward("array", 0.0, lambda p, c, **kw: np.array([1.0, 2.0, 3.0]))
+    result = RewardScorer([*rewards, applies, as_array]).score(
         ["p"] * 3, ["cat", "Dog", "7"], {"answer": ["cat", "dog", "8"]}, ["a", "b", "c"]
     )
     per = result.per_function
     assert per["exact_match"].tolist() == [1.0, 1.0, 0.0]
     assert per["regex_format"].tolist() == [1.0, 0.0, 0.0]
     assert math.isnan(per["sometimes"][0]) and per["sometimes"][1:].tolist() == [3.0, 1.0]
+    assert per["array"].tolist() == [1.0, 2.0, 3.0]  # numpy arrays and tensors are lists of numbers too
     stacked = torch.stack(list(per.values()), dim=1)  # TRL: (rewards_per_func * weights).nansum(dim=1)
-    expected = (stacked * torch.tensor([2.0, 0.5, 1.0])).nansum(dim=1)
+    expected = (stacked * torch.tensor([2.0, 0.5, 1.0, 0.0])).nansum(dim=1)
     assert torch.equal(result.total, expected) and result.total.tolist() == [2.5, 5.0, 1.0]
     assert result.failures == 0  # None means "does not apply" (TRL), not a failure
 
