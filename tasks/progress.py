@@ -5,6 +5,10 @@ headline metrics under TRL's names (rewards/accuracies, rewards/margins; KTO's k
 The library stays free of Prefect: the train task passes this callback to `peft_framework.training.train`
 through its `callbacks` argument. Outside a Prefect run (a notebook, the CLI) it does nothing.
 
+Online objectives (GRPO) also hand over a few sampled completions with their rewards at each log
+(`on_completions`): they are shown as a table artifact (`train-completions`), one per logging step, since
+watching completions is how RL runs are debugged.
+
 Best-effort: reporting never costs the training run. When the API cannot be reached (the local API's
 supervisor killed, a server gone), the callback warns once on stderr and stops reporting; training goes on
 and writes its adapter.
@@ -12,15 +16,18 @@ and writes its adapter.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Any
 
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 from transformers import TrainerCallback
 
 PROGRESS_KEY = "train-progress"
+COMPLETIONS_KEY = "train-completions"
+MAX_CELL_CHARS = 300
 MIN_INTERVAL_S = 2.0
 """At most one API update per this many seconds (the last step always updates)."""
 SHOWN_METRICS = ("rewards/accuracies", "rewards/margins", "kl")
@@ -40,6 +47,19 @@ def describe(
         minutes, seconds = divmod(int(round(eta_s)), 60)
         parts.append(f"ETA {minutes}:{seconds:02d}")
     return "Training: " + " · ".join(parts)
+
+
+def completions_table(step: int, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for the table artifact: the step, then each sample's fields (long texts cut, numbers rounded)."""
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, float):
+            return round(value, 4) if math.isfinite(value) else None  # NaN: a reward that failed
+        if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
+            return value[: MAX_CELL_CHARS - 3] + "..."
+        return value
+
+    return [{"step": step, **{k: cell(v) for k, v in sample.items()}} for sample in samples]
 
 
 class PrefectProgressCallback(TrainerCallback):
@@ -78,6 +98,17 @@ class PrefectProgressCallback(TrainerCallback):
         if logs and isinstance(logs.get("loss"), (int, float)):
             self.loss = float(logs["loss"])
             self.shown = {k: float(logs[k]) for k in SHOWN_METRICS if isinstance(logs.get(k), (int, float))}
+
+    def on_completions(self, args: Any, state: Any, samples: list[dict[str, Any]]) -> None:
+        """A table of the sampled completions of this logging step (prompt, completion, rewards)."""
+        if self.failed is not None or not self._in_run():
+            return
+        self._report(
+            create_table_artifact,
+            key=COMPLETIONS_KEY,
+            table=completions_table(state.global_step, samples),
+            description=f"Sampled completions at step {state.global_step}/{state.max_steps}",
+        )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if time.monotonic() - self._last_update >= self.min_interval_s:

@@ -26,11 +26,21 @@ SAMPLES_DIR = "data/raw"
 HF_PREFIX = "hf:"
 
 # The library code every stage imports: config (whose loader resolves adapter types through the adapter
-# registry), models, adapters, io, errors, paths, provenance (manifests),
+# registry), models, rewards (data.kind prompt checks the columns train.rewards read), adapters, io, errors, paths, provenance (manifests),
 # locking (per-output locks). A unit test checks each stage's
 # code deps against what its library function imports, lazily or not, so a code change anywhere a stage
 # reaches re-runs the stage.
-_CORE = ("adapters", "config", "models", "io.py", "errors.py", "paths.py", "provenance.py", "locking.py")
+_CORE = (
+    "adapters",
+    "config",
+    "models",
+    "rewards",
+    "io.py",
+    "errors.py",
+    "paths.py",
+    "provenance.py",
+    "locking.py",
+)
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,8 @@ STAGES: dict[str, Stage] = {
         Stage(
             name="prepare",
             target="peft_framework.data:prepare",
-            sections=("model", "data"),
+            # data.kind prompt rejects rows by what the rewards read and the room left for completions
+            sections=("model", "data", "train.rewards", "train.grpo.max_completion_length"),
             code=("data", *_CORE),
             inputs=prepare_inputs,
             outputs=lambda c: [c.data.output_dir, c.data.rejected_path, c.data.report_path],

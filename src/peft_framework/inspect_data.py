@@ -157,6 +157,17 @@ def inspect_data(
                 totals["trained"] += trained
             totals["rows"] += 1
             continue
+        if "prompt_ids" in row:  # data.kind prompt: the prompt as tokenized, and the columns rewards read
+            ids = list(row["prompt_ids"])
+            extra = {k: v for k, v in row.items() if k not in ("prompt_ids", "prompt", "source")}
+            source = escaped(str(row.get("source") or ""))
+            print(f"\n{dim[0]}── row {i} {source} · prompt tokens: {len(ids)}{dim[1]}", file=out)
+            text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            print(escaped(text, "\n\t"), file=out)
+            print(f"{dim[0]}   columns: {escaped(json.dumps(extra, ensure_ascii=False))}{dim[1]}", file=out)
+            totals["rows"] += 1
+            totals["tokens"] += len(ids)
+            continue
         ids = list(row["input_ids"])
         if classification:
             label = row["labels"]

@@ -161,3 +161,42 @@ def test_plugin_trains_one_step_from_yaml(plugin_env: dict[str, str], tmp_path: 
     assert saved["peft_framework_type"] == "scale" and "peft_type" not in saved
     assert saved["base_model_name_or_path"] == "builtin:tiny-llama"
     assert (report["loaded_method"], report["loaded_init_scale"]) == ("scale", 1.0)
+
+
+REWARD_CHILD = textwrap.dedent(
+    """
+    import json
+    from peft_framework.config.train_schema import TrainConfig
+    from peft_framework.rewards import RewardScorer, load_rewards
+
+    train = TrainConfig(rewards=[{"name": "starts_with_answer", "column": "label", "weight": 2.0}])
+    (reward,) = load_rewards(train)
+    result = RewardScorer([reward]).score(
+        ["Say cat.", "Say dog."], [" Cat!", "a dog"], {"label": ["cat", "dog"]}, ["r1", "r2"]
+    )
+    try:
+        TrainConfig(rewards=[{"name": "starts_with_answr"}])
+    except Exception as exc:
+        unknown = str(exc)
+    print(json.dumps({
+        "origin": reward.origin, "columns": list(reward.columns), "weight": reward.weight,
+        "values": result.per_function["starts_with_answer"].tolist(), "total": result.total.tolist(),
+        "unknown": unknown,
+    }))
+    """
+)
+
+
+@pytest.mark.slow
+def test_plugin_reward_loads_through_the_entry_point(plugin_env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "child.py").write_text(REWARD_CHILD)
+    report = json.loads(
+        _run([sys.executable, "child.py"], plugin_env, tmp_path).stdout.strip().splitlines()[-1]
+    )
+    assert report["origin"] == "peft-framework-scaled-adapter 0.1.0"
+    assert report["columns"] == ["label"] and report["weight"] == 2.0
+    assert report["values"] == [1.0, 0.0]
+    assert report["total"] == [2.0, 0.0]
+    # an unknown name lists what is installed, the plug-in's reward included
+    assert "did you mean 'starts_with_answer'" in report["unknown"]
+    assert "exact_match" in report["unknown"]

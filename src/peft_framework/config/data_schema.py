@@ -18,6 +18,7 @@ DATA_FIELDS: dict[str, tuple[str, ...]] = {
     "preference": ("prompt", "chosen", "rejected"),
     "unpaired_preference": ("prompt", "completion", "label"),
     "vision": ("messages", "role", "content", "images"),
+    "prompt": ("prompt", "role", "content"),
 }
 """Canonical field names per `data.kind`: the keys `data.columns` may map to other column names."""
 
@@ -141,14 +142,22 @@ class DataConfig(Section):
         description="'auto': from the file extension (.jsonl/.ndjson, .json, .csv, .tsv, .parquet, + .gz).",
     )
     kind: Literal[
-        "instruction", "chat", "text", "classification", "preference", "unpaired_preference", "vision"
+        "instruction",
+        "chat",
+        "text",
+        "classification",
+        "preference",
+        "unpaired_preference",
+        "vision",
+        "prompt",
     ] = Field(
         "instruction",
         description="instruction | chat | text | classification | preference (prompt/chosen/rejected: text, or "
         "chat message lists split at the first divergent turn) | unpaired_preference (prompt/completion/label "
         "true|false) | vision (chat messages whose content parts include {type: image} placeholders, plus an "
-        "images column: paths relative to the data file, or image bytes; needs model.task image_text_to_text). "
-        "The preference kinds need a preference train.objective, and the other kinds sft.",
+        "images column: paths relative to the data file, or image bytes; needs model.task image_text_to_text) | "
+        "prompt (a prompt, text or chat messages, plus any other columns, which the reward functions of an "
+        "online objective read; data/prompt.py). The preference kinds need a preference train.objective, and the other kinds sft.",
     )
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     columns: dict[str, str] = Field(

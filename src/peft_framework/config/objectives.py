@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 PAIRED = ("preference",)
 UNPAIRED = ("unpaired_preference",)
+PROMPTS = ("prompt",)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
         ),
         ObjectiveSpec(
             "kto", UNPAIRED, "peft_framework.training.objectives.kto:KTO", "KTO on unpaired labels"
+        ),
+        ObjectiveSpec(
+            "grpo",
+            PROMPTS,
+            "peft_framework.training.objectives.grpo:GRPO",
+            "GRPO: sampled completions scored by train.rewards (online)",
         ),
     )
 }

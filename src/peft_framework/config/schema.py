@@ -276,6 +276,17 @@ class EvalConfig(Section):
     device: str = Field(
         "auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."
     )
+    # data.kind prompt (grpo): completions of the test prompts scored by train.rewards (evaluation/prompt.py)
+    pass_threshold: float = Field(
+        1.0,
+        description="data.kind prompt: a completion passes when its total reward (train.rewards, weighted) is at "
+        "least this; pass_rate is the share that pass.",
+    )
+    do_sample: bool = Field(
+        False,
+        description="data.kind prompt: false: greedy completions; true: sampled with train.grpo.temperature and "
+        "top_p, seeded by train.seed. Completions are at most train.grpo.max_completion_length tokens.",
+    )
     harness: HarnessConfig = Field(
         default_factory=HarnessConfig,
         description="lm-evaluation-harness benchmarks on base vs base + adapter (the harness stage); "
@@ -369,6 +380,11 @@ class Config(Section):
             raise ValueError(
                 "train.precompute_reference: true does not fit train.objective 'kto' (its KL pairs change with "
                 "the batch); allowed: false"
+            )
+        if self.train.precompute_reference and spec.name == "grpo":
+            raise ValueError(
+                "train.precompute_reference: true does not fit train.objective 'grpo' (its completions are "
+                "sampled during training); allowed: false"
             )
         if spec.name != "sft" and self.model.task != "causal_lm":
             raise ValueError(

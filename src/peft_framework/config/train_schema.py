@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from peft_framework.config.grpo_schema import GrpoConfig
+from peft_framework.config.rewards_schema import RewardConfig, check_reward_list
 from peft_framework.config.section import Section
 
 
@@ -110,7 +112,7 @@ class TrainConfig(Section):
     objective: str = Field(
         "sft",
         description="What is optimised: sft (next-token loss) | dpo | ipo | orpo | simpo (data.kind preference) | "
-        "kto (data.kind unpaired_preference). The adapter is the policy; the reference is the same network "
+        "kto (data.kind unpaired_preference) | grpo (data.kind prompt, online: train.grpo). The adapter is the policy; the reference is the same network "
         "with the adapter off (or train.init_adapter's weights, frozen).",
     )
     beta: float = Field(
@@ -130,6 +132,11 @@ class TrainConfig(Section):
     kto_desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable (label true) rows.")
     kto_undesirable_weight: float = Field(
         1.0, gt=0, description="kto: weight of undesirable (label false) rows."
+    )
+    grpo: GrpoConfig = Field(
+        default_factory=GrpoConfig,
+        description="grpo (data.kind prompt): group size, sampling, clipping, KL; TRL GRPOConfig's names and "
+        "defaults (config/grpo_schema.py).",
     )
     precompute_reference: bool = Field(
         False,
@@ -169,6 +176,24 @@ class TrainConfig(Section):
     nodes: int = Field(
         1, ge=1, description="Nodes (machines); > 1: torchrun --nnodes, rendezvous from PET_* variables."
     )
+    # --- rewards of online objectives (config/rewards_schema.py) -------------------------------------
+    rewards: list[RewardConfig] = Field(
+        default_factory=list,
+        description="Reward functions of an online objective (grpo): [{name, weight, label, ...options}]; "
+        "built-ins exact_match, numeric_match, similarity, regex_format, length, or plug-ins (entry-point group "
+        "peft_framework.rewards).",
+    )
+    max_reward_failures: int = Field(
+        0,
+        ge=0,
+        description="Reward calls that may fail (raise, or return a non-number) before the run stops; each "
+        "failure is logged with the function, the row and the value, and counted in the metrics.",
+    )
+
+    @field_validator("rewards")
+    @classmethod
+    def _unique_reward_names(cls, value: list[RewardConfig]) -> list[RewardConfig]:
+        return check_reward_list(value)
 
     @field_validator("objective")
     @classmethod

@@ -44,7 +44,11 @@ def resolve_template(cfg: DataConfig) -> str:
     instruction data uses `data.chat_template` when one is set and `data.template` is auto."""
     if cfg.kind in ("chat", "vision"):
         return "chat_template"
-    if cfg.kind in ("preference", "unpaired_preference"):  # chat rows use the chat template, text rows none
+    if cfg.kind in (
+        "preference",
+        "unpaired_preference",
+        "prompt",
+    ):  # chat rows: the chat template; text: none
         return "chat_template" if cfg.chat_template else "none"
     if cfg.kind == "instruction":
         if cfg.template == "auto":  # a chat template named in the config is the one to use
@@ -118,6 +122,10 @@ class Formatter:
             from peft_framework.data.preference import encode_preference
 
             return encode_preference(self, rows)
+        if self.cfg.kind == "prompt":
+            from peft_framework.data.prompt import encode_prompt
+
+            return encode_prompt(self, rows)
         if self.cfg.kind == "classification":
             return self._encode_classification(rows)
         if self.template == "chat_template":
@@ -311,7 +319,7 @@ class Formatter:
         """A causal-LM row with no label left to train on (after truncation) is useless; say why."""
         if enc.problem is not None:
             return enc.problem
-        if self.cfg.kind == "classification" or enc.labels.count(IGNORE_INDEX) < len(enc.labels):
+        if self.cfg.kind in ("classification", "prompt") or enc.labels.count(IGNORE_INDEX) < len(enc.labels):
             return None
         return RowProblem(
             Reason.NO_RESPONSE_TOKENS,

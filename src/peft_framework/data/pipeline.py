@@ -19,7 +19,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from peft_framework.config.schema import DataConfig
-from peft_framework.data import preference, vision
+from peft_framework.data import preference, prompt, vision
 from peft_framework.data.clean import clean_text, normalize_label, normalized_key
 from peft_framework.data.formatting import Encoded, Formatter
 from peft_framework.data.preference import PREFERENCE_KINDS
@@ -79,6 +79,8 @@ def assign_split(key: str, cfg: DataConfig) -> str:
 
 
 def _text_values(fields: dict[str, Any], kind: str) -> list[str]:
+    if kind == "prompt":
+        return prompt.text_values(fields)
     if kind == "vision":
         return vision.text_values(fields)
     if kind in PREFERENCE_KINDS:
@@ -93,6 +95,8 @@ def _text_values(fields: dict[str, Any], kind: str) -> list[str]:
 
 
 def _n_chars(fields: dict[str, Any], kind: str) -> int:
+    if kind == "prompt":
+        return prompt.n_chars(fields)
     if kind == "vision":
         return sum(len(vision.message_text(m["content"])) for m in fields["messages"])
     if kind in PREFERENCE_KINDS:
@@ -106,6 +110,8 @@ def _n_chars(fields: dict[str, Any], kind: str) -> int:
 
 def _prompt_values(fields: dict[str, Any], kind: str) -> list[str]:
     """The input side of a row: rows sharing it share a split (no test prompt is seen in training)."""
+    if kind == "prompt":
+        return prompt.prompt_values(fields)
     if kind in PREFERENCE_KINDS:
         return preference.prompt_values(fields)
     if kind == "instruction":
@@ -123,6 +129,8 @@ def _clean_fields(
     """Cleaned fields, the cleaning steps that changed something, and empty-field problems."""
     if cfg.kind in PREFERENCE_KINDS:
         return preference.clean(fields, cfg)
+    if cfg.kind == "prompt":
+        return prompt.clean(fields, cfg)
     changed: set[str] = set()
     problems: list[tuple[str, str]] = []
 
@@ -279,9 +287,14 @@ def duplicate_detail(reason: str, where: str) -> str:
 
 
 def process(
-    records: Iterable[Record], cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, batch_size: int = 512
+    records: Iterable[Record],
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int = 512,
+    prompt_needs: prompt.PromptNeeds | None = None,
 ) -> Result:
-    """Run every record through the pipeline in memory (small data; `prepare` streams through `stream`)."""
+    """Run every record through the pipeline in memory (small data; `prepare` streams through `stream`).
+    `prompt_needs`: data.kind prompt, what the run's rewards and completion length ask of each row."""
     rejected: list[tuple[int, Rejected]] = []  # (position in input order, rejection)
     candidates: list[tuple[int, _Candidate]] = []
     columns_seen: Counter = Counter()
@@ -300,6 +313,11 @@ def process(
     seen = {c.fields["label"] for _, c in candidates} if cfg.kind == "classification" else set()
     label_names = label_names_for(cfg, allowed_labels, seen)
     formatter = Formatter(cfg, tokenizer, label_names or ())
+    if cfg.kind == "prompt":
+        types: dict[str, Counter] = {}
+        for _, cand in candidates:
+            prompt.observe(types, cand.fields)
+        formatter.prompt_needs, formatter.column_types = prompt_needs, prompt.column_types(types)
 
     kept: list[tuple[int, Example]] = []
     deduper = Deduper(cfg.clean.dedup)

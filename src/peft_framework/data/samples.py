@@ -1,7 +1,7 @@
 """Deterministic sample data for the default pipeline, with realistic defects of every kind.
 
 `write_samples()` writes JSON Lines files (about 130 KB together); the two preference files are described
-in `sample_preferences.py`:
+in `sample_preferences.py`, the GRPO prompts (`prompts.jsonl`) in `sample_prompts.py`:
 
 - `instructions.jsonl`: short instruction tasks a tiny model can learn (uppercase a text, reverse the
   word order, add two numbers, count words, name a country's capital), plus defective rows: invalid
@@ -31,6 +31,7 @@ from peft_framework.data.sample_preferences import (
     preference_sft_lines,
     unpaired_preference_lines,
 )
+from peft_framework.data.sample_prompts import prompt_lines
 from peft_framework.data.sample_vocab import (
     ADD,
     CAPITAL,
@@ -333,6 +334,7 @@ def write_samples(out_dir: str | os.PathLike[str] = "data/raw", overwrite: bool 
         ("preferences.jsonl", preference_lines),  # data/sample_preferences.py
         ("preferences_sft.jsonl", preference_sft_lines),
         ("preferences_unpaired.jsonl", unpaired_preference_lines),  # KTO
+        ("prompts.jsonl", prompt_lines),  # data/sample_prompts.py: GRPO prompts with checkable answers
     ):
         lines, expected = make(random.Random(f"{SEED}:{name}"))
         files.append((name, b"\n".join(lines) + b"\n", expected, len(lines)))

@@ -46,7 +46,7 @@ DETAILS = "report.json"
 CREATED_BY = "peft_framework.data.prepare"
 FORMAT_VERSION = 1
 #: the sample-data generator: not code that `prepare` runs, so not in its code hash
-_SAMPLE_CODE = ("samples.py", "sample_vocab.py", "vision_samples.py")
+_SAMPLE_CODE = ("samples.py", "sample_vocab.py", "vision_samples.py", "sample_prompts.py")
 
 
 def config_sha256(config: Config, content: dict[str, Any] | None = None) -> str:
@@ -79,6 +79,16 @@ def _with_base_dir(rec: Any, src: Source) -> Any:
     if src.path is not None:
         rec.base_dir = str(Path(src.path).parent)
     return rec
+
+
+def prompt_needs(config: Config):
+    """data.kind prompt: what the run's rewards and completion length ask of each row (data/prompt.py); it
+    enters the prepared data's hash. None for the other kinds."""
+    if config.data.kind != "prompt":
+        return None
+    from peft_framework.data.prompt import needs_of
+
+    return needs_of(config)
 
 
 def _check_task(config: Config) -> None:
@@ -321,6 +331,7 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
     tokenizer = load_tokenizer(config.model)
     tokenizer_id = tokenizer_identity(config.model, tokenizer, root)  # the files, before any change
     apply_data_chat_template(tokenizer, dc, root)
+    needs = prompt_needs(config)
     records = (
         _with_base_dir(rec, src) for src in sources for rec in read_source(src, dc.hf_split, dc.hf_config)
     )
@@ -330,7 +341,7 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
         stream.datasets_bars_on_terminal(),
     ):
         result, splits = stream.run(
-            records, dc, tokenizer, Path(work), rejected_path, dc.num_proc, _estimate_rows(sources)
+            records, dc, tokenizer, Path(work), rejected_path, dc.num_proc, _estimate_rows(sources), needs
         )
         splits, mixed = mixing.apply(splits, result, sources, dc, root)  # weighted data.source entries
         for src in sources:
@@ -360,7 +371,7 @@ def prepare(config: Config, root: str | os.PathLike[str] = ".") -> dict[str, Any
             counts,
             splits["train"].column_names,
             tokenizer_id,
-            hub.hash_content(sources),
+            {**(hub.hash_content(sources) or {}), **({"prompt_needs": needs.to_json()} if needs else {})},
         )
         manifest.update(hub.manifest_entries(sources))  # hf: datasets' commits
         dataset = _dataset_dict(splits, manifest)

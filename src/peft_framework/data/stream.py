@@ -35,6 +35,7 @@ from typing import IO, Any
 from tqdm.auto import tqdm
 
 from peft_framework.config.schema import DataConfig
+from peft_framework.data import prompt
 from peft_framework.data.dedup import duplicates
 from peft_framework.data.formatting import Formatter
 from peft_framework.data.pipeline import (
@@ -104,6 +105,7 @@ class Stats:
     template: str = ""
     prompt_add_special_tokens: bool = True
     images: Any = field(default_factory=hashlib.sha256)  # vision: running hash of the images' content hashes
+    column_types: dict[str, Counter] = field(default_factory=dict)  # prompt: extra column -> types seen
 
     @property
     def rejected(self) -> int:
@@ -131,10 +133,14 @@ class Stats:
         return {"min": self.token_min, "max": self.token_max, "mean": mean, "total": self.token_total}
 
 
-def output_features(dc: DataConfig, label_names: list[str] | None):
-    """Columns of the prepared splits, in order."""
+def output_features(
+    dc: DataConfig, label_names: list[str] | None, column_types: dict[str, str] | None = None
+):
+    """Columns of the prepared splits, in order (`column_types`: data.kind prompt's extra columns)."""
     import datasets
 
+    if dc.kind == "prompt":
+        return prompt.output_features(column_types or {})
     if dc.kind in PREFERENCE_KINDS:
         return preference_features(dc.kind)
     token = datasets.Value("int32")
@@ -295,6 +301,8 @@ def _screen_pass(
                 continue
             if dc.kind == "classification":
                 labels_seen.add(cand.fields["label"])
+            if dc.kind == "prompt":
+                prompt.observe(stats.column_types, cand.fields)
             if dc.kind == "vision":
                 for image in cand.fields["images"]:
                     stats.images.update(bytes.fromhex(image["sha256"]))
@@ -391,9 +399,11 @@ def run(
     rejected_path: Path,
     num_proc: int | None = None,
     total: int | None = None,
+    prompt_needs: prompt.PromptNeeds | None = None,
 ) -> tuple[Stats, dict[str, Any]]:
     """Stream `records` through the pipeline; writes `rejected_path` and returns the counts and each
-    split as a `datasets.Dataset` over Arrow files in `work` (which must outlive them)."""
+    split as a `datasets.Dataset` over Arrow files in `work` (which must outlive them). `prompt_needs`:
+    data.kind prompt, what the run's rewards and completion length ask of each row."""
     import datasets
 
     stats = Stats()
@@ -404,7 +414,9 @@ def run(
     formatter = Formatter(dc, tokenizer, stats.label_names or ())
     stats.template, stats.prompt_add_special_tokens = formatter.template, formatter.prompt_add_special_tokens
 
-    features = output_features(dc, stats.label_names)
+    types = prompt.column_types(stats.column_types) if dc.kind == "prompt" else None
+    formatter.prompt_needs, formatter.column_types = prompt_needs, types
+    features = output_features(dc, stats.label_names, types)
     columns = tuple(name for name in features if name != "source")
     all_features = datasets.Features({**features, **_helper_features()})
     candidates = datasets.Dataset.from_file(str(path))

@@ -169,6 +169,15 @@ def extract_fields(data: Any, cfg: DataConfig) -> tuple[dict[str, Any] | None, l
             lambda field, found, required: _get_str(data, cfg, field, found, required=required),
             lambda value, field, found: message_list(value, _field_name(cfg, field), cfg, found),
         )
+    if kind == "prompt":
+        from peft_framework.data import prompt
+
+        return prompt.extract(
+            data,
+            cfg,
+            lambda field, found, required: _get_str(data, cfg, field, found, required=required),
+            lambda value, field, found: message_list(value, _field_name(cfg, field), cfg, found),
+        )
     if kind == "instruction":
         fields["instruction"] = _get_str(data, cfg, "instruction", problems, required=True)
         fields["input"] = _get_str(data, cfg, "input", problems, required=False) or ""

@@ -10,7 +10,8 @@ Outputs (all written atomically):
   with `adapter_sha256` and `predictions_sha256`, which tie this run's outputs to the adapter they score
   and to the predictions file (a run killed between two writes leaves a visibly mismatched pair).
 
-Preference data (data.kind preference / unpaired_preference): see evaluation/preference.py.
+Preference data (data.kind preference / unpaired_preference): see evaluation/preference.py. Prompt data
+(data.kind prompt, GRPO): completions of the test prompts scored by train.rewards, see evaluation/prompt.py.
 Metrics: causal LM loss and perplexity over the labelled (response) tokens, token-weighted; for
 instruction/chat data with `eval.generate`, greedy generation from `prompt` scored against `response`
 with exact match and ROUGE-L; for classification accuracy and macro-F1 (and the mean cross-entropy).
@@ -213,6 +214,10 @@ def score(
         from peft_framework.evaluation.vision import score_vision
 
         return score_vision(model, tokenizer, test, config, device, generate, metrics_dir)
+    if config.data.kind == "prompt":
+        from peft_framework.evaluation.prompt import score_prompts
+
+        return score_prompts(model, tokenizer, test, config, device)
     if config.data.kind in PREFERENCE_KINDS:
         from peft_framework.evaluation.preference import score_preference
 
@@ -257,6 +262,8 @@ def prediction_rows(test, config: Config, per_model: dict[str, list[dict]], labe
                 row["text"] = test[i]["text"]
             label = int(test[i]["labels"])
             row["label"] = label_names[label] if label_names else label
+        elif config.data.kind == "prompt":  # the prompt and the columns the rewards read
+            row.update({k: test[i][k] for k in test.column_names if k not in ("prompt_ids", "source")})
         elif config.data.kind in PREFERENCE_KINDS:
             row.update(
                 {

@@ -70,6 +70,8 @@ class StepPlan:
 def plan_steps(train: TrainConfig, num_train_rows: int, world_size: int = 1) -> StepPlan:
     batches = math.ceil(num_train_rows / train.batch_size)
     batches = math.ceil(batches / world_size)  # accelerate shards whole batches across processes
+    if train.objective == "grpo":  # each window of prompts is trained on num_iterations times
+        batches *= train.grpo.num_iterations
     steps_per_epoch = max(batches // train.grad_accum + int(batches % train.grad_accum > 0), 1)
     total = train.max_steps if train.max_steps > 0 else math.ceil(train.epochs * steps_per_epoch)
     warmup = train.warmup_steps or math.ceil(total * train.warmup_ratio)

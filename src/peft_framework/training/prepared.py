@@ -46,7 +46,9 @@ def load_prepared(config: Config, root: Path) -> PreparedData:
     if "train" not in dataset or len(dataset["train"]) == 0:
         raise DataError(f"data.output_dir: {config.data.output_dir!r} has no training rows")
     columns = model_columns(config)
-    missing = [c for c in columns if c != "attention_mask" and c not in dataset["train"].column_names]
+    missing = [
+        c for c in columns if c not in ("attention_mask", "*") and c not in dataset["train"].column_names
+    ]
     if missing:
         raise DataError(
             f"data.output_dir: the train split lacks columns {missing} (train.objective "
@@ -85,7 +87,10 @@ def model_columns(config: Config) -> tuple[str, ...]:
     """The prepared columns the objective's collator reads."""
     from peft_framework.training import objectives
 
-    columns = objectives.get(config.train.objective, config.train).columns
+    objective = objectives.get(config.train.objective, config.train)
+    columns = objective.columns
+    if getattr(objective, "keeps_extra_columns", False):
+        columns = (*columns, "*")
     if config.model.task == "image_text_to_text":  # vision rows: the processor needs the text and the images
         from peft_framework.models.vision_batch import VISION_COLUMNS
 
@@ -94,4 +99,6 @@ def model_columns(config: Config) -> tuple[str, ...]:
 
 
 def _select(split: Any, columns: tuple[str, ...]) -> Any:
+    if "*" in columns:  # the objective reads every column (GRPO: the rewards' data columns)
+        return split
     return split.select_columns([c for c in columns if c in split.column_names])

@@ -86,6 +86,7 @@ def _train(config: Config, root: Path, extra_callbacks: list[Any]) -> dict[str, 
     apply_prepared_chat_template(tokenizer, config.data, data.manifest, root)  # saved with the adapter
     init = warm_start.load_init_adapter(model, method, config, root)  # train.init_adapter
     objective = objectives.get(tc.objective, tc)
+    objective.use_tokenizer(tokenizer)
     reference_adapter = _frozen_reference(model, method, config, objective, init)
     trainable, total = count_parameters(model)
     if trainable == 0:

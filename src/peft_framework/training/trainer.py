@@ -10,7 +10,10 @@
 5. `train.objective` (training/objectives/): an objective other than SFT computes the loss and its metrics
    (TRL's names, averaged over each logging interval) from the policy and, where needed, the reference: the
    same model with the adapter switched off (or the frozen `reference_adapter`), dropout off, no grad.
-6. `train.group_by_length`: the Trainer's own LengthGroupedSampler, given the lengths from Arrow or the
+6. An online objective (GRPO) generates and scores completions for each optimizer step's window of prompt
+   batches before the step (`get_batch_samples` -> `objective.prepare_window`), and its sampled completions
+   go to callbacks that show them (`on_completions`) at each log.
+7. `train.group_by_length`: the Trainer's own LengthGroupedSampler, given the lengths from Arrow or the
    packing plan (`packing.example_lengths`): without them it reads every example once before the first
    step (about 100 s per 100,000 packs).
 """
@@ -92,7 +95,13 @@ class AdapterTrainer(Trainer):
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         dataset = self.train_dataset if train_dataset is None else train_dataset
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return self._length_grouped(dataset, batch) or super()._get_train_sampler(train_dataset)
+        sampler = self._length_grouped(dataset, batch) or super()._get_train_sampler(train_dataset)
+        repeats = getattr(self.objective, "repeat_batches", 1)
+        if repeats > 1:  # GRPO's num_iterations: each window of prompts trained on `repeats` times
+            from peft_framework.training.samplers import RepeatWindows
+
+            sampler = RepeatWindows(sampler, batch * self.args.world_size, repeats)
+        return sampler
 
     def _get_eval_sampler(self, eval_dataset: Any) -> Any:
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
@@ -113,6 +122,30 @@ class AdapterTrainer(Trainer):
         self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
         self.loraplus_groups = loraplus_groups.describe(groups)
         return self.optimizer
+
+    # --- online objectives: the generation step ----------------------------------------------------
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if batches and hasattr(self.objective, "prepare_window"):
+            batches = self._prepare_window(batches, training=True)
+        return batches, num_items
+
+    def _prepare_window(self, batches: list[dict[str, Any]], training: bool) -> list[dict[str, Any]]:
+        def sum_across(t: torch.Tensor) -> torch.Tensor:
+            if self.args.world_size == 1:
+                return t
+            return self.accelerator.reduce(t.to(self.args.device), reduction="sum").cpu()
+
+        return self.objective.prepare_window(
+            self.model,
+            batches,
+            self.reference,
+            self.state.global_step,
+            training=training,
+            rank=self.args.process_index,
+            sum_across=sum_across,
+            num_processes=self.args.world_size,
+        )
 
     # --- loss ------------------------------------------------------------------------------------
     def compute_loss(
@@ -182,6 +215,10 @@ class AdapterTrainer(Trainer):
     ) -> tuple[torch.Tensor | None, Any, Any]:
         if self.objective is None or self.objective.name == "sft":
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if hasattr(self.objective, "prepare_window"):  # online: generate and score the batch first
+            was_training = model.training
+            inputs = self._prepare_window([inputs], training=False)[0]
+            model.train(was_training)
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
@@ -193,6 +230,13 @@ class AdapterTrainer(Trainer):
         metrics = self._objective_metrics.pop(mode, {})
         prefix = "eval_" if mode == "eval" else ""
         logs = {**logs, **{f"{prefix}{k}": sum(v) / len(v) for k, v in metrics.items() if v}}
+        pop_samples = getattr(self.objective, "pop_samples", None)
+        samples = pop_samples() if pop_samples is not None and mode == "train" else []
+        if samples:  # sampled completions with their rewards, for callbacks that show them
+            for callback in self.callback_handler.callbacks:
+                show = getattr(callback, "on_completions", None)
+                if callable(show):
+                    show(self.args, self.state, samples)
         losses = getattr(self, "_router_aux_losses", None)
         if (
             losses and "loss" in logs

@@ -37,6 +37,9 @@ class Objective:
     def from_config(cls, train_config: Any) -> Objective:
         return cls()
 
+    def use_tokenizer(self, tokenizer: Any) -> None:
+        """The run's tokenizer, for objectives that decode (online ones); most need none."""
+
     def collator(self, pad_token_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         raise NotImplementedError
 
