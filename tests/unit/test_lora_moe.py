@@ -330,3 +330,44 @@ def test_odd_expert_sizes_take_the_per_expert_loop(monkeypatch) -> None:
     theirs, ours, _ = pair("mixtral", EXPERTS, None)
     with torch.no_grad():
         assert (theirs(tokens()).logits - ours(tokens()).logits).abs().max() < TOL
+
+
+def _train_step(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], int]:
+    """Gradients of one seeded training step and the bytes autograd kept for backward (weights excluded)."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:
+            kept[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(tokens(), labels=tokens()).loss
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, sum(kept.values())
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss"])
+def test_low_rank_input_is_rebuilt_in_backward_not_kept(family: str, monkeypatch) -> None:
+    """The expert LoRA's input (the gathered tokens; the gated activations) is rebuilt in backward from tensors
+    the frozen graph keeps anyway: less kept for backward, the same gradients, dropout masks included."""
+    from peft_framework.adapters.lora import params as lora_params
+
+    model = moe_base(family)
+    LoraMethod().inject(model, LoraConfig(r=2, target_parameters=EXPERTS, dropout=0.3))
+    for layer in model.modules():
+        if isinstance(layer, LoraParams):
+            for b in layer.lora_B["default"].values():
+                torch.nn.init.normal_(b.weight)
+    model.train()
+    grads, kept = _train_step(model)
+    monkeypatch.setattr(lora_params, "RECOMPUTE_LORA_INPUT", False)
+    expected, kept_without = _train_step(model)
+    assert set(grads) == set(expected) and len(grads) == 8
+    for name, grad in grads.items():
+        assert torch.allclose(grad, expected[name], atol=1e-6), name
+    assert kept < kept_without

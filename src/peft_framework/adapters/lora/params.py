@@ -24,15 +24,21 @@ peft nests one wrapper per parameter, so the parameters of one module get keys `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers.integrations.moe import _grouped_mm
 
 from peft_framework.adapters.layer import AdapterLayer, adapter_factory
 from peft_framework.errors import AdapterError
 from peft_framework.models.moe import is_experts_module
+
+#: Rebuild the low-rank path's input in backward (a gather, or the experts' gate: elementwise) rather than keep
+#: it: that input, (S, in) per adapted weight, is the one activation the frozen model does not keep already.
+RECOMPUTE_LORA_INPUT = True
 
 
 def param_features(module: nn.Module, param: torch.Tensor) -> tuple[int, int, int]:
@@ -152,10 +158,18 @@ class LoraParams(AdapterLayer):
         return torch.func.functional_call(self.base_layer, weights, args, kwargs, strict=False)
 
     def project(
-        self, adapter: str, name: str, x: torch.Tensor, expert_ids: torch.Tensor, offsets: torch.Tensor
+        self,
+        adapter: str,
+        name: str,
+        x: torch.Tensor,
+        expert_ids: torch.Tensor,
+        offsets: torch.Tensor,
+        lora_input: tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]],
     ) -> torch.Tensor:
         """Tokens sorted by expert through expert weight `name`: the base GEMM plus, when adapted, the
-        low-rank path on the same groups of tokens."""
+        low-rank path on the same groups of tokens. `lora_input` is (source, make) with `make(source) == x`:
+        the low-rank path keeps `source` for its backward (a tensor the base graph keeps anyway) and
+        rebuilds `x` from it there, instead of keeping its own (S, in) copy."""
         experts = self.base_layer
         bias = getattr(experts, f"{name}_bias")[expert_ids] if experts.has_bias else None
         weight = self.param(name)
@@ -165,8 +179,18 @@ class LoraParams(AdapterLayer):
         if name not in self.lora_A[adapter]:
             return y
         a3, b3 = self.factors(adapter, name)
-        xb = self.lora_dropout[adapter](x.to(a3.dtype))
-        h = grouped_mm(xb, a3.transpose(1, 2), offsets)  # (S, r)
+        dropout = self.lora_dropout[adapter]
+
+        def down(source: torch.Tensor) -> torch.Tensor:  # (S, r): dropout(x) A_eᵀ per group
+            return grouped_mm(dropout(lora_input[1](source).to(a3.dtype)), a3.transpose(1, 2), offsets)
+
+        source = lora_input[0]
+        if RECOMPUTE_LORA_INPUT and torch.is_grad_enabled():
+            # the RNG state is replayed, so dropout draws the same mask in the recomputation
+            replay = isinstance(dropout, nn.Dropout) and dropout.training
+            h = checkpoint(down, source, use_reentrant=False, preserve_rng_state=replay)
+        else:
+            h = down(source)
         # grouped GEMMs need one of a weight's last two dims contiguous: B as (E, r, out), a small copy
         update = grouped_mm(h, b3.transpose(1, 2).contiguous(), offsets)  # (S, out)
         return y.add_(update.to(y.dtype), alpha=self.scaling[adapter][name])
@@ -226,13 +250,14 @@ def experts_forward(
         raise AdapterError("LoRA on expert weights does not support expert-parallel experts modules")
     num_top_k, num_tokens = top_k_index.size(-1), hidden_states.size(0)
     expert_ids, perm = torch.sort(top_k_index.reshape(-1), stable=True)
-    x = hidden_states[perm // num_top_k]
     counts = torch.bincount(expert_ids, minlength=experts.num_experts)
     offsets = torch.cumsum(counts, 0, dtype=torch.int32)
     up = "gate_up_proj" if experts.has_gate else "up_proj"
-    h = layer.project(adapter, up, x, expert_ids, offsets)
-    h = experts._apply_gate(h) if experts.has_gate else experts.act_fn(h)
-    y = layer.project(adapter, "down_proj", h, expert_ids, offsets)
+    token_of = perm // num_top_k
+    x = hidden_states[token_of]
+    h = layer.project(adapter, up, x, expert_ids, offsets, (hidden_states, lambda hs: hs[token_of]))
+    activate = experts._apply_gate if experts.has_gate else experts.act_fn
+    y = layer.project(adapter, "down_proj", activate(h), expert_ids, offsets, (h, activate))
     if getattr(experts, "has_post_expert_norm", False):
         y = experts.post_expert_norm(y)
     y = y * top_k_weights.reshape(-1)[perm].unsqueeze(-1)
