@@ -29,7 +29,7 @@ from peft_framework.adapters.targeting import (
 )
 from peft_framework.config.schema import AdapterConfigBase
 from peft_framework.errors import AdapterError
-from peft_framework.models.moe import is_moe, routed_expert_params
+from peft_framework.models.moe import is_moe, linear_routers, routed_expert_params
 
 _UNSUPPORTED_UNLESS = {
     # LoRA has DoRA (dora.py) and trainable tokens (adapters/trainable_tokens.py)
@@ -84,6 +84,9 @@ class LoraMethod(WrapperMethod):
         else:
             modules = self.default_targets(model) if modules is None else modules
             targets = self.module_targets(model, config, modules)
+            if modules == ALL_LINEAR:  # a router that is a linear (Llama4) stays frozen unless named
+                routers = set(linear_routers(model))
+                targets = [t for t in targets if t not in routers]
         found = find_param_targets(model, params, LoraParams) if params else {}
         clash = sorted(set(found) & set(targets))
         if clash:
