@@ -354,11 +354,11 @@ def _train_step(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], int]:
 @pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss"])
 def test_low_rank_input_is_rebuilt_in_backward_not_kept(family: str, monkeypatch) -> None:
     """The expert LoRA's input (the gathered tokens; the gated activations) is rebuilt in backward from tensors
-    the frozen graph keeps anyway: less kept for backward, the same gradients, dropout masks included."""
+    the frozen graph keeps anyway: less kept for backward, the same gradients."""
     from peft_framework.adapters.lora import params as lora_params
 
     model = moe_base(family)
-    LoraMethod().inject(model, LoraConfig(r=2, target_parameters=EXPERTS, dropout=0.3))
+    LoraMethod().inject(model, LoraConfig(r=2, target_parameters=EXPERTS))
     for layer in model.modules():
         if isinstance(layer, LoraParams):
             for b in layer.lora_B["default"].values():
@@ -371,3 +371,23 @@ def test_low_rank_input_is_rebuilt_in_backward_not_kept(family: str, monkeypatch
     for name, grad in grads.items():
         assert torch.allclose(grad, expected[name], atol=1e-6), name
     assert kept < kept_without
+
+
+def test_a_rebuilt_input_changed_in_place_is_an_error() -> None:
+    """As autograd refuses a saved tensor modified in place, the recipe refuses a changed source."""
+    from peft_framework.adapters.lora.params import kept_as_recipe
+
+    source = torch.randn(6, 4)
+    a = torch.randn(4, 3, requires_grad=True)
+    x = source * 2
+    with kept_as_recipe(x, (source,), lambda: source * 2):
+        y = x @ a
+    source.add_(1)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.sum().backward()
+    source.sub_(1)
+    x = source * 2
+    with kept_as_recipe(x, (source,), lambda: source * 2):
+        y = x @ a
+    y.sum().backward()
+    assert torch.allclose(a.grad, x.sum(0, keepdim=True).T.expand(4, 3))
