@@ -16,6 +16,7 @@ subprocess, the VmHWM high-water mark during the training steps over the RSS aft
 (VmHWM reset through /proc/self/clear_refs), as bench/train_throughput.py measures it.
 
     python bench/moe.py [--steps 12] [--threads 1] [--experts 8] [--json out.json]
+    python bench/moe.py --qlora [--experts 8]   # weight memory of the base in fp32 / bf16 / 4-bit (QLoRA)
 """
 
 from __future__ import annotations
@@ -109,6 +110,32 @@ class Stepper:
         return time.perf_counter() - start
 
 
+def quantized_weights() -> dict[str, dict[str, float]]:
+    """QLoRA on an MoE base: the same model saved once, loaded as the train stage loads it (fp32, bf16, 4-bit
+    nf4 through bitsandbytes) -- weight bytes in all and of the routed experts, which bitsandbytes leaves in
+    the compute dtype (it quantizes nn.Linear layers only)."""
+    import tempfile
+
+    from quantized_memory import load, weight_bytes
+
+    from peft_framework.models.moe import routed_expert_params
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        build_base().save_pretrained(tmp)
+        for mode in ("fp32", "bf16", "4bit"):
+            model = load(Path(tmp), mode)
+            routed = set(routed_expert_params(model))
+            experts = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n in routed)
+            total = weight_bytes(model)
+            out[mode] = {
+                "weights_mb": round(total / 2**20, 1),
+                "routed_experts_mb": round(experts / 2**20, 1),
+                "rest_mb": round((total - experts) / 2**20, 1),
+            }
+    return out
+
+
 def memory(variant: str, threads: int) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--child", variant, "--threads", str(threads)]
     return run_child([*cmd, "--experts", str(NUM_EXPERTS)])
@@ -121,6 +148,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--experts", type=int, default=8, help="routed experts per layer (top-2 either way)")
+    parser.add_argument(
+        "--qlora", action="store_true", help="only the weight memory of fp32 / bf16 / 4-bit bases"
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
     global NUM_EXPERTS
@@ -128,6 +158,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(training_growth(Stepper(args.child), 3)))
+        return
+    if args.qlora:
+        print(json.dumps({"experts": NUM_EXPERTS, "weights": quantized_weights()}, indent=2))
         return
     steppers = {v: Stepper(v) for v in VARIANTS}
     times = alternate(steppers, args.steps, args.warmup)
