@@ -44,6 +44,14 @@ RECOMPUTE_LORA_INPUT = True
 Recipe = tuple[tuple[torch.Tensor, ...], Callable[[], torch.Tensor]]
 
 
+def _saved_tensor_hooks_active() -> bool:
+    """Whether saved-tensor hooks are already in force (non-reentrant activation checkpointing, which
+    transformers' gradient checkpointing uses, or offloading): they drop or move what is saved, and a recipe
+    would keep its sources (the (S, 2I) expert activations among them) alive instead."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # no public query in torch
+    return top is not None and top(False) is not None
+
+
 @contextmanager
 def kept_as_recipe(
     x: torch.Tensor, sources: tuple[torch.Tensor, ...], rebuild: Callable[[], torch.Tensor]
@@ -218,7 +226,12 @@ class LoraParams(AdapterLayer):
         a3, b3 = self.factors(adapter, name)
         dropout = self.lora_dropout[adapter]
         xa = x.to(a3.dtype)
-        if RECOMPUTE_LORA_INPUT and torch.is_grad_enabled() and isinstance(dropout, nn.Identity):
+        if (
+            RECOMPUTE_LORA_INPUT
+            and torch.is_grad_enabled()
+            and isinstance(dropout, nn.Identity)
+            and not _saved_tensor_hooks_active()
+        ):
             sources, make = rebuild
             with kept_as_recipe(xa, sources, lambda: make().to(a3.dtype)):
                 h = grouped_mm(xa, a3.transpose(1, 2), offsets)  # (S, r)
