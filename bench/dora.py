@@ -20,14 +20,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
 import torch
 import train_throughput
-from train_throughput import ALPHA, TARGETS, R, _status_kb, machine, make_batch
+from _common import alternate, paired_ratio, run_child, training_growth
+from train_throughput import ALPHA, TARGETS, R, machine, make_batch
 
 VARIANTS = ["ours-lora", "ours-dora", "ours-dora-reference", "peft-lora", "peft-dora"]
 
@@ -72,20 +72,12 @@ class Stepper:
 
 
 def peak_rss_child(variant: str, steps: int) -> None:
-    stepper = Stepper(variant)
-    built = _status_kb("VmRSS") / 1024
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    for _ in range(steps):
-        stepper.step()
-    print(json.dumps({"built_rss_mb": built, "training_growth_mb": _status_kb("VmHWM") / 1024 - built}))
+    print(json.dumps(training_growth(Stepper(variant), steps)))
 
 
 def peak_rss(variant: str, args: argparse.Namespace) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--child", variant, "--threads", str(args.threads)]
-    cmd += ["--layers", str(args.layers)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_child([*cmd, "--layers", str(args.layers)])
 
 
 def main() -> None:
@@ -125,19 +117,12 @@ def main() -> None:
     }
     steppers = {v: Stepper(v) for v in VARIANTS}
     report["trainable"] = {v: s.trainable for v, s in steppers.items()}
-    for _ in range(args.warmup):
-        for s in steppers.values():
-            s.step()
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for i in range(args.steps):
-        order = VARIANTS[i % len(VARIANTS) :] + VARIANTS[: i % len(VARIANTS)]
-        for v in order:
-            times[v].append(steppers[v].step())
+    times = alternate(steppers, args.steps, args.warmup)
     del steppers
     report["step_ms"] = {v: round(1000 * statistics.median(t), 1) for v, t in times.items()}
 
     def ratio(a: str, b: str) -> float:
-        return round(statistics.median(x / y for x, y in zip(times[a], times[b])), 3)
+        return round(paired_ratio(times, a, b), 3)
 
     report["ratios"] = {
         "ours-dora / ours-lora": ratio("ours-dora", "ours-lora"),

@@ -16,6 +16,7 @@ subprocess, the VmHWM high-water mark during the training steps over the RSS aft
 (VmHWM reset through /proc/self/clear_refs), as bench/train_throughput.py measures it.
 
     python bench/moe.py [--steps 12] [--threads 1] [--experts 8] [--json out.json]
+    python bench/moe.py --qlora [--experts 8]   # weight memory of the base in fp32 / bf16 / 4-bit (QLoRA)
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import alternate, paired_ratio, run_child, training_growth
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -109,41 +110,35 @@ class Stepper:
         return time.perf_counter() - start
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
+def quantized_weights() -> dict[str, dict[str, float]]:
+    """QLoRA on an MoE base: the same model saved once, loaded as the train stage loads it (fp32, bf16, 4-bit
+    nf4 through bitsandbytes) -- weight bytes in all and of the routed experts, which bitsandbytes leaves in
+    the compute dtype (it quantizes nn.Linear layers only)."""
+    import tempfile
+
+    from quantized_memory import load, weight_bytes
+
+    from peft_framework.models.moe import routed_expert_params
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        build_base().save_pretrained(tmp)
+        for mode in ("fp32", "bf16", "4bit"):
+            model = load(Path(tmp), mode)
+            routed = set(routed_expert_params(model))
+            experts = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n in routed)
+            total = weight_bytes(model)
+            out[mode] = {
+                "weights_mb": round(total / 2**20, 1),
+                "routed_experts_mb": round(experts / 2**20, 1),
+                "rest_mb": round((total - experts) / 2**20, 1),
+            }
+    return out
 
 
-def memory_child(variant: str, steps: int) -> None:
-    stepper = Stepper(variant)
-    built = _status_kb("VmRSS") / 1024
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    for _ in range(steps):
-        stepper.step()
-    print(json.dumps({"built_rss_mb": built, "training_growth_mb": _status_kb("VmHWM") / 1024 - built}))
-
-
-def memory(variant: str, threads: int, steps: int) -> dict[str, float]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            variant,
-            "--threads",
-            str(threads),
-            "--experts",
-            str(NUM_EXPERTS),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def memory(variant: str, threads: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", variant, "--threads", str(threads)]
+    return run_child([*cmd, "--experts", str(NUM_EXPERTS)])
 
 
 def main() -> None:
@@ -153,29 +148,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--experts", type=int, default=8, help="routed experts per layer (top-2 either way)")
+    parser.add_argument(
+        "--qlora", action="store_true", help="only the weight memory of fp32 / bf16 / 4-bit bases"
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
     global NUM_EXPERTS
     NUM_EXPERTS = args.experts
     torch.set_num_threads(args.threads)
     if args.child:
-        memory_child(args.child, 3)
+        print(json.dumps(training_growth(Stepper(args.child), 3)))
+        return
+    if args.qlora:
+        print(json.dumps({"experts": NUM_EXPERTS, "weights": quantized_weights()}, indent=2))
         return
     steppers = {v: Stepper(v) for v in VARIANTS}
-    for _ in range(args.warmup):
-        for s in steppers.values():
-            s.step()
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for i in range(args.steps):
-        order = VARIANTS[i % 3 :] + VARIANTS[: i % 3]
-        for v in order:
-            times[v].append(steppers[v].step())
+    times = alternate(steppers, args.steps, args.warmup)
     med = {v: statistics.median(t) for v, t in times.items()}
     round_ratio = {
-        (a, b): statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
-        for a, b in (("ours", "floor"), ("ours", "peft"), ("peft", "floor"))
+        (a, b): paired_ratio(times, a, b) for a, b in (("ours", "floor"), ("ours", "peft"), ("peft", "floor"))
     }
-    mem = {v: memory(v, args.threads, 3) for v in VARIANTS}
+    mem = {v: memory(v, args.threads) for v in VARIANTS}
     result = {
         "step_ms": {v: round(1000 * t, 1) for v, t in med.items()},
         "trainable": {v: steppers[v].trainable for v in VARIANTS},
@@ -185,6 +178,13 @@ def main() -> None:
         "training_growth_mb": {v: round(m["training_growth_mb"], 1) for v, m in mem.items()},
         "growth_ratio_ours_peft": round(
             mem["ours"]["training_growth_mb"] / mem["peft"]["training_growth_mb"], 3
+        ),
+        # what an adapter costing nothing beyond the frozen floor could reach against peft
+        "floor_over_peft": round(1 / round_ratio[("peft", "floor")], 3),
+        "growth_over_floor_ratio_ours_peft": round(
+            (mem["ours"]["training_growth_mb"] - mem["floor"]["training_growth_mb"])
+            / (mem["peft"]["training_growth_mb"] - mem["floor"]["training_growth_mb"]),
+            3,
         ),
         "experts": NUM_EXPERTS,
         "threads": args.threads,

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import reset_peak_rss, status_kb
 
 print = functools.partial(print, flush=True)  # noqa: A001 - progress shows while children run
 
@@ -183,23 +184,17 @@ class Stepper:
 
 
 # ------------------------------------------------------------------------------------------- memory
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
-
-
 def memory_child(directory: Path, mode: str, variant: str, steps: int) -> None:
     model = load(directory, mode)
     weights = weight_bytes(model)
     quantized = "quantization" in MODES[mode]
     model = attach(model, variant, quantized)
     stepper = Stepper(model, autocast=False)
-    built = _status_kb("VmRSS") / 1024
-    build_peak = _status_kb("VmHWM") / 1024
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
+    built = status_kb("VmRSS") / 1024
+    build_peak = status_kb("VmHWM") / 1024
+    reset_peak_rss()
     seconds = [stepper.step() for _ in range(steps)]
-    hwm = _status_kb("VmHWM") / 1024
+    hwm = status_kb("VmHWM") / 1024
     print(
         json.dumps(
             {

@@ -29,12 +29,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
 import torch
+from _common import alternate, paired_ratio, run_child, training_growth
 from transformers import LlamaConfig, LlamaForCausalLM
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -147,42 +147,16 @@ class Stepper:
 
 
 # ------------------------------------------------------------------------------------------- memory
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def peak_rss_child(variant: str, steps: int) -> None:
     """In a fresh process (VmHWM starts anew at exec): build, then train; the high-water mark is read
     after the build and reset (Linux >= 4.0), so the training peak is measured on its own."""
-    stepper = Stepper(variant)
-    result: dict[str, float | None] = {"built_rss_mb": _status_kb("VmRSS") / 1024}
-    build_peak = _status_kb("VmHWM") / 1024
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        reset = True
-    except OSError:
-        reset = False
-    for _ in range(steps):
-        stepper.step()
-    hwm = _status_kb("VmHWM") / 1024
-    result["peak_rss_mb"] = max(build_peak, hwm)
-    result["training_growth_mb"] = hwm - result["built_rss_mb"] if reset else None
-    print(json.dumps(result))
+    print(json.dumps(training_growth(Stepper(variant), steps)))
 
 
 def peak_rss(variant: str, threads: int, steps: int) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", variant, "--threads", str(threads), "--steps", str(steps)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_child(
+        [sys.executable, __file__, "--child", variant, "--threads", str(threads), "--steps", str(steps)]
+    )
 
 
 # ---------------------------------------------------------------------------------------- inference
@@ -305,14 +279,7 @@ def main() -> None:
         if stepper.compile_s is not None:
             print(f"compile {v}: {stepper.compile_s:.1f} s (first step included)")
     report["compile_s"] = {v: st.compile_s for v, st in steppers.items() if st.compile_s is not None}
-    for _ in range(args.warmup):
-        for v in variants:
-            steppers[v].step()
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    for i in range(args.steps):
-        k = i % len(variants)
-        for v in variants[k:] + variants[:k]:  # rotate so no variant always runs first
-            times[v].append(steppers[v].step())
+    times = alternate(steppers, args.steps, args.warmup)
     report["load_after_training"] = os.getloadavg()
     med = {v: statistics.median(times[v]) for v in variants}
     tokens = BATCH * SEQ
@@ -330,9 +297,7 @@ def main() -> None:
     }
 
     def paired(a: str, b: str) -> float:
-        """Median over rounds of t_a / t_b: each round runs every variant back to back, so slow drifts
-        of the machine's speed (other tenants) cancel in the ratio."""
-        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+        return paired_ratio(times, a, b)
 
     report["ratios"] = {
         "throughput_ours_over_peft": med["peft"] / med["ours"],

@@ -256,7 +256,7 @@ def test_unsupported_peft_features_are_refused_by_name(tmp_path: Path) -> None:
     cfg = LoraConfig(r=4, target_modules=["q_proj"])
     out = save(trained("llama", cfg), cfg, tmp_path / "a")
     saved = json.loads((out / "adapter_config.json").read_text())
-    for key, value in (("init_lora_weights", "pissa"), ("rank_pattern", {"q_proj": 8})):
+    for key, value in (("init_lora_weights", "pissa"), ("layers_to_transform", [0])):
         (out / "adapter_config.json").write_text(json.dumps({**saved, key: value}))
         with pytest.raises(AdapterError, match=key):
             load_adapter(base(), out)

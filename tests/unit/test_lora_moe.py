@@ -330,3 +330,89 @@ def test_odd_expert_sizes_take_the_per_expert_loop(monkeypatch) -> None:
     theirs, ours, _ = pair("mixtral", EXPERTS, None)
     with torch.no_grad():
         assert (theirs(tokens()).logits - ours(tokens()).logits).abs().max() < TOL
+
+
+def _train_step(model: torch.nn.Module, monkeypatch) -> tuple[dict[str, torch.Tensor], int, int]:
+    """Gradients of one seeded training step; how many inputs of the low-rank products (grouped GEMMs with a
+    trainable weight) and how many outputs of the frozen expert products were alive once the forward was done."""
+    import weakref
+
+    from peft_framework.adapters.lora import params as lora_params
+
+    plain = lora_params.grouped_mm
+    inputs: list[weakref.ref] = []
+    outputs: list[weakref.ref] = []
+
+    def recording(x, weight, offsets, native=None):
+        y = plain(x, weight, offsets, native)
+        (inputs if weight.requires_grad else outputs).append(weakref.ref(x if weight.requires_grad else y))
+        return y
+
+    monkeypatch.setattr(lora_params, "grouped_mm", recording)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    loss = model(tokens(), labels=tokens()).loss
+    alive = sum(ref() is not None for ref in inputs)
+    alive_base = sum(ref() is not None for ref in outputs)
+    assert len(inputs) == 2 * 2 * 2  # layers x adapted weights x (first + second product)
+    loss.backward()
+    monkeypatch.setattr(lora_params, "grouped_mm", plain)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, alive, alive_base
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss"])
+def test_low_rank_input_is_rebuilt_in_backward_not_kept(family: str, monkeypatch) -> None:
+    """The expert LoRA's input (the gathered tokens; the gated activations) is rebuilt in backward from tensors
+    the frozen graph keeps anyway: not kept alive for backward, and the same gradients."""
+    from peft_framework.adapters.lora import params as lora_params
+
+    model = moe_base(family)
+    LoraMethod().inject(model, LoraConfig(r=2, target_parameters=EXPERTS))
+    for layer in model.modules():
+        if isinstance(layer, LoraParams):
+            for b in layer.lora_B["default"].values():
+                torch.nn.init.normal_(b.weight)
+    model.train()
+    grads, alive, _ = _train_step(model, monkeypatch)
+    monkeypatch.setattr(lora_params, "RECOMPUTE_LORA_INPUT", False)
+    expected, alive_without, _ = _train_step(model, monkeypatch)
+    assert set(grads) == set(expected) and len(grads) == 8
+    for name, grad in grads.items():
+        assert torch.allclose(grad, expected[name], atol=1e-6), name
+    # kept: the 4 inputs of the first products (A's gradient needs them) and the 4 (S, r) ones of the second
+    assert alive_without == 8 and alive == 4
+
+
+def test_no_recipe_under_activation_checkpointing(monkeypatch) -> None:
+    """Under transformers' (non-reentrant) gradient checkpointing the recipe would keep its sources alive:
+    it steps aside, and the gradients are those of the plain model."""
+    model = moe_base("qwen3_moe")
+    LoraMethod().inject(model, LoraConfig(r=2, target_parameters=EXPERTS))
+    model.train()
+    expected, _, kept_base = _train_step(model, monkeypatch)
+    assert kept_base > 0  # without checkpointing the gate keeps the up-projection's output
+    model.gradient_checkpointing_enable()
+    grads, alive, alive_base = _train_step(model, monkeypatch)
+    assert alive == alive_base == 0  # checkpointing drops what a layer saved; no recipe holds its sources
+    for name, grad in grads.items():
+        assert torch.allclose(grad, expected[name], atol=1e-6), name
+
+
+def test_a_rebuilt_input_changed_in_place_is_an_error() -> None:
+    """As autograd refuses a saved tensor modified in place, the recipe refuses a changed source."""
+    from peft_framework.adapters.lora.params import kept_as_recipe
+
+    source = torch.randn(6, 4)
+    a = torch.randn(4, 3, requires_grad=True)
+    x = source * 2
+    with kept_as_recipe(x, (source,), lambda: source * 2):
+        y = x @ a
+    source.add_(1)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.sum().backward()
+    source.sub_(1)
+    x = source * 2
+    with kept_as_recipe(x, (source,), lambda: source * 2):
+        y = x @ a
+    y.sum().backward()
+    assert torch.allclose(a.grad, x.sum(0, keepdim=True).T.expand(4, 3))

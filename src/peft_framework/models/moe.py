@@ -27,6 +27,17 @@ def is_experts_module(module: nn.Module) -> bool:
     return all(hasattr(module, flag) for flag in _EXPERTS_FLAGS) and hasattr(module, "num_experts")
 
 
+def is_routed_experts(module: nn.Module) -> bool:
+    """Any module holding routed experts as fused 3-D weights: the flagged experts modules above, and ones
+    without flags such as Llama4's (`Llama4TextExperts`: `gate_up_proj [E, H, 2D]`, `down_proj [E, D, H]`, its
+    own forward; adapted through the materialised delta, as peft does)."""
+    if is_experts_module(module):
+        return True
+    return hasattr(module, "num_experts") and any(
+        p is not None and p.dim() == 3 for p in module._parameters.values()
+    )
+
+
 def expert_weight_names(module: nn.Module) -> list[str]:
     """The experts module's 3-D weights (not biases), in registration order."""
     return [n for n, p in module.named_parameters(recurse=False) if p.dim() == 3 and not n.endswith("bias")]
@@ -36,7 +47,7 @@ def routed_expert_params(model: nn.Module) -> list[str]:
     """Full names of every routed-expert weight (`model.layers.0.mlp.experts.gate_up_proj`, ...)."""
     out: list[str] = []
     for path, module in model.named_modules():
-        if is_experts_module(module):
+        if is_routed_experts(module):
             out += [f"{path}.{name}" for name in expert_weight_names(module)]
     return out
 
@@ -53,12 +64,26 @@ def is_router_module(path: str, module: nn.Module) -> bool:
     )
 
 
+def linear_routers(model: nn.Module) -> list[str]:
+    """Routers that are `nn.Linear`s (Llama4's `Llama4Router`): a linear named gate/router beside a routed
+    experts module. `all-linear` leaves them out: routers stay frozen unless named."""
+    out = []
+    for path, module in model.named_modules():
+        parent, _, last = path.rpartition(".")
+        if isinstance(module, nn.Linear) and last in _ROUTER_NAMES and parent:
+            siblings = model.get_submodule(parent).children()
+            if any(is_routed_experts(m) for m in siblings):
+                out.append(path)
+    return out
+
+
 def router_params(model: nn.Module) -> list[str]:
-    return [f"{p}.weight" for p, m in model.named_modules() if p and is_router_module(p, m)]
+    found = [p for p, m in model.named_modules() if p and is_router_module(p, m)]
+    return [f"{p}.weight" for p in [*found, *linear_routers(model)]]
 
 
 def is_moe(model: nn.Module) -> bool:
-    return any(is_experts_module(m) for m in model.modules())
+    return any(is_routed_experts(m) for m in model.modules())
 
 
 def candidate_params(model: nn.Module) -> list[str]:

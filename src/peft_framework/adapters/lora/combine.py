@@ -31,6 +31,12 @@ def combine_adapters(model: nn.Module, weights: dict[str, float], new_name: str)
         raise AdapterError(
             f"combine_adapters: {dora_names} use DoRA, whose magnitudes do not add up linearly; allowed: plain LoRA"
         )
+    patterned = [n for n in names if adapters[n].config.rank_pattern or adapters[n].config.alpha_pattern]
+    if patterned:
+        raise AdapterError(
+            f"combine_adapters: {patterned} use rank_pattern/alpha_pattern (ranks differ per module); allowed: "
+            "adapters with one rank and alpha"
+        )
     rank = sum(adapters[n].config.r for n in names)
     targets = sorted({t for n in names for t in adapters[n].targets})
     saved = sorted({p for n in names for p in adapters[n].saved_modules})

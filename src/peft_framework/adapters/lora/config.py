@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from peft_framework.adapters.lora import init_names as lora_init
+from peft_framework.adapters.lora import patterns
 from peft_framework.config.schema import AdapterConfigBase
 
 
@@ -36,6 +38,39 @@ class LoraConfig(AdapterConfigBase):
         "token ids for the input embedding (a tied lm_head follows it), or {layer name: ids}, e.g. {embed_tokens: "
         "[...], lm_head: [...]} for an untied lm_head. Filled in for the tokens of model.add_tokens.",
     )
+
+    rank_pattern: dict[str, int] | None = Field(
+        None,
+        description="Per-target ranks (peft's rank_pattern): {regex: r}, matched at the end of a module path, or of "
+        "'<module path>.<parameter>' for target_parameters (e.g. {mlp.experts.down_proj: 4, layers.0.self_attn.q_proj: "
+        "32}); the first matching key wins; other targets use r",
+    )
+    alpha_pattern: dict[str, float] | None = Field(
+        None, description="Per-target alphas (peft's alpha_pattern), keys as rank_pattern's; others use alpha"
+    )
+
+    @field_validator("rank_pattern", "alpha_pattern")
+    @classmethod
+    def _patterns(cls, value: dict[str, float] | None, info: ValidationInfo) -> dict[str, float] | None:
+        if not value:
+            return None
+        for key, number in value.items():
+            try:
+                re.compile(key)
+            except re.error as exc:
+                raise ValueError(
+                    f"adapter.{info.field_name}.{key}: not a valid regex ({exc}); allowed: a Python regex"
+                ) from None
+            if number <= 0 or (info.field_name == "rank_pattern" and number < 1):
+                raise ValueError(
+                    f"adapter.{info.field_name}.{key}: {number}; allowed: "
+                    + ("an integer rank >= 1" if info.field_name == "rank_pattern" else "a number > 0")
+                )
+        return value
+
+    def rank_alpha(self, target: str) -> tuple[int, float]:
+        """(r, alpha) of one adapted module path or '<module path>.<parameter>' (patterns.py)."""
+        return patterns.rank_alpha(self.rank_pattern, self.alpha_pattern, target, self.r, self.alpha)
 
     @field_validator("trainable_token_indices")
     @classmethod

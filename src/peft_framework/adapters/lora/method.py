@@ -13,6 +13,7 @@ from peft_framework.adapters.lora import init as lora_init
 from peft_framework.adapters.lora.config import LoraConfig
 from peft_framework.adapters.lora.layer import LoraLinear
 from peft_framework.adapters.lora.params import LoraParams
+from peft_framework.adapters.lora.patterns import check_patterns_used
 from peft_framework.adapters.method import LORA_FAMILY_UNSUPPORTED, AdapterRecord, WrapperMethod, listify
 from peft_framework.adapters.modules_to_save import ModulesToSave
 from peft_framework.adapters.param_targeting import (
@@ -28,16 +29,15 @@ from peft_framework.adapters.targeting import (
 )
 from peft_framework.config.schema import AdapterConfigBase
 from peft_framework.errors import AdapterError
-from peft_framework.models.moe import is_moe, routed_expert_params
+from peft_framework.models.moe import is_moe, linear_routers, routed_expert_params
 
 _UNSUPPORTED_UNLESS = {
     # LoRA has DoRA (dora.py) and trainable tokens (adapters/trainable_tokens.py)
     **{
         k: v
         for k, v in LORA_FAMILY_UNSUPPORTED.items()
-        if k not in ("use_dora", "trainable_token_indices", "target_parameters")
+        if k not in ("use_dora", "trainable_token_indices", "target_parameters", "alpha_pattern")
     },
-    "rank_pattern": ({}, None),
     "alora_invocation_tokens": (None, []),
     "use_bdlora": (None, False),
 }
@@ -48,6 +48,11 @@ _SAVED_AS_PLAIN_LORA = (
     "rank {r2} (r={r} doubled, alpha doubled, same update) relative to the ORIGINAL base model, so "
     "peft.PeftModel.from_pretrained(original_base, dir) and export reproduce the trained model"
 )
+
+
+def _number(value: float) -> int | float:
+    """An alpha as peft writes it: an int where it is one."""
+    return int(value) if float(value).is_integer() else value
 
 
 @dataclass
@@ -79,6 +84,9 @@ class LoraMethod(WrapperMethod):
         else:
             modules = self.default_targets(model) if modules is None else modules
             targets = self.module_targets(model, config, modules)
+            if modules == ALL_LINEAR:  # a router that is a linear (Llama4) stays frozen unless named
+                routers = set(linear_routers(model))
+                targets = [t for t in targets if t not in routers]
         found = find_param_targets(model, params, LoraParams) if params else {}
         clash = sorted(set(found) & set(targets))
         if clash:
@@ -86,6 +94,8 @@ class LoraMethod(WrapperMethod):
                 f"adapter.target_parameters: {clash[0]!r} is also selected by adapter.target_modules; allowed: "
                 "adapt a module either whole (target_modules) or through its parameters, not both"
             )
+        adapted = [*targets, *(f"{path}.{name}" for path, names in found.items() for name in names)]
+        check_patterns_used(config.rank_pattern, config.alpha_pattern, adapted)
         return LoraRecord(config=config, targets=targets, params=found)
 
     def wrapped_paths(self, record: LoraRecord) -> list[str]:
@@ -98,9 +108,8 @@ class LoraMethod(WrapperMethod):
             if not isinstance(layer, LoraParams):
                 layer = LoraParams(layer)
                 replace_module(model, path, layer)
-            layer.add_adapter(
-                adapter_name, dict.fromkeys(names, (c.r, c.alpha)), c.dropout, c.use_rslora, c.init
-            )
+            ranks = {name: c.rank_alpha(f"{path}.{name}") for name in names}
+            layer.add_adapter(adapter_name, ranks, c.dropout, c.use_rslora, c.init)
             layer.train(layer.base.training)
 
     def param_names(self, model: nn.Module, record: LoraRecord) -> set[str]:
@@ -109,7 +118,8 @@ class LoraMethod(WrapperMethod):
 
     def add_to_layer(self, layer: LoraLinear, adapter_name: str, record: AdapterRecord, path: str) -> None:
         c: LoraConfig = record.config
-        layer.add_adapter(adapter_name, c.r, c.alpha, c.dropout, c.use_rslora, c.init, use_dora=c.use_dora)
+        r, alpha = c.rank_alpha(path)
+        layer.add_adapter(adapter_name, r, alpha, c.dropout, c.use_rslora, c.init, use_dora=c.use_dora)
 
     def layer_tensors(
         self, layer: LoraLinear | LoraParams, adapter_name: str, record: AdapterRecord
@@ -195,10 +205,15 @@ class LoraMethod(WrapperMethod):
     def saved_fields(self, model: nn.Module, config: LoraConfig, record: AdapterRecord) -> dict[str, Any]:
         user = config.target_modules
         r, alpha = config.r, config.alpha
+        rank_pattern, alpha_pattern = dict(config.rank_pattern or {}), dict(config.alpha_pattern or {})
         init = _INIT_TO_PEFT.get(config.init, True)  # PiSSA/OLoRA are saved converted: a plain LoRA
-        if lora_init.mutates_base(config.init):
+        if lora_init.mutates_base(config.init):  # every rank doubles, every alpha so that the scaling stays
             r, alpha = lora_init.converted_r_alpha(r, alpha, config.use_rslora)
-        alpha = int(alpha) if float(alpha).is_integer() else alpha
+            rank_pattern = {k: 2 * v for k, v in rank_pattern.items()}
+            alpha_pattern = {
+                k: lora_init.converted_r_alpha(1, v, config.use_rslora)[1] for k, v in alpha_pattern.items()
+            }
+        alpha = _number(alpha)
         saved: dict[str, Any] = {
             "r": r,
             "lora_alpha": alpha,
@@ -215,8 +230,8 @@ class LoraMethod(WrapperMethod):
             "fan_in_fan_out": self.fan_in_fan_out(model, record),
             "layers_to_transform": None,
             "layers_pattern": None,
-            "rank_pattern": {},
-            "alpha_pattern": {},
+            "rank_pattern": rank_pattern,
+            "alpha_pattern": {k: _number(v) for k, v in alpha_pattern.items()},
         }
         if config.exclude_modules is not None:  # key only known to peft >= 0.14: written only when used
             saved["exclude_modules"] = config.exclude_modules
@@ -259,5 +274,7 @@ class LoraMethod(WrapperMethod):
                 "init": _INIT_FROM_PEFT[init],
                 "trainable_token_indices": saved.get("trainable_token_indices") or None,
                 "target_parameters": listify(params),
+                "rank_pattern": saved.get("rank_pattern") or None,
+                "alpha_pattern": saved.get("alpha_pattern") or None,
             }
         )

@@ -24,6 +24,8 @@ peft nests one wrapper per parameter, so the parameters of one module get keys `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -33,6 +35,55 @@ from transformers.integrations.moe import _grouped_mm
 from peft_framework.adapters.layer import AdapterLayer, adapter_factory
 from peft_framework.errors import AdapterError
 from peft_framework.models.moe import is_experts_module
+
+#: Rebuild the low-rank path's input in backward (a gather, or the experts' gate: elementwise) rather than keep
+#: it: that input, (S, in) per adapted weight, is the one activation the frozen model does not keep already.
+RECOMPUTE_LORA_INPUT = True
+
+#: (tensors read, a function computing a tensor from them again)
+Recipe = tuple[tuple[torch.Tensor, ...], Callable[[], torch.Tensor]]
+
+
+def _saved_tensor_hooks_active() -> bool:
+    """Whether saved-tensor hooks are already in force (non-reentrant activation checkpointing, which
+    transformers' gradient checkpointing uses, or offloading): they drop or move what is saved, and a recipe
+    would keep its sources (the (S, 2I) expert activations among them) alive instead."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # no public query in torch
+    return top is not None and top(False) is not None
+
+
+@contextmanager
+def kept_as_recipe(
+    x: torch.Tensor, sources: tuple[torch.Tensor, ...], rebuild: Callable[[], torch.Tensor]
+) -> Iterator[None]:
+    """Inside, whatever autograd saves of `x` (x or a view of it) is kept as `rebuild` and recomputed, without
+    grad, when backward needs it. Unlike torch.utils.checkpoint no graph is built for the recomputation: the
+    gradient still flows once through the forward's own `x`. `sources` (what `rebuild` reads) must not be
+    changed in place before backward; that is checked, as autograd checks saved tensors."""
+    if not x.is_contiguous() or x.storage_offset() != 0:  # only a fresh tensor is rebuilt as it was
+        yield
+        return
+    storage = x.untyped_storage().data_ptr()
+    versions = [t._version for t in sources]
+
+    def pack(t: torch.Tensor) -> Any:
+        if t.untyped_storage().data_ptr() != storage:
+            return t
+        return (t.size(), t.stride(), t.storage_offset())
+
+    def unpack(saved: Any) -> torch.Tensor:
+        if not isinstance(saved, tuple):
+            return saved
+        if [t._version for t in sources] != versions:
+            raise RuntimeError(
+                "LoRA on expert weights: a tensor the low-rank path rebuilds its input from was modified in "
+                "place before backward"
+            )
+        with torch.no_grad():
+            return rebuild().as_strided(*saved)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield
 
 
 def param_features(module: nn.Module, param: torch.Tensor) -> tuple[int, int, int]:
@@ -152,10 +203,18 @@ class LoraParams(AdapterLayer):
         return torch.func.functional_call(self.base_layer, weights, args, kwargs, strict=False)
 
     def project(
-        self, adapter: str, name: str, x: torch.Tensor, expert_ids: torch.Tensor, offsets: torch.Tensor
+        self,
+        adapter: str,
+        name: str,
+        x: torch.Tensor,
+        expert_ids: torch.Tensor,
+        offsets: torch.Tensor,
+        rebuild: Recipe,
     ) -> torch.Tensor:
         """Tokens sorted by expert through expert weight `name`: the base GEMM plus, when adapted, the
-        low-rank path on the same groups of tokens."""
+        low-rank path on the same groups of tokens, `(x_e A_eᵀ)(s · B_eᵀ)`.
+        `rebuild` = (the tensors it reads, a function giving `x` again): without dropout, the low-rank path
+        keeps that recipe for its backward instead of an (S, in) copy of `x` (`kept_as_recipe`)."""
         experts = self.base_layer
         bias = getattr(experts, f"{name}_bias")[expert_ids] if experts.has_bias else None
         weight = self.param(name)
@@ -165,11 +224,26 @@ class LoraParams(AdapterLayer):
         if name not in self.lora_A[adapter]:
             return y
         a3, b3 = self.factors(adapter, name)
-        xb = self.lora_dropout[adapter](x.to(a3.dtype))
-        h = grouped_mm(xb, a3.transpose(1, 2), offsets)  # (S, r)
-        # grouped GEMMs need one of a weight's last two dims contiguous: B as (E, r, out), a small copy
-        update = grouped_mm(h, b3.transpose(1, 2).contiguous(), offsets)  # (S, out)
-        return y.add_(update.to(y.dtype), alpha=self.scaling[adapter][name])
+        dropout = self.lora_dropout[adapter]
+        xa = x.to(a3.dtype)
+        if (
+            RECOMPUTE_LORA_INPUT
+            and torch.is_grad_enabled()
+            and isinstance(dropout, nn.Identity)
+            and not _saved_tensor_hooks_active()
+        ):
+            sources, make = rebuild
+            with kept_as_recipe(xa, sources, lambda: make().to(a3.dtype)):
+                h = grouped_mm(xa, a3.transpose(1, 2), offsets)  # (S, r)
+        else:
+            h = grouped_mm(dropout(xa), a3.transpose(1, 2), offsets)
+        # grouped GEMMs need one of a weight's last two dims contiguous: B as (E, r, out), a small copy, which
+        # takes the scaling (not the (S, out) update, nor its gradient)
+        b_scaled = (
+            b3.transpose(1, 2).clone(memory_format=torch.contiguous_format).mul_(self.scaling[adapter][name])
+        )
+        update = grouped_mm(h, b_scaled, offsets)
+        return y.add_(update.to(y.dtype))
 
     # --- merge ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -226,13 +300,16 @@ def experts_forward(
         raise AdapterError("LoRA on expert weights does not support expert-parallel experts modules")
     num_top_k, num_tokens = top_k_index.size(-1), hidden_states.size(0)
     expert_ids, perm = torch.sort(top_k_index.reshape(-1), stable=True)
-    x = hidden_states[perm // num_top_k]
     counts = torch.bincount(expert_ids, minlength=experts.num_experts)
     offsets = torch.cumsum(counts, 0, dtype=torch.int32)
     up = "gate_up_proj" if experts.has_gate else "up_proj"
-    h = layer.project(adapter, up, x, expert_ids, offsets)
-    h = experts._apply_gate(h) if experts.has_gate else experts.act_fn(h)
-    y = layer.project(adapter, "down_proj", h, expert_ids, offsets)
+    token_of = perm // num_top_k
+    x = hidden_states[token_of]
+    h = layer.project(
+        adapter, up, x, expert_ids, offsets, ((hidden_states,), lambda: hidden_states[token_of])
+    )
+    activate = experts._apply_gate if experts.has_gate else experts.act_fn
+    y = layer.project(adapter, "down_proj", activate(h), expert_ids, offsets, ((h,), lambda: activate(h)))
     if getattr(experts, "has_post_expert_norm", False):
         y = experts.post_expert_norm(y)
     y = y * top_k_weights.reshape(-1)[perm].unsqueeze(-1)
