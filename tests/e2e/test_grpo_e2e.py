@@ -15,7 +15,7 @@ from pipeline_project import Project, deep_update, make_project, stages_run
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 SHORT = {
-    "train": {"max_steps": 40, "logging_steps": 10, "save_steps": 20, "eval_steps": 1000},
+    "train": {"max_steps": 60, "logging_steps": 10, "save_steps": 30, "eval_steps": 1000},
     "eval": {"max_samples": 32},
 }
 
@@ -37,9 +37,8 @@ def test_grpo_preset_raises_the_held_out_reward(project: Project) -> None:
     assert ran[-2:] == ["train", "evaluate"], proc.stdout
     params = yaml.safe_load((project.root / "params.yaml").read_text())
     report = json.loads((project.root / params["eval"]["report_path"]).read_text())
-    base, adapter = report["base"], report["adapter"]
-    assert adapter["reward"] > base["reward"], report
-    assert adapter["reward_failures"] == 0
+    assert report["adapter.reward"] > report["base.reward"], report
+    assert report["adapter.reward_failures"] == 0
     log = [
         json.loads(line)
         for line in (project.root / params["train"]["output_dir"] / "trainer_log.jsonl")
@@ -48,6 +47,9 @@ def test_grpo_preset_raises_the_held_out_reward(project: Project) -> None:
     ]
     rewards = [row["reward"] for row in log if "reward" in row]
     assert len(rewards) >= 3 and rewards[-1] > rewards[0], rewards  # the training reward rose too
-    assert {"kl", "rewards/exact_match/mean", "completions/mean_length", "frac_reward_zero_std"} <= set(
-        next(row for row in log if "reward" in row)
-    )
+    assert {
+        "reward_failures",
+        "rewards/exact_match/mean",
+        "completions/mean_length",
+        "frac_reward_zero_std",
+    } <= set(next(row for row in log if "reward" in row))
