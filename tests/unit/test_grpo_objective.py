@@ -224,3 +224,12 @@ def test_grpo_defaults_are_trl_grpo_config_defaults() -> None:
     for name in GrpoConfig.model_fields:
         if name != "log_completions":
             assert getattr(ours, name) == getattr(theirs, name), name
+
+
+def test_epochs_count_each_window_num_iterations_times() -> None:
+    from peft_framework.config.train_schema import TrainConfig
+    from peft_framework.training.arguments import plan_steps
+
+    once = plan_steps(TrainConfig(objective="grpo", batch_size=4), 40)
+    twice = plan_steps(TrainConfig(objective="grpo", batch_size=4, grpo={"num_iterations": 2}), 40)
+    assert (once.steps_per_epoch, twice.steps_per_epoch) == (10, 20)
