@@ -135,7 +135,8 @@ STAGES: dict[str, Stage] = {
         Stage(
             name="prepare",
             target="peft_framework.data:prepare",
-            sections=("model", "data"),
+            # data.kind prompt rejects rows by what the rewards read and the room left for completions
+            sections=("model", "data", "train.rewards", "train.grpo.max_completion_length"),
             code=("data", *_CORE),
             inputs=prepare_inputs,
             outputs=lambda c: [c.data.output_dir, c.data.rejected_path, c.data.report_path],

@@ -134,6 +134,26 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rewards(args: argparse.Namespace) -> int:
+    from peft_framework.config.rewards_schema import reward_rows
+
+    rows = reward_rows()
+    if args.json:
+        _print_json(rows)
+        return 0
+    width = max(len(row["name"]) for row in rows)
+    origin_width = max(len(row["origin"]) for row in rows)
+    print(f"{'NAME'.ljust(width)}  {'ORIGIN'.ljust(origin_width)}  OPTIONS (defaults) / TARGET")
+    for row in rows:
+        if row["options"] is None:
+            detail = row["target"]
+        else:
+            given = [f"{k} (required)" for k in row["required"]]
+            detail = ", ".join(given + [f"{k}={v}" for k, v in row["options"].items()])
+        print(f"{row['name'].ljust(width)}  {row['origin'].ljust(origin_width)}  {detail}")
+    return 0
+
+
 def _stage(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -266,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("adapters", help="list installed adapter types and where they come from")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=cmd_adapters)
+
+    p = sub.add_parser(
+        "rewards", help="list the reward functions train.rewards may name (built-ins, plug-ins)"
+    )
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=cmd_rewards)
 
     for command, (module, function, help_text) in STAGES.items():
         p = sub.add_parser(command, help=f"{help_text}; prints a JSON summary")

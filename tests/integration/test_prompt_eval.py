@@ -150,3 +150,30 @@ def test_rewards_of_base_and_adapter_match_an_independent_computation(run) -> No
         "adapter_passed",
     } <= set(row)
     assert set(row["base_rewards"]) == {"exact_match", "length"}
+
+
+def test_a_failing_reward_stops_evaluate_with_an_error_naming_it(run, capsys) -> None:
+    """Through the CLI: numeric_match on answers that hold no number fails row by row; past
+    train.max_reward_failures (0) the stage stops with `error:` naming the function and the row, exit 2."""
+    import yaml
+
+    from peft_framework import cli
+
+    root, config, _, _ = run
+    (root / "failing.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    code = cli.main(
+        [
+            "evaluate",
+            str(root / "failing.yaml"),
+            "--root",
+            str(root),
+            "train.rewards=[{name: numeric_match, column: answer}]",
+            "eval.report_path=reports/failing.json",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: train.max_reward_failures: ") and "more than the 0 allowed" in err
+    assert "reward 'numeric_match' failed on row raw.jsonl:" in err and "which contains no number" in err
+    assert "Traceback" not in err
+    assert not (root / "reports" / "failing.json").exists()

@@ -3,14 +3,17 @@ group, and the scorer's failure reporting (function, row and value named; never 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
+from peft_framework import cli
 from peft_framework.config.train_schema import TrainConfig
 from peft_framework.errors import StageFailed, UserError
 from peft_framework.rewards import Reward, RewardScorer, load_rewards
@@ -44,6 +47,16 @@ def test_numeric_match_reads_the_last_number() -> None:
     assert got == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
     (loose,) = _rewards({"name": "numeric_match", "abs_tol": 0.0, "rel_tol": 0.1})
     assert loose(["p", "p"], ["105", "120"], answer=[100, 100]) == [1.0, 0.0]
+
+
+def test_similarity_gives_partial_credit_as_difflib() -> None:
+    import difflib
+
+    completions = ["cat", " CAT ", "cart", "c", "dog", ""]
+    got = _one({"name": "similarity"}, completions, answer=["cat"] * 6)
+    oracle = [difflib.SequenceMatcher(None, c.strip().lower(), "cat").ratio() for c in completions]
+    assert got == oracle and got[:2] == [1.0, 1.0] and got[2] == pytest.approx(6 / 7) and got[5] == 0.0
+    assert _one({"name": "similarity"}, [""], answer=[""]) == [1.0]
 
 
 def test_regex_format_modes_and_flags() -> None:
@@ -98,7 +111,7 @@ def test_bad_reward_config_is_named(entries: list[dict], expected: list[str]) ->
         assert text in str(info.value)
 
 
-def test_a_reward_from_an_entry_point(tmp_path, monkeypatch) -> None:
+def test_a_reward_from_an_entry_point(tmp_path, monkeypatch, capsys) -> None:
     """A package that registers under `peft_framework.rewards` (here a dist-info on sys.path, as pip leaves it)
     is found by name, its options go to its class, and an unknown name lists it."""
     package = tmp_path / "my_rewards.py"
@@ -129,6 +142,18 @@ def test_a_reward_from_an_entry_point(tmp_path, monkeypatch) -> None:
         _rewards({"name": "contains", "colour": "red"})
     with pytest.raises(ValidationError, match="always_one, contains, exact_match"):
         TrainConfig(rewards=[{"name": "nope"}])
+    # `peft-framework rewards` lists the built-ins with their options and the plug-ins with their origin
+    assert cli.main(["rewards", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert (
+        rows["contains"]["origin"] == "my-rewards 1.0" and rows["contains"]["target"] == "my_rewards:Contains"
+    )
+    assert rows["regex_format"]["required"] == ["pattern"] and rows["exact_match"]["options"] == {
+        "column": "answer"
+    }
+    assert cli.main(["rewards"]) == 0
+    table = capsys.readouterr().out
+    assert "always_one" in table and "pattern (required), mode=fullmatch" in table
     sys.modules.pop("my_rewards", None)
 
 
@@ -139,15 +164,17 @@ def test_total_is_the_weighted_nansum_as_in_trl() -> None:
         {"name": "regex_format", "pattern": "[a-z]+", "weight": 0.5},
     )
     applies = Reward("sometimes", 1.0, lambda p, c, **kw: [None, 3.0, 1])
-    result = RewardScorer([*rewards, applies]).score(
+    as_array = Reward("array", 0.0, lambda p, c, **kw: np.array([1.0, 2.0, 3.0]))
+    result = RewardScorer([*rewards, applies, as_array]).score(
         ["p"] * 3, ["cat", "Dog", "7"], {"answer": ["cat", "dog", "8"]}, ["a", "b", "c"]
     )
     per = result.per_function
     assert per["exact_match"].tolist() == [1.0, 1.0, 0.0]
     assert per["regex_format"].tolist() == [1.0, 0.0, 0.0]
     assert math.isnan(per["sometimes"][0]) and per["sometimes"][1:].tolist() == [3.0, 1.0]
+    assert per["array"].tolist() == [1.0, 2.0, 3.0]  # numpy arrays and tensors are lists of numbers too
     stacked = torch.stack(list(per.values()), dim=1)  # TRL: (rewards_per_func * weights).nansum(dim=1)
-    expected = (stacked * torch.tensor([2.0, 0.5, 1.0])).nansum(dim=1)
+    expected = (stacked * torch.tensor([2.0, 0.5, 1.0, 0.0])).nansum(dim=1)
     assert torch.equal(result.total, expected) and result.total.tolist() == [2.5, 5.0, 1.0]
     assert result.failures == 0  # None means "does not apply" (TRL), not a failure
 

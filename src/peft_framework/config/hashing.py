@@ -21,8 +21,15 @@ def section_dict(config: Config, name: str) -> dict[str, Any]:
 
 
 def section_hash(config: Config, name: str) -> str:
-    """sha256 (hex) of one section, e.g. `section_hash(config, "adapter")`."""
-    return canonical_json_sha256({"section": name, "content": section_dict(config, name)})
+    """sha256 (hex) of one section, e.g. `section_hash(config, "adapter")`, or of one key of it by its dotted
+    path (`"train.rewards"`: a stage that reads only that key of the section, as DVC's params allow)."""
+    section, _, path = name.partition(".")
+    content: Any = section_dict(config, section)
+    for key in path.split(".") if path else ():
+        if not isinstance(content, dict) or key not in content:
+            raise KeyError(f"unknown config key {name!r}")
+        content = content[key]
+    return canonical_json_sha256({"section": name, "content": content})
 
 
 def config_hash(config: Config) -> str:

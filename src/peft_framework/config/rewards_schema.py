@@ -33,6 +33,13 @@ class NumericMatchOptions(Section):
     rel_tol: float = Field(0.0, ge=0.0)
 
 
+class SimilarityOptions(Section):
+    """Partial credit: difflib's similarity ratio (2 x matching characters / total characters, in [0, 1])
+    between the completion and the row's `column`, both normalised as by exact_match."""
+
+    column: str = Field("answer", min_length=1, description="The data column holding the expected answer.")
+
+
 class RegexFormatOptions(Section):
     """1.0 when the completion matches `pattern` (Python `re`), else 0.0."""
 
@@ -73,6 +80,7 @@ class LengthOptions(Section):
 BUILTIN_OPTIONS: dict[str, type[Section]] = {
     "exact_match": ExactMatchOptions,
     "numeric_match": NumericMatchOptions,
+    "similarity": SimilarityOptions,
     "regex_format": RegexFormatOptions,
     "length": LengthOptions,
 }
@@ -88,6 +96,30 @@ def plugin_names() -> dict[str, str]:
 
 def available() -> list[str]:
     return sorted({*BUILTIN_OPTIONS, *plugin_names()})
+
+
+def reward_rows() -> list[dict[str, Any]]:
+    """Every reward usable in train.rewards: name, origin, options (built-ins) or target (plug-ins), for the
+    `rewards` command."""
+    from importlib.metadata import entry_points
+
+    rows = []
+    for name, model in BUILTIN_OPTIONS.items():
+        fields = model.model_fields.items()
+        options = {k: f.get_default(call_default_factory=True) for k, f in fields if not f.is_required()}
+        required = [k for k, f in fields if f.is_required()]
+        rows.append(
+            {"name": name, "origin": "built-in", "required": required, "options": options, "target": None}
+        )
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in BUILTIN_OPTIONS:
+            continue
+        dist = getattr(ep, "dist", None)
+        origin = f"{dist.name} {dist.version}" if dist is not None else "entry point"
+        rows.append(
+            {"name": ep.name, "origin": origin, "required": None, "options": None, "target": ep.value}
+        )
+    return sorted(rows, key=lambda row: row["name"])
 
 
 def _errors(exc: ValidationError) -> str:
@@ -110,7 +142,7 @@ class RewardConfig(Section):
 
     name: str = Field(
         min_length=1,
-        description="exact_match | numeric_match | regex_format | length, or a reward of an installed "
+        description="exact_match | numeric_match | similarity | regex_format | length, or a reward of an installed "
         "package (entry-point group peft_framework.rewards).",
     )
     weight: float = Field(1.0, description="Weight in the total reward (TRL's reward_weights).")

@@ -180,7 +180,7 @@ class TrainConfig(Section):
     rewards: list[RewardConfig] = Field(
         default_factory=list,
         description="Reward functions of an online objective (grpo): [{name, weight, label, ...options}]; "
-        "built-ins exact_match, numeric_match, regex_format, length, or plug-ins (entry-point group "
+        "built-ins exact_match, numeric_match, similarity, regex_format, length, or plug-ins (entry-point group "
         "peft_framework.rewards).",
     )
     max_reward_failures: int = Field(

@@ -3,8 +3,11 @@
 `prompts.jsonl`: every pairing of a few short words with phrasings that all end with the word (so the test
 split holds phrasings of the words the training split never showed), the word in an `answer` column. Scored
 by `exact_match` on `answer` and a `regex_format` reward for a single lowercase word (PROMPT_TRAIN): a
-random model scores near 0 on both, and the answer is always the last word of the prompt, which a tiny
-model can learn to copy. Plus dirty rows for the accounting: an exact and a normalised duplicate, an empty
+random model scores near 0 on both, and the answer is always the last word of the prompt. Measured with the
+tiny Llama (LoRA all-linear, lr 0.01, 4 prompts x 8 generations, 200 steps, ~75 s on 2 CPU threads): the
+format reward goes from 0 to 1.0 on the test prompts (completions from 16 tokens to 2, mean total reward 0 ->
+0.5); exact answers stay at 0 in that budget (the policy settles on one short word; copying the word needs a
+longer run or a denser reward such as `similarity`). Plus dirty rows for the accounting: an exact and a normalised duplicate, an empty
 prompt, a row without its answer, a prompt longer than the room PROMPT_DATA and PROMPT_TRAIN leave, a
 column of the wrong type, and an invalid JSON line.
 """

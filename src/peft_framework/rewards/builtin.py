@@ -8,6 +8,7 @@ read as the text of their last message.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import unicodedata
@@ -18,6 +19,7 @@ from peft_framework.config.rewards_schema import (
     LengthOptions,
     NumericMatchOptions,
     RegexFormatOptions,
+    SimilarityOptions,
 )
 
 # a number as people write it: sign, thousands separators, decimals, exponent
@@ -101,6 +103,26 @@ class NumericMatch:
         return out
 
 
+class Similarity:
+    """A dense reward for sparse tasks: near answers score more than far ones (difflib's ratio)."""
+
+    columns: tuple[str, ...]
+
+    def __init__(self, **options: Any) -> None:
+        self.options = SimilarityOptions(**options)
+        self.columns = (self.options.column,)
+
+    def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float]:
+        expected = _column(columns, self.options.column, len(completions))
+        out = []
+        for completion, answer in zip(completions, expected):
+            if answer is None:
+                raise ValueError(f"column {self.options.column!r} is null")
+            a, b = normalize(completion_text(completion)), normalize(str(answer))
+            out.append(difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() if a or b else 1.0)
+        return out
+
+
 class RegexFormat:
     columns: tuple[str, ...] = ()
 
@@ -138,6 +160,7 @@ class Length:
 BUILTIN = {
     "exact_match": ExactMatch,
     "numeric_match": NumericMatch,
+    "similarity": Similarity,
     "regex_format": RegexFormat,
     "length": Length,
 }

@@ -42,6 +42,13 @@ def _show(value: Any) -> str:
     return f"{text} ({type(value).__name__})"
 
 
+def _as_list(values: Any) -> Any:
+    """A tensor or numpy array of values as a list (other values unchanged)."""
+    if isinstance(values, torch.Tensor) or type(values).__module__ == "numpy":
+        return values.tolist()
+    return values
+
+
 def _as_float(value: Any) -> float | None:
     """The value as a float, None for None; ValueError (with a description) for anything else."""
     if value is None:
@@ -78,8 +85,7 @@ class RewardScorer:
         except Exception as exc:  # noqa: BLE001 - a user function's error is reported per row below
             log.debug("reward %r raised on the batch (%r); calling it row by row", reward.name, exc)
         else:
-            if isinstance(values, torch.Tensor):
-                values = values.tolist()
+            values = _as_list(values)
             if isinstance(values, (list, tuple)) and len(values) == n:
                 return list(values), [None] * n
             got = f"{len(values)} values" if isinstance(values, (list, tuple)) else _show(values)
@@ -90,8 +96,7 @@ class RewardScorer:
             row_columns = {k: [v[i]] for k, v in columns.items()}
             try:
                 one = reward(prompts[i : i + 1], completions[i : i + 1], **row_columns, **extra)
-                if isinstance(one, torch.Tensor):
-                    one = one.tolist()
+                one = _as_list(one)
                 if not isinstance(one, (list, tuple)) or len(one) != 1:
                     raise ValueError(f"returned {_show(one)} for 1 completion")
                 out.append(one[0])
