@@ -233,3 +233,13 @@ def test_epochs_count_each_window_num_iterations_times() -> None:
     once = plan_steps(TrainConfig(objective="grpo", batch_size=4), 40)
     twice = plan_steps(TrainConfig(objective="grpo", batch_size=4, grpo={"num_iterations": 2}), 40)
     assert (once.steps_per_epoch, twice.steps_per_epoch) == (10, 20)
+
+
+def test_grpo_without_rewards_is_a_config_error() -> None:
+    from peft_framework.config import resolve_config
+    from peft_framework.errors import ConfigError
+    from peft_framework.training import objectives
+
+    config = resolve_config({}, ["data.kind=prompt", "train.objective=grpo"])
+    with pytest.raises(ConfigError, match="train.rewards: empty, but train.objective is grpo"):
+        objectives.get("grpo", config.train)
