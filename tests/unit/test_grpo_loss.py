@@ -12,7 +12,10 @@ Compared, within 1e-5:
   sample, for scale_rewards group, batch and none, with a reward that returns None for some rows and a group
   whose rewards are all equal;
 - the per-token log-probs of the completions: `GRPOTrainer._get_per_token_logps_and_entropies` (its fused
-  LM head) vs ours (`completion_logps`), temperature 0.7.
+  LM head) vs ours (`completion_logps`), temperature 0.7, on prompts of one length: with left-padded prompts
+  ours number positions from each row's first real token (as `generate` does when sampling), TRL's forward
+  from the first pad, so their log-probs differ there by design.
+TRL runs with bf16=False (its default bf16 autocast would round the log-probs; ours are fp32).
 """
 
 from __future__ import annotations

@@ -195,3 +195,51 @@ def test_prefect_table_of_completions(monkeypatch) -> None:
     [row] = artifact["table"]
     assert row["step"] == 6 and row["reward"] is None and row["advantage"] == 0.1235
     assert len(row["completion"]) == progress.MAX_CELL_CHARS
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["train.grpo.loss_type=ppo"],
+            'train.grpo.loss_type: got "ppo"; allowed: one of grpo, dr_grpo, bnpo, dapo',
+        ),
+        (["train.grpo.scale_rewards=std"], "train.grpo.scale_rewards"),
+        (["train.grpo.num_generations=1"], "train.grpo.num_generations"),
+        (["train.objective=grpo"], "train.objective: 'grpo' trains on data.kind prompt"),
+    ],
+)
+def test_config_errors_name_the_key_and_what_is_allowed(overrides, expected) -> None:
+    from peft_framework.config import resolve_config
+    from peft_framework.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        resolve_config({}, overrides)
+    assert expected in str(info.value), info.value
+
+
+def test_grpo_defaults_are_trl_grpo_config_defaults() -> None:
+    trl = pytest.importorskip("trl")
+    ours, theirs = GrpoConfig(), trl.GRPOConfig(output_dir="/tmp/unused", use_cpu=True)
+    for name in GrpoConfig.model_fields:
+        if name != "log_completions":
+            assert getattr(ours, name) == getattr(theirs, name), name
+
+
+def test_epochs_count_each_window_num_iterations_times() -> None:
+    from peft_framework.config.train_schema import TrainConfig
+    from peft_framework.training.arguments import plan_steps
+
+    once = plan_steps(TrainConfig(objective="grpo", batch_size=4), 40)
+    twice = plan_steps(TrainConfig(objective="grpo", batch_size=4, grpo={"num_iterations": 2}), 40)
+    assert (once.steps_per_epoch, twice.steps_per_epoch) == (10, 20)
+
+
+def test_grpo_without_rewards_is_a_config_error() -> None:
+    from peft_framework.config import resolve_config
+    from peft_framework.errors import ConfigError
+    from peft_framework.training import objectives
+
+    config = resolve_config({}, ["data.kind=prompt", "train.objective=grpo"])
+    with pytest.raises(ConfigError, match="train.rewards: empty, but train.objective is grpo"):
+        objectives.get("grpo", config.train)

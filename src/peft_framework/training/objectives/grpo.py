@@ -230,9 +230,18 @@ class GRPO(Objective):
 
     @classmethod
     def from_config(cls, tc: Any) -> Objective:
+        from peft_framework.errors import ConfigError
         from peft_framework.rewards import RewardScorer, load_rewards
 
         rewards = load_rewards(tc)
+        if not rewards:
+            raise ConfigError(
+                "invalid config",
+                [
+                    "train.rewards: empty, but train.objective is grpo; allowed: a list of {name, weight, ...} "
+                    "(see `peft-framework rewards`): every completion would score 0 and nothing would be learned"
+                ],
+            )
         return cls(tc.grpo, rewards, RewardScorer(rewards, tc.max_reward_failures), seed=tc.seed)
 
     def use_tokenizer(self, tokenizer: Any) -> None:
