@@ -73,7 +73,13 @@ def test_dpo_demo_then_every_objective_by_exp_run(project: Project) -> None:
 
     # KTO last: an experiment's params stay in the workspace's params.yaml, and the next `dvc exp run -S` starts
     # from them (after KTO's data.kind, a pairwise objective is a config error)
-    others = sorted(set(OBJECTIVES) - {"sft", "dpo"}, key=lambda name: (name == "kto", name))
+    # every preference objective (paired or unpaired data); GRPO trains online on prompts: tests/e2e/test_grpo_e2e.py
+    preference = {
+        name
+        for name, spec in OBJECTIVES.items()
+        if set(spec.data_kinds) & {"preference", "unpaired_preference"}
+    }
+    others = sorted(preference - {"dpo"}, key=lambda name: (name == "kto", name))
     assert {"ipo", "orpo", "simpo", "kto"} <= set(others)
     for name in others:
         args = ["-S", f"train.objective={name}", "-S", "train.max_steps=3", "-S", "eval.max_samples=16"]
