@@ -53,3 +53,15 @@ def test_grpo_preset_raises_the_held_out_reward(project: Project) -> None:
         "completions/mean_length",
         "frac_reward_zero_std",
     } <= set(next(row for row in log if "reward" in row))
+
+    # one GRPO setting switched from the command line, as users sweep them: `dvc exp run -S` re-runs train and
+    # evaluate only (the prompts and their preparation do not depend on the loss), and records the experiment
+    args = ["-S", "train.grpo.loss_type=dr_grpo", "-S", "train.max_steps=4", "-S", "eval.max_samples=8"]
+    proc = project.run("dvc", "exp", "run", "evaluate", *args, timeout=600)
+    ran = stages_run(proc.stdout + proc.stderr)
+    assert ran == ["train", "evaluate"], proc.stdout
+    manifest = json.loads((project.root / params["train"]["output_dir"] / "manifest.json").read_text())
+    assert manifest["config"]["train"]["grpo"]["loss_type"] == "dr_grpo"
+    report = json.loads((project.root / params["eval"]["report_path"]).read_text())
+    assert {"base.reward", "adapter.reward", "adapter.reward_failures"} <= set(report), report
+    assert "dr_grpo" in project.run("dvc", "exp", "show", "--json").stdout
