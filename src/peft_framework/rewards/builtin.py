@@ -47,38 +47,45 @@ def last_number(text: str) -> float | None:
     return float(found[-1].replace(",", "")) if found else None
 
 
-def _column(columns: dict[str, Any], name: str, n: int) -> list[Any]:
-    if name not in columns:
-        raise KeyError(f"the data has no column {name!r} (columns: {', '.join(sorted(columns)) or 'none'})")
-    values = list(columns[name])
-    if len(values) != n:
-        raise ValueError(f"column {name!r} has {len(values)} values for {n} completions")
-    return values
+class ColumnReward:
+    """A reward that compares each completion with its row's value in one data column (`options.column`)."""
 
-
-class ExactMatch:
+    options_type: type[Any]
     columns: tuple[str, ...]
 
     def __init__(self, **options: Any) -> None:
-        self.options = ExactMatchOptions(**options)
+        self.options = self.options_type(**options)
         self.columns = (self.options.column,)
+
+    def score(self, text: str, value: Any) -> float:
+        raise NotImplementedError
 
     def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float]:
-        expected = _column(columns, self.options.column, len(completions))
-        out = []
-        for completion, answer in zip(completions, expected):
-            if answer is None:
-                raise ValueError(f"column {self.options.column!r} is null")
-            out.append(float(normalize(completion_text(completion)) == normalize(str(answer))))
-        return out
+        name = self.options.column
+        if name not in columns:
+            raise KeyError(
+                f"the data has no column {name!r} (columns: {', '.join(sorted(columns)) or 'none'})"
+            )
+        values = list(columns[name])
+        if len(values) != len(completions):
+            raise ValueError(f"column {name!r} has {len(values)} values for {len(completions)} completions")
+        return [self.score(completion_text(c), value) for c, value in zip(completions, values)]
+
+    def _text_value(self, value: Any) -> str:
+        if value is None:
+            raise ValueError(f"column {self.options.column!r} is null")
+        return normalize(str(value))
 
 
-class NumericMatch:
-    columns: tuple[str, ...]
+class ExactMatch(ColumnReward):
+    options_type = ExactMatchOptions
 
-    def __init__(self, **options: Any) -> None:
-        self.options = NumericMatchOptions(**options)
-        self.columns = (self.options.column,)
+    def score(self, text: str, value: Any) -> float:
+        return float(normalize(text) == self._text_value(value))
+
+
+class NumericMatch(ColumnReward):
+    options_type = NumericMatchOptions
 
     def _expected(self, value: Any) -> float:
         if isinstance(value, bool) or value is None:
@@ -90,37 +97,21 @@ class NumericMatch:
             raise ValueError(f"column {self.options.column!r} holds {value!r}, which contains no number")
         return number
 
-    def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float]:
-        expected = _column(columns, self.options.column, len(completions))
-        out = []
-        for completion, value in zip(completions, expected):
-            want = self._expected(value)
-            got = last_number(completion_text(completion))
-            ok = got is not None and math.isclose(
-                got, want, rel_tol=self.options.rel_tol, abs_tol=self.options.abs_tol
-            )
-            out.append(float(ok))
-        return out
+    def score(self, text: str, value: Any) -> float:
+        want = self._expected(value)
+        got = last_number(text)
+        o = self.options
+        return float(got is not None and math.isclose(got, want, rel_tol=o.rel_tol, abs_tol=o.abs_tol))
 
 
-class Similarity:
+class Similarity(ColumnReward):
     """A dense reward for sparse tasks: near answers score more than far ones (difflib's ratio)."""
 
-    columns: tuple[str, ...]
+    options_type = SimilarityOptions
 
-    def __init__(self, **options: Any) -> None:
-        self.options = SimilarityOptions(**options)
-        self.columns = (self.options.column,)
-
-    def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float]:
-        expected = _column(columns, self.options.column, len(completions))
-        out = []
-        for completion, answer in zip(completions, expected):
-            if answer is None:
-                raise ValueError(f"column {self.options.column!r} is null")
-            a, b = normalize(completion_text(completion)), normalize(str(answer))
-            out.append(difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() if a or b else 1.0)
-        return out
+    def score(self, text: str, value: Any) -> float:
+        a, b = normalize(text), self._text_value(value)
+        return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() if a or b else 1.0
 
 
 class RegexFormat:
