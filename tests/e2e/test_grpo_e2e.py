@@ -1,7 +1,10 @@
-"""params/grpo.yaml, shortened, through `dvc repro` in a temporary copy of the project: sample-data writes the
-"repeat the word X" prompts, prepare keeps them as data.kind prompt, train runs the online GRPO objective
-(completions sampled with the adapter on, scored by train.rewards), and evaluate scores base vs adapter on the
-held-out prompts: the adapter's mean reward must be above the base's."""
+"""params/grpo.yaml, shortened, through `dvc repro` in a temporary copy of the project, linked to its SFT warm
+start (the commented `models/grpo-sft-adapter` dep in dvc.yaml uncommented, pipelines/grpo-sft/stages.yaml copied
+to pipelines/grpo-sft/dvc.yaml): sample-data writes the "repeat the word X" prompts and the warm start's rows,
+params/grpo-sft.yaml trains the warm start, prepare keeps the prompts as data.kind prompt, train runs the online
+GRPO objective from the warm start (completions sampled with the adapter on, scored by train.rewards), and
+evaluate scores base vs adapter on the held-out prompts: the adapter's mean reward must be above the base's, and
+the training reward must have risen."""
 
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ from pipeline_project import Project, deep_update, make_project, stages_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
+SFT_DEP = "# - models/grpo-sft-adapter"
 SHORT = {
-    "train": {"max_steps": 60, "logging_steps": 10, "save_steps": 30, "eval_steps": 1000},
+    "train": {"max_steps": 120, "logging_steps": 10, "save_steps": 60, "eval_steps": 1000},
     "eval": {"max_samples": 32},
 }
 
@@ -25,7 +29,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     project = make_project(tmp_path_factory.mktemp("grpo_project"), {})
     preset = yaml.safe_load((project.root / "params" / "grpo.yaml").read_text())
     (project.root / "params.yaml").write_text(yaml.safe_dump(deep_update(preset, SHORT), sort_keys=False))
-    project.run("git", "commit", "-qam", "GRPO preset, shortened")
+    dvc_yaml = project.root / "dvc.yaml"
+    text = dvc_yaml.read_text()
+    assert text.count(SFT_DEP) == 1
+    dvc_yaml.write_text(text.replace(SFT_DEP, SFT_DEP[2:]))
+    sft = project.root / "pipelines" / "grpo-sft"
+    (sft / "dvc.yaml").write_text((sft / "stages.yaml").read_text())
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "GRPO preset, shortened, from its SFT warm start")
     yield project
     project.run("python", "-m", "tasks.local_api", "stop", check=False)
     project.run("python", "-m", "tasks.warm", "stop", check=False)
@@ -33,7 +44,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
 
 def test_grpo_preset_raises_the_held_out_reward(project: Project) -> None:
     proc = project.run("dvc", "repro", "evaluate", timeout=900)
-    ran = stages_run(proc.stdout + proc.stderr)
+    ran = [name.rpartition(":")[2] for name in stages_run(proc.stdout + proc.stderr)]
+    assert ran.index("grpo_sft_train") < ran.index("train"), ran
     assert ran[-2:] == ["train", "evaluate"], proc.stdout
     params = yaml.safe_load((project.root / "params.yaml").read_text())
     report = json.loads((project.root / params["eval"]["report_path"]).read_text())
@@ -45,8 +57,14 @@ def test_grpo_preset_raises_the_held_out_reward(project: Project) -> None:
         .read_text()
         .splitlines()
     ]
-    rewards = [row["reward"] for row in log if "reward" in row]
-    assert len(rewards) >= 3 and rewards[-1] > rewards[0], rewards  # the training reward rose too
+    # the training reward rose too. Held-out exact match is not asserted: the jump from chance (0.5, the warm
+    # start's) to ~1.0 is a symmetry break whose step depends on the seed (40 for 42; one probe seed in three,
+    # 7, had not jumped by step 120), so it could move on another CPU. What rises in every probe is the sampled
+    # reward, from the policy sharpening onto one lowercase word even without the jump (seed 7: 0.54 -> 0.57;
+    # with it ~1.0). Each logged value averages 10 steps = 5 passes over the training prompts, so it is steady;
+    # the first log (step 1, one batch) is left out.
+    rewards = [row["reward"] for row in log if "reward" in row and row["step"] >= 10]
+    assert len(rewards) >= 6 and sum(rewards[-3:]) / 3 > rewards[0], rewards
     assert {
         "reward_failures",
         "rewards/exact_match/mean",
@@ -58,7 +76,7 @@ def test_grpo_preset_raises_the_held_out_reward(project: Project) -> None:
     # evaluate only (the prompts and their preparation do not depend on the loss), and records the experiment
     args = ["-S", "train.grpo.loss_type=dr_grpo", "-S", "train.max_steps=4", "-S", "eval.max_samples=8"]
     proc = project.run("dvc", "exp", "run", "evaluate", *args, timeout=600)
-    ran = stages_run(proc.stdout + proc.stderr)
+    ran = [name.rpartition(":")[2] for name in stages_run(proc.stdout + proc.stderr)]
     assert ran == ["train", "evaluate"], proc.stdout
     manifest = json.loads((project.root / params["train"]["output_dir"] / "manifest.json").read_text())
     assert manifest["config"]["train"]["grpo"]["loss_type"] == "dr_grpo"

@@ -129,10 +129,14 @@ def test_sample_prompts_prepare_as_described(tmp_path: Path) -> None:
     expected = write_samples(tmp_path / "data" / "raw")["prompts.jsonl"]["expected"]
     overrides = [f"data.{k}={json.dumps(v)}" for k, v in PROMPT_DATA.items()]
     overrides += [f"train.{k}={json.dumps(v)}" for k, v in PROMPT_TRAIN.items()]
+    overrides.append(
+        "data.split.test=0.25"
+    )  # params/grpo.yaml's split: two words x 20 phrasings are 40 prompts
     summary = prepare(load_config(PRESET, overrides), tmp_path)
     assert summary["rows"]["read"] == expected["read"] and summary["rows"]["kept"] == expected["kept"]
     assert summary["rejected_by_reason"] == expected["rejected_by_reason"]
     data = datasets.load_from_disk(str(tmp_path / "data" / "prepared"))
-    assert len(data["test"]) >= 10 and len(data["train"]) >= 100
+    assert len(data["test"]) >= 10 and len(data["train"]) >= 20
+    assert {row["answer"] for row in data["train"]} == {"cat", "dog"}
     for row in data["test"]:
         assert row["prompt"].rstrip("\n").endswith(" " + row["answer"])

@@ -1,15 +1,19 @@
 """Sample prompts with checkable answers, for GRPO (`data.kind: prompt`): "repeat the word X".
 
-`prompts.jsonl`: every pairing of a few short words with phrasings that all end with the word (so the test
-split holds phrasings of the words the training split never showed), the word in an `answer` column. Scored
-by `exact_match` on `answer` and a `regex_format` reward for a single lowercase word (PROMPT_TRAIN): a
-random model scores near 0 on both, and the answer is always the last word of the prompt. Measured with the
-tiny Llama (LoRA all-linear, lr 0.01, 4 prompts x 8 generations, 200 steps, ~75 s on 2 CPU threads): the
-format reward goes from 0 to 1.0 on the test prompts (completions from 16 tokens to 2, mean total reward 0 ->
-0.5); exact answers stay at 0 in that budget (the policy settles on one short word; copying the word needs a
-longer run or a denser reward such as `similarity`). Plus dirty rows for the accounting: an exact and a normalised duplicate, an empty
-prompt, a row without its answer, a prompt longer than the room PROMPT_DATA and PROMPT_TRAIN leave, a
-column of the wrong type, and an invalid JSON line.
+`prompts.jsonl`: every pairing of two words with 20 phrasings that all end with the word (40 prompts;
+params/grpo.yaml holds a quarter out: phrasings the training split never showed with that word), the word in
+an `answer` column. Scored by `exact_match` on `answer` plus a small `regex_format` reward for a single lowercase word (PROMPT_TRAIN): a random model scores
+0 on both. Plus dirty rows for the accounting: an exact and a normalised duplicate, an empty prompt, a row
+without its answer, a prompt longer than the room PROMPT_DATA and PROMPT_TRAIN leave, a column of the wrong
+type, and an invalid JSON line.
+
+`prompts_sft.jsonl` (data.kind instruction, template plain): the warm start params/grpo-sft.yaml trains
+before GRPO. The same phrasings on OTHER_WORDS (never a word of WORDS), each answered by every word of WORDS
+once: the targets do not depend on the prompt, so SFT teaches "answer one of these words, then stop" and
+nothing about which one (the tiny Llama then always answers "cat": exact match 0.5 on two words). Which word
+is right is left to the GRPO reward. Probes (tiny Llama, LoRA all-linear): from the raw model, or with eight
+words, GRPO settled on the format reward and exact match stayed at chance; two words after this warm start
+learnt the mapping (params/README.md has the figures).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import json
 import random
 from typing import Any
 
-WORDS = ("cat", "dog", "sun", "sky", "red", "box", "pen", "cup")
+WORDS = ("cat", "dog")
+# The warm start's prompts: words that are never an answer.
+OTHER_WORDS = ("hat", "pig", "fox", "owl", "bee", "ant", "egg", "ink", "map", "jar", "log", "toy")
 PHRASES = (
     "Repeat the word: {w}",
     "Repeat this word: {w}",
@@ -42,6 +48,7 @@ PHRASES = (
     "Word to repeat: {w}",
 )
 
+
 # What prepares `prompts.jsonl` as described: the data section, and the train keys the data depends on
 # (the rewards' columns, the completion length that bounds the prompt length).
 PROMPT_DATA: dict[str, Any] = {"source": "data/raw/prompts.jsonl", "kind": "prompt", "max_seq_len": 64}
@@ -50,13 +57,25 @@ PROMPT_TRAIN: dict[str, Any] = {
     "grpo": {"max_completion_length": 16},
     "rewards": [
         {"name": "exact_match", "column": "answer", "weight": 1.0},
-        {"name": "regex_format", "pattern": "[a-z]+", "weight": 0.5},
+        {"name": "regex_format", "pattern": "[a-z]+", "weight": 0.1},
     ],
 }
 
 
 def _line(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode()
+
+
+def prompt_sft_lines(rng: random.Random) -> tuple[list[bytes], dict[str, Any]]:
+    """The warm start's instruction rows, in a fixed order (`rng` unused: the order is the data)."""
+    del rng
+    rows = [
+        {"instruction": phrase.format(w=other), "input": "", "output": word}
+        for other in OTHER_WORDS
+        for phrase in PHRASES
+        for word in WORDS
+    ]
+    return [_line(row) for row in rows], {"read": len(rows), "kept": len(rows), "rejected_by_reason": {}}
 
 
 def prompt_lines(rng: random.Random) -> tuple[list[bytes], dict[str, Any]]:

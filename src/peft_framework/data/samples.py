@@ -31,7 +31,7 @@ from peft_framework.data.sample_preferences import (
     preference_sft_lines,
     unpaired_preference_lines,
 )
-from peft_framework.data.sample_prompts import prompt_lines
+from peft_framework.data.sample_prompts import prompt_lines, prompt_sft_lines
 from peft_framework.data.sample_vocab import (
     ADD,
     CAPITAL,
@@ -335,6 +335,7 @@ def write_samples(out_dir: str | os.PathLike[str] = "data/raw", overwrite: bool 
         ("preferences_sft.jsonl", preference_sft_lines),
         ("preferences_unpaired.jsonl", unpaired_preference_lines),  # KTO
         ("prompts.jsonl", prompt_lines),  # data/sample_prompts.py: GRPO prompts with checkable answers
+        ("prompts_sft.jsonl", prompt_sft_lines),  # the GRPO demo's SFT warm start (params/grpo-sft.yaml)
     ):
         lines, expected = make(random.Random(f"{SEED}:{name}"))
         files.append((name, b"\n".join(lines) + b"\n", expected, len(lines)))
