@@ -2,10 +2,10 @@
 
 `prompts.jsonl`: every pairing of two words with 20 phrasings that all end with the word (40 prompts;
 params/grpo.yaml holds a quarter out: phrasings the training split never showed with that word), the word in
-an `answer` column. Scored by `exact_match` on `answer` plus a small `regex_format` reward for a single lowercase word (PROMPT_TRAIN): a random model scores
-0 on both. Plus dirty rows for the accounting: an exact and a normalised duplicate, an empty prompt, a row
-without its answer, a prompt longer than the room PROMPT_DATA and PROMPT_TRAIN leave, a column of the wrong
-type, and an invalid JSON line.
+an `answer` column. Scored by `exact_match` on `answer` plus a small `regex_format` reward for a single
+lowercase word (PROMPT_TRAIN): a random model scores 0 on both. Plus dirty rows for the accounting: an exact
+and a normalised duplicate, an empty prompt, a row without its answer, a prompt longer than the room
+PROMPT_DATA and PROMPT_TRAIN leave, a column of the wrong type, and an invalid JSON line.
 
 `prompts_sft.jsonl` (data.kind instruction, template plain): the warm start params/grpo-sft.yaml trains
 before GRPO. The same phrasings on OTHER_WORDS (never a word of WORDS), each answered by every word of WORDS
