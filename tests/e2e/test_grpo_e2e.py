@@ -51,18 +51,18 @@ def test_grpo_preset_raises_the_held_out_reward(project: Project) -> None:
     report = json.loads((project.root / params["eval"]["report_path"]).read_text())
     assert report["adapter.reward"] > report["base.reward"], report
     assert report["adapter.reward_failures"] == 0
+    assert report["adapter.reward_exact_match"] >= 0.75, report  # the right word, not only the format
     log = [
         json.loads(line)
         for line in (project.root / params["train"]["output_dir"] / "trainer_log.jsonl")
         .read_text()
         .splitlines()
     ]
-    # the training reward rose too. Held-out exact match is not asserted: the jump from chance (the warm start
-    # answers one word) to ~1.0 is a symmetry break whose step depends on the seed (40-50 for 42; in probes seed 7 had
-    # not jumped by step 120), so it could move on another CPU. What rises in every probe is the sampled
-    # reward, from the policy sharpening onto one lowercase word even without the jump (seed 7: 0.54 -> 0.57;
-    # with it ~1.0). Each logged value averages 10 steps, ~7 passes over the 23 training prompts, so it is steady;
-    # the first log (step 1, one batch) is left out.
+    # the training reward rose too: each logged value averages 10 steps, ~7 passes over the 23 training prompts,
+    # so it is steady; the first log (step 1, one batch) is left out. The rise is a symmetry break (the warm start
+    # answers one word, at chance) whose step depends on the seed: in this 120-step run seeds 1, 3, 5, 7, 42 and
+    # 123 all broke it by step 30-50 (training reward ~0.55 -> ~1.03, held-out exact match 0.92-1.0 against the
+    # warm start's 0.62), so the held-out exact match is asserted with room (0.75 = 3 misses in 13).
     rewards = [row["reward"] for row in log if "reward" in row and row["step"] >= 10]
     assert len(rewards) >= 6 and sum(rewards[-3:]) / 3 > rewards[0], rewards
     assert {
