@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 SFT_DEP = "# - models/grpo-sft-adapter"
 SHORT = {
-    "train": {"max_steps": 120, "logging_steps": 10, "save_steps": 60, "eval_steps": 1000},
+    "train": {"max_steps": 180, "logging_steps": 10, "save_steps": 90, "eval_steps": 1000},
     "eval": {"max_samples": 32},
 }
 
@@ -60,9 +60,10 @@ def test_grpo_preset_raises_the_held_out_reward(project: Project) -> None:
     ]
     # the training reward rose too: each logged value averages 10 steps, ~7 passes over the 23 training prompts,
     # so it is steady; the first log (step 1, one batch) is left out. The rise is a symmetry break (the warm start
-    # answers one word, at chance) whose step depends on the seed: in this 120-step run seeds 1, 3, 5, 7, 42 and
-    # 123 all broke it by step 30-50 (training reward ~0.55 -> ~1.03, held-out exact match 0.92-1.0 against the
-    # warm start's 0.62), so the held-out exact match is asserted with room (0.75 = 3 misses in 13).
+    # answers one word, at chance) whose step depends on the seed: in 120-step runs seeds 1, 3, 5, 7, 42 and 123
+    # all broke it by step 30-50 (training reward ~0.55 -> ~1.03, held-out exact match 0.92-1.0 against the warm
+    # start's 0.62; on a smaller split one seed needed 155 steps), so this run takes 180 steps (another CPU's
+    # rounding acts like another seed) and the held-out exact match is asserted with room (0.75 = 3 misses in 13).
     rewards = [row["reward"] for row in log if "reward" in row and row["step"] >= 10]
     assert len(rewards) >= 6 and sum(rewards[-3:]) / 3 > rewards[0], rewards
     assert {
