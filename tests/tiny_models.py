@@ -79,6 +79,19 @@ def base(kind: str = "llama", **sizes: int) -> nn.Module:
     return copy.deepcopy(_built[key])
 
 
+def random_causal_lm(config) -> nn.Module:
+    """A causal LM built from `config` with every tensor drawn from N(0, 0.1), seed 0, in eval mode.
+    transformers' init leaves routers and biases at zero; parity tests need every tensor to carry values."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.1)
+    return model
+
+
 def tokens(seed: int = 1, shape: tuple[int, int] = (2, 9)) -> torch.Tensor:
     return torch.randint(3, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
 

@@ -189,5 +189,18 @@ def stop_server(server: Server) -> None:
 
 
 def stages_run(output: str) -> list[str]:
-    """Stage names DVC reports as run ("Running stage 'train':"), in order."""
-    return re.findall(r"Running stage '([^']+)'", output)
+    """Stage names DVC reports as run ("Running stage 'train':"), in order; a stage of another dvc.yaml by its
+    name alone ("pipelines/sft/dvc.yaml:sft_train" -> "sft_train")."""
+    return [name.rpartition(":")[2] for name in re.findall(r"Running stage '([^']+)'", output)]
+
+
+def link_warm_start(project: Project, pipeline: str, adapter: str) -> None:
+    """Switch on a demo's warm-start pipeline as its stages file says: pipelines/<pipeline>/stages.yaml copied to
+    its dvc.yaml, and the commented `adapter` dep of the root train stage uncommented."""
+    dep = f"# - {adapter}"
+    dvc_yaml = project.root / "dvc.yaml"
+    text = dvc_yaml.read_text()
+    assert text.count(dep) == 1, dep
+    dvc_yaml.write_text(text.replace(dep, dep[2:]))
+    folder = project.root / "pipelines" / pipeline
+    (folder / "dvc.yaml").write_text((folder / "stages.yaml").read_text())

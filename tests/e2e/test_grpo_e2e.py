@@ -13,11 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from pipeline_project import Project, deep_update, make_project, stages_run
+from pipeline_project import Project, deep_update, link_warm_start, make_project, stages_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
-SFT_DEP = "# - models/grpo-sft-adapter"
 SHORT = {
     "train": {"max_steps": 180, "logging_steps": 10, "save_steps": 90, "eval_steps": 1000},
     "eval": {"max_samples": 32},
@@ -29,12 +28,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     project = make_project(tmp_path_factory.mktemp("grpo_project"), {})
     preset = yaml.safe_load((project.root / "params" / "grpo.yaml").read_text())
     (project.root / "params.yaml").write_text(yaml.safe_dump(deep_update(preset, SHORT), sort_keys=False))
-    dvc_yaml = project.root / "dvc.yaml"
-    text = dvc_yaml.read_text()
-    assert text.count(SFT_DEP) == 1
-    dvc_yaml.write_text(text.replace(SFT_DEP, SFT_DEP[2:]))
-    sft = project.root / "pipelines" / "grpo-sft"
-    (sft / "dvc.yaml").write_text((sft / "stages.yaml").read_text())
+    link_warm_start(project, "grpo-sft", "models/grpo-sft-adapter")
     project.run("git", "add", "-A")
     project.run("git", "commit", "-qm", "GRPO preset, shortened, from its SFT warm start")
     yield project
@@ -44,7 +38,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
 
 def test_grpo_preset_raises_the_held_out_reward(project: Project) -> None:
     proc = project.run("dvc", "repro", "evaluate", timeout=900)
-    ran = [name.rpartition(":")[2] for name in stages_run(proc.stdout + proc.stderr)]
+    ran = stages_run(proc.stdout + proc.stderr)
     assert ran.index("grpo_sft_train") < ran.index("train"), ran
     assert ran[-2:] == ["train", "evaluate"], proc.stdout
     params = yaml.safe_load((project.root / "params.yaml").read_text())
@@ -77,7 +71,7 @@ def test_grpo_preset_raises_the_held_out_reward(project: Project) -> None:
     # evaluate only (the prompts and their preparation do not depend on the loss), and records the experiment
     args = ["-S", "train.grpo.loss_type=dr_grpo", "-S", "train.max_steps=4", "-S", "eval.max_samples=8"]
     proc = project.run("dvc", "exp", "run", "evaluate", *args, timeout=600)
-    ran = [name.rpartition(":")[2] for name in stages_run(proc.stdout + proc.stderr)]
+    ran = stages_run(proc.stdout + proc.stderr)
     assert ran == ["train", "evaluate"], proc.stdout
     manifest = json.loads((project.root / params["train"]["output_dir"] / "manifest.json").read_text())
     assert manifest["config"]["train"]["grpo"]["loss_type"] == "dr_grpo"

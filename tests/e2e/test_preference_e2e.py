@@ -15,13 +15,12 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from pipeline_project import Project, make_project, stages_run
+from pipeline_project import Project, link_warm_start, make_project, stages_run
 
 from peft_framework.config.objectives import OBJECTIVES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
-SFT_DEP = "# - models/sft-adapter"
 # KTO trains on unpaired rows: sample-data's preferences_unpaired.jsonl (data.kind must agree with the objective),
 # and its evaluation has no pairs to rank, so the promotion gate reads its reward margin
 KTO = [
@@ -38,22 +37,12 @@ KTO = [
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     project = make_project(tmp_path_factory.mktemp("preference_project"), params={})
     (project.root / "params.yaml").write_text((project.root / "params" / "dpo.yaml").read_text())
-    dvc_yaml = project.root / "dvc.yaml"
-    text = dvc_yaml.read_text()
-    assert text.count(SFT_DEP) == 1
-    dvc_yaml.write_text(text.replace(SFT_DEP, SFT_DEP[2:]))
-    sft = project.root / "pipelines" / "sft"
-    (sft / "dvc.yaml").write_text((sft / "stages.yaml").read_text())
+    link_warm_start(project, "sft", "models/sft-adapter")
     project.run("git", "add", "-A")
     project.run("git", "commit", "-qm", "preference demo: DPO from the SFT step")
     yield project
     project.run("python", "-m", "tasks.local_api", "stop", check=False)
     project.run("python", "-m", "tasks.warm", "stop", check=False)
-
-
-def _stages(proc) -> list[str]:
-    """Stage names run, without the file of those in other dvc.yaml files (pipelines/sft/dvc.yaml:sft_train)."""
-    return [name.rpartition(":")[2] for name in stages_run(proc.stdout + proc.stderr)]
 
 
 def _json(project: Project, rel: str) -> dict:
@@ -62,7 +51,7 @@ def _json(project: Project, rel: str) -> dict:
 
 def test_dpo_demo_then_every_objective_by_exp_run(project: Project) -> None:
     proc = project.run("dvc", "repro", timeout=900)
-    ran = _stages(proc)
+    ran = stages_run(proc.stdout + proc.stderr)
     assert ran.index("sft_train") < ran.index("train"), ran
     assert {"sample_data", "sft_prepare", "prepare", "evaluate", "export", "promote"} <= set(ran), ran
     metrics = _json(project, "reports/eval.json")
@@ -87,7 +76,7 @@ def test_dpo_demo_then_every_objective_by_exp_run(project: Project) -> None:
         # demo ran them), KTO through the gate too, which reads a metric of its own
         target = [] if name == "kto" else ["evaluate"]
         proc = project.run("dvc", "exp", "run", *target, *args, *(KTO if name == "kto" else []), timeout=600)
-        ran = _stages(proc)
+        ran = stages_run(proc.stdout + proc.stderr)
         assert "train" in ran and "evaluate" in ran and "sft_train" not in ran, (name, ran)
         assert ("promote" in ran) is (name == "kto"), (name, ran)
         manifest = _json(project, "models/adapter/manifest.json")

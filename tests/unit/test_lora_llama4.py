@@ -14,7 +14,8 @@ import peft
 import pytest
 import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from transformers import AutoModelForCausalLM, Llama4TextConfig
+from tests.tiny_models import random_causal_lm
+from transformers import Llama4TextConfig
 
 from peft_framework.adapters.checkpoint import read_adapter_config, save_adapter
 from peft_framework.adapters.lora import LoraConfig, LoraMethod
@@ -41,12 +42,7 @@ def base() -> torch.nn.Module:
         no_rope_layers=[1, 1],
         attention_chunk_size=64,
     )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0, 0.1)
-    return model
+    return random_causal_lm(config)
 
 
 def tokens() -> torch.Tensor:

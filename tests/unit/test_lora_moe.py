@@ -13,6 +13,7 @@ import peft
 import pytest
 import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from tests.tiny_models import random_causal_lm
 from transformers import (
     AutoModelForCausalLM,
     GptOssConfig,
@@ -79,12 +80,7 @@ FAMILIES = ["qwen2_moe", "qwen3_moe", "mixtral", "olmoe", "gpt_oss"]
 def moe_base(family: str, implementation: str = "eager") -> torch.nn.Module:
     config = moe_config(family)
     config._experts_implementation = implementation
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # transformers' init leaves routers and biases at zero: give every tensor values
-        for param in model.parameters():
-            param.normal_(0, 0.1)
-    return model
+    return random_causal_lm(config)
 
 
 def router_entry(family: str) -> str:

@@ -13,7 +13,8 @@ import peft
 import pytest
 import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from transformers import AutoModelForCausalLM, Qwen2MoeConfig
+from tests.tiny_models import random_causal_lm
+from transformers import Qwen2MoeConfig
 
 from peft_framework.adapters.checkpoint import load_adapter, read_adapter_config, save_adapter
 from peft_framework.adapters.lora import LoraConfig, LoraMethod
@@ -41,12 +42,7 @@ def base() -> torch.nn.Module:
         num_experts=4,
         num_experts_per_tok=2,
     )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0, 0.1)
-    return model
+    return random_causal_lm(config)
 
 
 def tokens() -> torch.Tensor:
